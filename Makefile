@@ -1,0 +1,40 @@
+# Two commands do all the setup: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+KERNEL := geoloc
+# torch / torchvision pinned to a pair that installs together (see README); lower bounds live in pyproject.toml.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+DEMO_RUN ?= demo
+
+.PHONY: venv demo test lab lint format bench clean-demo
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(TORCH_PINS)
+	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (geoloc)"
+	touch $@
+
+demo: venv
+	$(PY) -m geoloc_lib.demo_pipeline --run-name $(DEMO_RUN)
+
+test: venv
+	$(PY) -m pytest -q
+
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks
+
+lint: venv
+	$(VENV)/bin/ruff check geoloc_lib tests
+	$(VENV)/bin/ruff format --check geoloc_lib tests
+
+format: venv
+	$(VENV)/bin/ruff format geoloc_lib tests
+	$(VENV)/bin/ruff check --fix geoloc_lib tests
+
+bench: venv
+	$(PY) -m geoloc_lib.bench

@@ -1,0 +1,292 @@
+"""Loading and validating the data contract (DESIGN.md section 3).
+
+Every check that fails raises `DataContractError` naming the file, the offending rows (the first few
+and the count) and what to do about it. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import provinces as prov
+from .geo import BBOX_MARGIN_DEG, PAKISTAN_BBOX, inside_pakistan_bbox
+
+SPLIT_COLUMNS = ("id", "image", "latitude", "longitude", "province", "province_id", "cell_id")
+CELL_COLUMNS = (
+    "cell_id",
+    "province",
+    "province_id",
+    "center_lat",
+    "center_lon",
+    "radius_km",
+    "neighbor_cell_ids",
+)
+MAX_ROWS_SHOWN = 5
+IMAGE_CHECKS = ("none", "exists", "decode")
+
+
+class DataContractError(ValueError):
+    """A CSV or image does not meet the data contract; the message says where and how to fix it."""
+
+
+def _fail(path, problem: str, rows: pd.DataFrame | None, fix: str):
+    where = ""
+    if rows is not None and len(rows):
+        shown = []
+        for index, row in rows.head(MAX_ROWS_SHOWN).iterrows():
+            ident = f", id={row['id']!r}" if "id" in row.index else ""
+            # index + 2: the header is line 1 and pandas counts from 0
+            shown.append(f"line {index + 2}{ident}")
+        more = f" and {len(rows) - MAX_ROWS_SHOWN} more" if len(rows) > MAX_ROWS_SHOWN else ""
+        where = f" in {len(rows)} row(s): {'; '.join(shown)}{more}"
+    raise DataContractError(f"{path}: {problem}{where}. Fix: {fix}")
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        _fail(path, "file not found", None, "check the data directory, or generate the demo data (make demo)")
+    try:
+        return pd.read_csv(path, dtype={"id": str, "image": str, "province": str})
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        _fail(path, f"not a readable CSV ({err})", None, "save the file as comma-separated UTF-8 with a header")
+
+
+def _require_columns(df: pd.DataFrame, path: Path, columns) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        _fail(
+            path,
+            f"missing column(s) {missing}; found {list(df.columns)}",
+            None,
+            f"add the column(s); the contract needs {list(columns)}",
+        )
+
+
+def _require_numeric(df: pd.DataFrame, path: Path, column: str) -> None:
+    values = pd.to_numeric(df[column], errors="coerce")
+    bad = df[values.isna()]
+    if len(bad):
+        _fail(path, f"{column} is missing or not a number", bad, f"give every row a numeric {column}")
+    df[column] = values
+
+
+def _normalise_provinces(df: pd.DataFrame, path: Path) -> None:
+    """Map every province spelling to its canonical name and check province_id agrees with it."""
+    found = df["province"].fillna("").map(lambda s: prov.try_lookup(s))
+    unknown = df[found.isna()]
+    if len(unknown):
+        names = sorted(set(unknown["province"].astype(str)))[:MAX_ROWS_SHOWN]
+        _fail(
+            path,
+            f"unknown province name(s) {names}",
+            unknown,
+            f"use one of the accepted spellings: {prov.accepted_spellings()}",
+        )
+    df["province"] = found.map(lambda p: p.name)
+    expected_id = found.map(lambda p: p.id).astype(int)
+    given_id = pd.to_numeric(df["province_id"], errors="coerce")
+    disagree = df[given_id != expected_id]
+    if len(disagree):
+        _fail(
+            path,
+            "province_id disagrees with the province name (ids: "
+            + ", ".join(f"{p.id} {p.name}" for p in prov.PROVINCES)
+            + ")",
+            disagree,
+            "correct province_id, or the province name, so that both name the same province",
+        )
+    df["province_id"] = expected_id
+
+
+def _check_coordinates(df: pd.DataFrame, path: Path, lat_col: str, lon_col: str) -> None:
+    lat = pd.to_numeric(df[lat_col], errors="coerce")
+    lon = pd.to_numeric(df[lon_col], errors="coerce")
+    bad = df[lat.isna() | lon.isna() | ~inside_pakistan_bbox(lat, lon)]
+    if len(bad):
+        b = PAKISTAN_BBOX
+        _fail(
+            path,
+            f"{lat_col}/{lon_col} missing, not a number, or outside Pakistan "
+            f"(lat {b['lat_min']}..{b['lat_max']}, lon {b['lon_min']}..{b['lon_max']}, "
+            f"+/-{BBOX_MARGIN_DEG} deg)",
+            bad,
+            "give decimal degrees (WGS84) and check that latitude and longitude are not swapped",
+        )
+    df[lat_col] = lat.astype(float)
+    df[lon_col] = lon.astype(float)
+
+
+def parse_neighbor_ids(text) -> list[int]:
+    if text is None or (isinstance(text, float) and np.isnan(text)) or str(text).strip() == "":
+        return []
+    return [int(v) for v in str(text).replace(";", ",").split(",") if v.strip()]
+
+
+def load_cell_metadata(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and validate `cell_metadata.csv`; cell ids need not be contiguous."""
+    path = Path(path)
+    df = _read_csv(path)
+    _require_columns(df, path, CELL_COLUMNS)
+    if df.empty:
+        _fail(path, "no cells", None, "build the geocells first (geoloc_lib.geocells.build_geocells)")
+    _require_numeric(df, path, "cell_id")
+    df["cell_id"] = df["cell_id"].astype(np.int64)
+    dup = df[df["cell_id"].duplicated(keep=False)]
+    if len(dup):
+        _fail(path, "duplicate cell_id", dup, "give every cell a unique id")
+    _normalise_provinces(df, path)
+    _check_coordinates(df, path, "center_lat", "center_lon")
+    radius = pd.to_numeric(df["radius_km"], errors="coerce")
+    bad = df[~(radius > 0) | ~np.isfinite(radius)]
+    if len(bad):
+        _fail(path, "radius_km must be a positive number", bad, "rebuild the geocells")
+    df["radius_km"] = radius.astype(float)
+    try:
+        neighbors = df["neighbor_cell_ids"].map(parse_neighbor_ids)
+    except ValueError as err:
+        _fail(path, f"neighbor_cell_ids is not a list of integer ids ({err})", None, "write ids like '3,7,12'")
+    known = set(df["cell_id"])
+    bad = df[neighbors.map(lambda ids: any(i not in known for i in ids))]
+    if len(bad):
+        _fail(path, "neighbor_cell_ids names unknown cells", bad, "rebuild the geocells")
+    df["neighbor_cell_ids"] = neighbors.map(lambda ids: ",".join(map(str, ids)))
+    if "n_samples" not in df.columns:
+        df["n_samples"] = pd.NA  # older metadata (the original system's) has no counts
+    return df.sort_values(["province_id", "cell_id"]).reset_index(drop=True)
+
+
+def _check_images(df: pd.DataFrame, path: Path, image_check: str) -> None:
+    if image_check == "none":
+        return
+    exists = np.array([os.path.isfile(p) for p in df["image_path"]], dtype=bool)
+    missing = df[~exists]
+    if len(missing):
+        _fail(
+            path,
+            f"image file(s) not found (first: {missing['image_path'].iloc[0]})",
+            missing,
+            "check the image column and images_root (paths are relative to the CSV's folder by default)",
+        )
+    if image_check == "decode":
+        corrupt = [
+            index
+            for index, image_path in tqdm(
+                df["image_path"].items(), total=len(df), desc=f"decode {path.name}", leave=False
+            )
+            if not _decodes(image_path)
+        ]
+        if corrupt:
+            _fail(path, "image file(s) cannot be decoded", df.loc[corrupt], "replace or remove the files")
+
+
+def _decodes(image_path: str) -> bool:
+    try:
+        with Image.open(image_path) as image:
+            image.convert("RGB").load()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def load_split(
+    path: str | os.PathLike,
+    cells: pd.DataFrame | None = None,
+    images_root: str | os.PathLike | None = None,
+    image_check: str = "exists",
+    require_cell_id: bool = True,
+) -> pd.DataFrame:
+    """Read and validate `train.csv` / `test.csv`.
+
+    Adds `image_path` (absolute). Extra columns are kept. With `cells` given, every cell_id must be
+    a cell of the row's own province.
+    """
+    if image_check not in IMAGE_CHECKS:
+        raise ValueError(f"image_check must be one of {IMAGE_CHECKS}, got {image_check!r}")
+    path = Path(path)
+    df = _read_csv(path)
+    required = SPLIT_COLUMNS if require_cell_id else tuple(c for c in SPLIT_COLUMNS if c != "cell_id")
+    _require_columns(df, path, required)
+    if df.empty:
+        _fail(path, "the split has no rows", None, "add samples, or point at the right file")
+    bad = df[df["id"].isna() | df["id"].duplicated(keep=False)]
+    if len(bad):
+        _fail(path, "id is missing or not unique", bad, "give every row a unique id")
+    _normalise_provinces(df, path)
+    _check_coordinates(df, path, "latitude", "longitude")
+    root = Path(images_root) if images_root is not None else path.parent
+    df["image_path"] = [str((root / str(p)).resolve()) for p in df["image"].fillna("")]
+    if "cell_id" in df.columns and require_cell_id:
+        _require_numeric(df, path, "cell_id")
+        df["cell_id"] = df["cell_id"].astype(np.int64)
+        if cells is not None:
+            _check_cells(df, path, cells)
+    _check_images(df, path, image_check)
+    return df
+
+
+def _check_cells(df: pd.DataFrame, path: Path, cells: pd.DataFrame) -> None:
+    cell_province = dict(zip(cells["cell_id"], cells["province_id"], strict=True))
+    owner = df["cell_id"].map(cell_province)
+    unknown = df[owner.isna()]
+    if len(unknown):
+        _fail(
+            path,
+            "cell_id not in cell_metadata.csv",
+            unknown,
+            "rebuild the geocells and reassign cell ids (geoloc_lib.geocells), or use the matching metadata",
+        )
+    wrong = df[owner.astype(int) != df["province_id"]]
+    if len(wrong):
+        _fail(
+            path,
+            "cell_id belongs to another province's cell",
+            wrong,
+            "reassign cells within each row's own province (geoloc_lib.geocells.assign_cells)",
+        )
+
+
+@dataclass
+class GeoDataset:
+    """The validated train split, test split and cell metadata of one data directory."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    cells: pd.DataFrame
+    data_dir: Path
+
+
+def check_train_covers_provinces(train: pd.DataFrame, path, allow_missing: bool = False) -> list[str]:
+    """A province with no training rows cannot be learned; it is an error unless explicitly allowed."""
+    present = set(train["province_id"].unique())
+    missing = [p.name for p in prov.PROVINCES if p.id not in present]
+    if missing and not allow_missing:
+        _fail(
+            path,
+            f"no training rows for province(s) {missing}",
+            None,
+            "add training photos for them, or pass allow_missing_provinces=True to train without them "
+            "(their batch share is then given to the other provinces)",
+        )
+    return missing
+
+
+def load_dataset(
+    data_dir: str | os.PathLike,
+    images_root: str | os.PathLike | None = None,
+    image_check: str = "exists",
+    allow_missing_provinces: bool = False,
+) -> GeoDataset:
+    """Load and cross-check `train.csv`, `test.csv` and `cell_metadata.csv` of one folder."""
+    data_dir = Path(data_dir)
+    cells = load_cell_metadata(data_dir / "cell_metadata.csv")
+    train = load_split(data_dir / "train.csv", cells, images_root, image_check)
+    test = load_split(data_dir / "test.csv", cells, images_root, image_check)
+    check_train_covers_provinces(train, data_dir / "train.csv", allow_missing_provinces)
+    return GeoDataset(train=train, test=test, cells=cells, data_dir=data_dir)
