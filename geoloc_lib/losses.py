@@ -1,0 +1,142 @@
+"""Phase 1 losses (seed sections 4 and 9), each term on a scale where its weight means something.
+
+- province: weighted cross-entropy with effective-number weights, in nats (~ln 7 = 1.95 at chance).
+- geocell: KL(soft target || p(cell | true province)), in nats.
+- offset: haversine(cell centre + offset, truth) divided by the true cell's radius_km, weighted per
+  photo by its province weight. 1.0 means "one cell radius off", whatever the cell's size.
+- aux: haversine(aux (lat, lon), truth) divided by `aux_scale_km` (100 km). The original used raw km
+  (hundreds) and so swamped every other term; in units of 100 km, 0.1 x aux stays a stabiliser.
+
+The offset term is multiplied by the ramp min(1, epoch / ramp_epochs) (epoch counted from 1).
+
+Soft targets: for a photo in cell c of province p, t_j = exp(-d(c, j) / tau_p) over all cells j of p,
+renormalised, with d the great-circle distance between cell centres. Neighbours are NOT restricted
+to the K listed in cell_metadata: every cell of the province gets its (tiny, far away) share. The
+[N, Cmax] table is precomputed once, so a training step only gathers rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import provinces as prov
+from .cells import CellTable
+from .geo import haversine_km
+
+
+def effective_number_weights(counts, beta: float = 0.999) -> np.ndarray:
+    """w_p = 1 / E_p with E_p = (1 - beta^n_p) / (1 - beta), normalised to mean 1 over present classes.
+
+    Absent classes (n_p = 0) get weight 0: they never appear as targets.
+    """
+    counts = np.asarray(counts, dtype=float)
+    present = counts > 0
+    effective = (1.0 - np.power(beta, counts)) / (1.0 - beta)
+    weights = np.zeros_like(counts)
+    weights[present] = 1.0 / effective[present]
+    return weights / weights[present].mean()
+
+
+def province_counts(province_ids) -> np.ndarray:
+    return np.bincount(np.asarray(province_ids, dtype=np.int64), minlength=prov.NUM_PROVINCES)
+
+
+def soft_target_table(cells: CellTable, tau_km_by_province=None) -> torch.Tensor:
+    """[N, Cmax] soft targets over each cell's own province (padded entries 0); rows sum to 1."""
+    tau = torch.tensor(
+        tau_km_by_province if tau_km_by_province is not None else [p.tau_km for p in prov.PROVINCES],
+        dtype=torch.float32,
+    )
+    members = cells.local_to_flat[cells.province]  # [N, Cmax] flat ids of each cell's province mates
+    center = cells.center.double()
+    d = haversine_km(
+        center[:, None, 0], center[:, None, 1], center[members][..., 0], center[members][..., 1]
+    ).float()  # [N, Cmax]
+    d = torch.where(members == torch.arange(cells.num_cells)[:, None], 0.0, d)  # exact 0 on the diagonal
+    logits = -d / tau[cells.province][:, None]
+    logits = logits.masked_fill(~cells.cell_mask[cells.province], float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def offset_ramp(epoch: int, ramp_epochs: int = 5) -> float:
+    """Seed 4.3: min(1, epoch / 5); epoch counted from 1."""
+    return min(1.0, epoch / ramp_epochs)
+
+
+@dataclass
+class LossWeights:
+    province: float = 0.5
+    geocell: float = 1.0
+    offset: float = 1.0
+    aux: float = 0.1
+
+
+class Phase1TotalLoss(nn.Module):
+    """Returns {"total", "province", "geocell", "offset", "aux", "offset_weight"} as 0-dim tensors."""
+
+    def __init__(
+        self,
+        cells: CellTable,
+        province_weights,
+        weights: LossWeights | None = None,
+        aux_scale_km: float = 100.0,
+        ramp_epochs: int = 5,
+    ):
+        super().__init__()
+        self.weights = weights or LossWeights()
+        self.aux_scale_km = aux_scale_km
+        self.ramp_epochs = ramp_epochs
+        self.register_buffer("province_weights", torch.as_tensor(province_weights, dtype=torch.float32))
+        self.register_buffer("soft_targets", soft_target_table(cells))  # [N, Cmax]
+        self.register_buffer("radius_km", cells.radius_km.clone())  # [N]
+        self.register_buffer("center", cells.center.clone())  # [N, 2]
+
+    def forward(self, outputs, province_ids, cell_ids, latitudes, longitudes, epoch=None, offset_weight=None):
+        """`offset_weight` (a tensor) overrides the epoch ramp; a captured CUDA graph passes it that way."""
+        if offset_weight is None:
+            offset_weight = torch.tensor(offset_ramp(epoch, self.ramp_epochs), device=latitudes.device)
+        flat = outputs["cell_flat"]  # [B]
+        w_prov = self.province_weights[province_ids]  # [B]
+
+        loss_province = F.cross_entropy(
+            outputs["province_logits"].float(), province_ids, weight=self.province_weights
+        )
+
+        target = self.soft_targets[flat]  # [B, Cmax]
+        log_pred = F.log_softmax(outputs["routed_geocell_logits"].float(), dim=-1)  # [B, Cmax]
+        # KL with 0 * log 0 = 0 on cells outside the target's support (and on padding)
+        kl = torch.where(target > 0, target * (torch.log(target.clamp_min(1e-30)) - log_pred), 0.0)
+        loss_geocell = kl.sum(-1).mean()
+
+        pred = self.center[flat] + outputs["offsets"]  # [B, 2]
+        offset_km = haversine_km(pred[:, 0], pred[:, 1], latitudes, longitudes)  # [B]
+        loss_offset = (w_prov * offset_km / self.radius_km[flat]).sum() / w_prov.sum()
+
+        aux = outputs["aux_coords"]
+        loss_aux = haversine_km(aux[:, 0], aux[:, 1], latitudes, longitudes).mean() / self.aux_scale_km
+
+        w = self.weights
+        total = (
+            w.province * loss_province
+            + w.geocell * loss_geocell
+            + w.offset * offset_weight * loss_offset
+            + w.aux * loss_aux
+        )
+        return {
+            "total": total,
+            "province": loss_province,
+            "geocell": loss_geocell,
+            "offset": loss_offset,
+            "aux": loss_aux,
+            "offset_weight": offset_weight,
+        }
+
+
+def province_weights_from_split(train: pd.DataFrame, beta: float = 0.999) -> np.ndarray:
+    return effective_number_weights(province_counts(train["province_id"]), beta)

@@ -1,0 +1,328 @@
+"""The Phase 1 hierarchical geolocation model: province -> geocell -> offset, plus an aux (lat, lon) head.
+
+`GeoHeads` holds every trainable layer and runs on encoder features, so the same heads serve the
+seed-literal path (images through the encoders each step) and the cached-feature path. All seven
+geocell heads run as two batched einsums over stacked weights, not a Python loop over provinces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import provinces as prov
+from .cells import CellTable
+from .contract import load_cell_metadata
+from .encoders import DualEncoder, EncoderConfig, resolve_encoder_config
+from .geo import PAKISTAN_CENTER
+
+MASKED_LOGIT = -1e4  # logit of a padded (non-existent) cell: exp() underflows to exactly 0
+AUX_SPAN_DEG = (4.0, 5.0)  # the aux head predicts (lat, lon) as PAKISTAN_CENTER + span * output
+
+
+@dataclass
+class HeadConfig:
+    proj_dim: int = 512  # projections of both encoders, and the fused feature
+    province_emb_dim: int = 32
+    cell_emb_dim: int = 96
+    province_hidden: int = 256
+    geocell_hidden: int = 512
+    small_geocell_hidden: int = 256  # capacity of provinces with fewer than small_province_cells cells
+    small_province_cells: int = 30
+    offset_hidden: int = 256
+    aux_hidden: int = 256
+    dropout: float = 0.1
+    temperature: float = 1.0  # province logits are divided by this
+
+
+def _projection(in_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim), nn.GELU())
+
+
+class BatchedGeocellHeads(nn.Module):
+    """One 2-layer MLP per province, stored stacked: [P, ...] weights, evaluated for all provinces at once.
+
+    Input of province p's head: [fused ; province_embedding[p]]. Hidden units beyond a province's
+    capacity and logits of cells the province does not have are masked.
+    """
+
+    def __init__(self, in_dim: int, emb_dim: int, cells: CellTable, cfg: HeadConfig):
+        super().__init__()
+        P, H, C = prov.NUM_PROVINCES, cfg.geocell_hidden, cells.max_cells
+        capacity = torch.where(
+            cells.n_cells < cfg.small_province_cells, cfg.small_geocell_hidden, cfg.geocell_hidden
+        )
+        self.register_buffer("hidden_mask", torch.arange(H)[None, :] < capacity[:, None], persistent=False)
+        self.w_in = nn.Parameter(torch.empty(P, in_dim + emb_dim, H))  # [P, D+E, H]
+        self.b_in = nn.Parameter(torch.empty(P, H))
+        self.w_out = nn.Parameter(torch.empty(P, H, C))  # [P, H, C]
+        self.b_out = nn.Parameter(torch.empty(P, C))
+        self.in_dim = in_dim
+        self.dropout = nn.Dropout(cfg.dropout)
+        # nn.Linear's default init, per province, with the fan-in of that province's real capacity
+        for p in range(P):
+            bound_in = 1 / math.sqrt(in_dim + emb_dim)
+            bound_out = 1 / math.sqrt(int(capacity[p]))
+            nn.init.uniform_(self.w_in[p], -bound_in, bound_in)
+            nn.init.uniform_(self.b_in[p], -bound_in, bound_in)
+            nn.init.uniform_(self.w_out[p], -bound_out, bound_out)
+            nn.init.uniform_(self.b_out[p], -bound_out, bound_out)
+
+    def forward(self, fused: torch.Tensor, province_emb: torch.Tensor, cell_mask: torch.Tensor) -> torch.Tensor:
+        # fused [B, D], province_emb [P, E], cell_mask [P, C] -> logits [B, P, C]
+        per_province_bias = torch.einsum("pe,peh->ph", province_emb, self.w_in[:, self.in_dim :])  # [P, H]
+        hidden = torch.einsum("bd,pdh->bph", fused, self.w_in[:, : self.in_dim])  # [B, P, H]
+        hidden = F.gelu(hidden + per_province_bias + self.b_in) * self.hidden_mask
+        logits = torch.einsum("bph,phc->bpc", self.dropout(hidden), self.w_out) + self.b_out  # [B, P, C]
+        return logits.masked_fill(~cell_mask, MASKED_LOGIT)
+
+
+class GeoHeads(nn.Module):
+    """Every trainable layer of Phase 1: projections, fusion gate, province head, geocell heads,
+    embeddings, the cell-aware offset head and the aux head."""
+
+    def __init__(self, clip_dim: int, scene_dim: int, cells: CellTable, cfg: HeadConfig):
+        super().__init__()
+        D = cfg.proj_dim
+        self.config = cfg
+        self.cells = cells
+        self.clip_proj = _projection(clip_dim, D)
+        self.scene_proj = _projection(scene_dim, D)
+        self.gate = nn.Linear(2 * D, D)  # alpha = sigmoid(W [c; s]), per feature
+        self.province_head = nn.Sequential(
+            nn.Linear(D, cfg.province_hidden),
+            nn.LayerNorm(cfg.province_hidden),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.province_hidden, prov.NUM_PROVINCES),
+        )
+        self.province_emb = nn.Embedding(prov.NUM_PROVINCES, cfg.province_emb_dim)
+        self.cell_emb = nn.Embedding(cells.num_cells, cfg.cell_emb_dim)
+        self.geocell_heads = BatchedGeocellHeads(D, cfg.province_emb_dim, cells, cfg)
+        # offset head: [fused ; province_emb ; cell_emb] -> (dlat, dlon), first layer split in two so
+        # the fused part is computed once when several hypotheses share one photo
+        self.offset_fused = nn.Linear(D, cfg.offset_hidden)
+        self.offset_code = nn.Linear(cfg.province_emb_dim + cfg.cell_emb_dim, cfg.offset_hidden, bias=False)
+        self.offset_out = nn.Sequential(nn.GELU(), nn.Linear(cfg.offset_hidden, 2))
+        self.aux_head = nn.Sequential(nn.Linear(D, cfg.aux_hidden), nn.GELU(), nn.Linear(cfg.aux_hidden, 2))
+        self.register_buffer("aux_center", torch.tensor(PAKISTAN_CENTER), persistent=False)
+        self.register_buffer("aux_span", torch.tensor(AUX_SPAN_DEG), persistent=False)
+
+    def fuse(self, clip_feat: torch.Tensor, scene_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.clip_proj(clip_feat)  # [B, D]
+        s = self.scene_proj(scene_feat)  # [B, D]
+        alpha = torch.sigmoid(self.gate(torch.cat([c, s], dim=-1)))  # [B, D]
+        return alpha * s + (1 - alpha) * c, alpha
+
+    def offsets_for(self, fused: torch.Tensor, flat_cells: torch.Tensor) -> torch.Tensor:
+        """Bounded (dlat, dlon) in degrees for each photo and each of its cells.
+
+        fused [B, D], flat_cells [B, K] -> [B, K, 2]. tanh keeps the offset inside
+        +/- radius_km * province_scale (converted to degrees at the cell's latitude) while its
+        gradient stays non-zero at every finite input.
+        """
+        code = torch.cat([self.province_emb(self.cells.province[flat_cells]), self.cell_emb(flat_cells)], -1)
+        hidden = self.offset_fused(fused)[:, None, :] + self.offset_code(code)  # [B, K, H]
+        raw = self.offset_out(hidden)  # [B, K, 2]
+        return torch.tanh(raw.float()) * self.cells.offset_bound_deg[flat_cells]
+
+    def forward(
+        self,
+        clip_feat: torch.Tensor,
+        scene_feat: torch.Tensor,
+        cell_ids: torch.Tensor | None = None,
+        province_ids: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        fused, alpha = self.fuse(clip_feat, scene_feat)
+        province_logits = self.province_head(fused) / self.config.temperature  # [B, P]
+        geocell_logits = self.geocell_heads(fused, self.province_emb.weight, self.cells.cell_mask)  # [B,P,C]
+        aux = self.aux_head(fused).float()  # [B, 2]
+        out = {
+            "province_logits": province_logits,
+            "geocell_logits": geocell_logits,
+            "aux_coords": self.aux_center + self.aux_span * aux,  # [B, 2] (lat, lon)
+            "fused": fused,
+            "gate_alpha": alpha,
+        }
+        if cell_ids is not None:
+            flat = self.cells.flat_index(cell_ids)  # [B]
+            out["cell_flat"] = flat
+            out["offsets"] = self.offsets_for(fused, flat[:, None])[:, 0]  # [B, 2] for the true cell
+            routed = province_ids if province_ids is not None else self.cells.province[flat]
+            # training routes each photo to its true province's head
+            out["routed_geocell_logits"] = geocell_logits[torch.arange(len(flat), device=flat.device), routed]
+        return out
+
+    @torch.no_grad()
+    def predict(self, out: dict[str, torch.Tensor], top_provinces: int = 2, top_cells: int = 5) -> dict:
+        """Label-free inference from `forward`'s outputs: the model's own province, cell and offset.
+
+        Hypotheses are the top provinces x top cells, weighted p(province) * p(cell | province).
+        `lat/lon` is the best single hypothesis (argmax); `mix_lat/mix_lon` is the probability-weighted
+        mean of all hypotheses (weights renormalised over them).
+        """
+        p_prov = torch.softmax(out["province_logits"].float(), -1)  # [B, P]
+        p_cell = torch.softmax(out["geocell_logits"].float(), -1)  # [B, P, C]
+        k_p = min(top_provinces, prov.NUM_PROVINCES)
+        k_c = min(top_cells, self.cells.max_cells)
+        prov_prob, prov_idx = p_prov.topk(k_p, -1)  # [B, Kp]
+        cond = p_cell.gather(1, prov_idx[..., None].expand(-1, -1, p_cell.shape[-1]))  # [B, Kp, C]
+        cell_prob, local_idx = cond.topk(k_c, -1)  # [B, Kp, Kc]
+        joint = (prov_prob[..., None] * cell_prob).flatten(1)  # [B, K]
+        flat = self.cells.local_to_flat[prov_idx[..., None], local_idx].flatten(1)  # [B, K]
+        coords = self.cells.center[flat] + self.offsets_for(out["fused"], flat)  # [B, K, 2]
+        best = joint.argmax(-1)  # [B]
+        rows = torch.arange(len(best), device=best.device)
+        weights = joint / joint.sum(-1, keepdim=True).clamp_min(1e-12)
+        mixture = (weights[..., None] * coords).sum(1)  # [B, 2]
+        return {
+            "province": p_prov.argmax(-1),
+            "province_prob": p_prov.max(-1).values,
+            "province_probs": p_prov,
+            "cell_flat": flat[rows, best],
+            "cell_id": self.cells.cell_ids[flat[rows, best]],
+            "lat": coords[rows, best, 0],
+            "lon": coords[rows, best, 1],
+            "mix_lat": mixture[:, 0],
+            "mix_lon": mixture[:, 1],
+            "hyp_cell_id": self.cells.cell_ids[flat],  # [B, K]
+            "hyp_province": self.cells.province[flat],  # [B, K]
+            "hyp_prob": joint,  # [B, K]
+            "hyp_coords": coords,  # [B, K, 2]
+        }
+
+
+class Phase1Model(nn.Module):
+    """Frozen encoders + `GeoHeads`. `model(images, cell_ids=..., province_ids=...)` as in seed 5.1."""
+
+    def __init__(self, encoders: DualEncoder, cells: CellTable, head_config: HeadConfig):
+        super().__init__()
+        self.encoders = encoders
+        clip_dim, scene_dim = encoders.dims
+        self.heads = GeoHeads(clip_dim, scene_dim, cells, head_config)
+
+    @property
+    def cells(self) -> CellTable:
+        return self.heads.cells
+
+    def forward(self, images, cell_ids=None, province_ids=None) -> dict[str, torch.Tensor]:
+        clip_feat, scene_feat = self.encoders(images)  # [B, Dc], [B, Ds]
+        return self.heads(clip_feat, scene_feat, cell_ids=cell_ids, province_ids=province_ids)
+
+    @torch.no_grad()
+    def predict(self, images, top_provinces: int = 2, top_cells: int = 5) -> dict[str, torch.Tensor]:
+        return self.heads.predict(self(images), top_provinces, top_cells)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything that training changes: the heads, plus an encoder only when it is not frozen.
+
+        Frozen encoders are rebuilt from their config, so checkpoints stay small (a ViT-B/16 + R50
+        would otherwise add ~400 MB to every epoch's file).
+        """
+        return {
+            k: v
+            for k, v in self.state_dict().items()
+            if not k.startswith("encoders.")
+            or (k.startswith("encoders.clip.") and not self.encoders.clip.frozen)
+            or (k.startswith("encoders.scene.") and not self.encoders.scene.frozen)
+        }
+
+    def component_parameter_counts(self) -> list[dict]:
+        groups = {
+            "CLIP encoder": self.encoders.clip,
+            "scene encoder": self.encoders.scene,
+            "projections": nn.ModuleList([self.heads.clip_proj, self.heads.scene_proj]),
+            "fusion gate": self.heads.gate,
+            "province head": self.heads.province_head,
+            "geocell heads": self.heads.geocell_heads,
+            "embeddings": nn.ModuleList([self.heads.province_emb, self.heads.cell_emb]),
+            "offset head": nn.ModuleList([self.heads.offset_fused, self.heads.offset_code, self.heads.offset_out]),
+            "aux head": self.heads.aux_head,
+        }
+        return [
+            {
+                "component": name,
+                "trainable": sum(p.numel() for p in m.parameters() if p.requires_grad),
+                "frozen": sum(p.numel() for p in m.parameters() if not p.requires_grad),
+            }
+            for name, m in groups.items()
+        ]
+
+
+@dataclass
+class LoadReport:
+    path: str
+    loaded: list[str]
+    missing: list[str]
+    unexpected: list[str]
+    encoders_from: str
+
+    def summary(self) -> str:
+        def head(keys):
+            return ", ".join(keys[:8]) + (f", ... (+{len(keys) - 8})" if len(keys) > 8 else "")
+
+        return (
+            f"Phase 0 weights from {self.path}\n"
+            f"  loaded ({len(self.loaded)}): {head(self.loaded)}\n"
+            f"  missing, initialised from scratch ({len(self.missing)}): {head(self.missing)}\n"
+            f"  unexpected, ignored ({len(self.unexpected)}): {head(self.unexpected)}\n"
+            f"  encoders: {self.encoders_from}"
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint as untrusted input: tensors and plain containers only (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from err
+
+
+def load_phase0_weights(model: Phase1Model, path: str | Path) -> LoadReport:
+    """Load Phase 0 weights by name (a `module.` prefix is accepted) and report what happened."""
+    checkpoint = load_checkpoint(path)
+    state = checkpoint.get("model_state", checkpoint.get("state_dict", checkpoint))
+    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        details = "; ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:5])
+        raise ValueError(f"{path}: Phase 0 weights do not fit this model ({details}); check proj_dim/encoders")
+    loaded = [k for k in state if k in own]
+    model.load_state_dict({**own, **{k: state[k] for k in loaded}})
+    trainable = model.trainable_state_dict()
+    encoder_keys = [k for k in loaded if k.startswith("encoders.")]
+    return LoadReport(
+        path=str(path),
+        loaded=loaded,
+        missing=[k for k in trainable if k not in state],
+        unexpected=[k for k in state if k not in own],
+        encoders_from="checkpoint" if encoder_keys else "encoder config (frozen weights are not stored)",
+    )
+
+
+def create_phase1_model(
+    cell_metadata_path: str | Path,
+    freeze_clip: bool = True,
+    freeze_scene: bool = True,
+    phase0_checkpoint_path: str | Path | None = None,
+    encoder: str | EncoderConfig = "tiny-random",
+    head_config: HeadConfig | None = None,
+) -> Phase1Model:
+    """Build the Phase 1 model of seed section 3.1. The Phase 0 load report is kept on `model.phase0_report`."""
+    cells = CellTable(load_cell_metadata(cell_metadata_path))
+    encoders = DualEncoder(resolve_encoder_config(encoder), freeze_clip, freeze_scene)
+    model = Phase1Model(encoders, cells, head_config or HeadConfig())
+    model.phase0_report = load_phase0_weights(model, phase0_checkpoint_path) if phase0_checkpoint_path else None
+    return model

@@ -1,0 +1,93 @@
+"""Province-balanced batch sampler with a fresh, reproducible order every epoch.
+
+A batch of 64 holds 16 Sindh photos and 8 of each other province (shares from the province table);
+other batch sizes scale the shares with largest-remainder rounding, so the batch size is exact.
+
+Within a province, photos are drawn as successive random permutations: every photo is used once
+before any repeats, and small provinces cycle (they are drawn "with replacement" across the epoch,
+never twice in a row by accident). The order of epoch `e` depends only on (seed, e), so a resumed run
+sees the same batches as an uninterrupted one, and consecutive epochs differ (the original system
+drew the same batches every epoch).
+
+A province with no training photos: `missing="redistribute"` (default) gives its share to the other
+provinces in proportion and warns; `missing="error"` raises.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from . import provinces as prov
+
+
+def batch_composition(batch_size: int, shares) -> np.ndarray:
+    """Photos per province in one batch: largest-remainder rounding of batch_size * shares."""
+    shares = np.asarray(shares, float)
+    shares = shares / shares.sum()
+    exact = shares * batch_size
+    counts = np.floor(exact).astype(int)
+    remainder = batch_size - counts.sum()
+    # ties go to the lower province id (stable sort)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[:remainder]] += 1
+    return counts
+
+
+class ProvinceBalancedBatchSampler(torch.utils.data.Sampler):
+    def __init__(
+        self,
+        province_ids,
+        batch_size: int = 64,
+        batches_per_epoch: int = 1300,
+        seed: int = 0,
+        missing: str = "redistribute",
+    ):
+        if missing not in ("redistribute", "error"):
+            raise ValueError("missing must be 'redistribute' or 'error'")
+        self.province_ids = np.asarray(province_ids, dtype=np.int64)
+        self.batch_size = batch_size
+        self.batches_per_epoch = batches_per_epoch
+        self.seed = seed
+        self.epoch = 1
+        self.members = [np.flatnonzero(self.province_ids == p.id) for p in prov.PROVINCES]
+        shares = np.array([p.batch_share for p in prov.PROVINCES])
+        absent = [p.name for p, m in zip(prov.PROVINCES, self.members, strict=True) if len(m) == 0]
+        if len(absent) == len(prov.PROVINCES):
+            raise ValueError("the sampler got no photos at all")
+        if absent:
+            message = f"no training photos for {absent}"
+            if missing == "error":
+                raise ValueError(message + "; add photos for them or use missing='redistribute'")
+            warnings.warn(message + "; their batch share goes to the other provinces", stacklevel=2)
+            shares = np.where([len(m) > 0 for m in self.members], shares, 0.0)
+        self.counts = batch_composition(batch_size, shares)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_batches(self, epoch: int | None = None) -> np.ndarray:
+        """[batches_per_epoch, batch_size] dataset indices of one epoch (vectorised, no per-sample loop)."""
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, epoch])
+        columns = []
+        for members, count in zip(self.members, self.counts, strict=True):
+            if count == 0:
+                continue
+            need = count * self.batches_per_epoch
+            passes = -(-need // len(members))  # ceil
+            # successive permutations: every photo once before any photo twice
+            keys = rng.random((passes, len(members)))
+            draws = members[np.argsort(keys, axis=1)].reshape(-1)[:need]
+            columns.append(draws.reshape(self.batches_per_epoch, count))
+        batches = np.concatenate(columns, axis=1)
+        # shuffle the position of each photo inside its batch
+        return np.take_along_axis(batches, np.argsort(rng.random(batches.shape), axis=1), axis=1)
+
+    def __iter__(self):
+        yield from (batch.tolist() for batch in self.epoch_batches())
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
