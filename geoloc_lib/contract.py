@@ -55,7 +55,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype={"id": str, "image": str, "province": str})
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        _fail(path, f"not a readable CSV ({err})", None, "save the file as comma-separated UTF-8 with a header")
+        _fail(
+            path, f"not a readable CSV ({err})", None, "save the file as comma-separated UTF-8 with a header"
+        )
 
 
 def _require_columns(df: pd.DataFrame, path: Path, columns) -> None:
@@ -151,7 +153,9 @@ def load_cell_metadata(path: str | os.PathLike) -> pd.DataFrame:
     try:
         neighbors = df["neighbor_cell_ids"].map(parse_neighbor_ids)
     except ValueError as err:
-        _fail(path, f"neighbor_cell_ids is not a list of integer ids ({err})", None, "write ids like '3,7,12'")
+        _fail(
+            path, f"neighbor_cell_ids is not a list of integer ids ({err})", None, "write ids like '3,7,12'"
+        )
     known = set(df["cell_id"])
     bad = df[neighbors.map(lambda ids: any(i not in known for i in ids))]
     if len(bad):

@@ -118,7 +118,9 @@ def render_scene(
     if province_id == 0:
         mix = math.exp(-(((lon - _INDUS_LON_SINDH) / 0.6) ** 2))
     else:
-        mix = 0.5 + 0.5 * math.tanh((lat - 31.0) / 2.0) if province_id in (1, 2) else 0.5 + 0.3 * math.sin(lon)
+        mix = (
+            0.5 + 0.5 * math.tanh((lat - 31.0) / 2.0) if province_id in (1, 2) else 0.5 + 0.3 * math.sin(lon)
+        )
     ground = (1 - mix) * base + mix * other
     ground = ground + 0.06 * np.array([math.sin(lat * 1.3), math.cos(lon * 1.1), math.sin((lat + lon) * 0.9)])
 

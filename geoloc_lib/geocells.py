@@ -93,9 +93,7 @@ def _split_large(xy: np.ndarray, labels: np.ndarray, cfg: GeocellConfig) -> np.n
         next_id = n
         for k in np.flatnonzero(radii > cfg.target_radius_km):
             members = np.flatnonzero(labels == k)
-            parts = min(
-                math.ceil((radii[k] / cfg.target_radius_km) ** 2), len(members) // cfg.min_samples
-            )
+            parts = min(math.ceil((radii[k] / cfg.target_radius_km) ** 2), len(members) // cfg.min_samples)
             if parts < 2 or len(np.unique(xy[members], axis=0)) < parts:
                 continue
             sub = KMeans(n_clusters=parts, n_init=3, random_state=rng_seed).fit_predict(xy[members])
@@ -121,9 +119,9 @@ def _cluster_province(lat: np.ndarray, lon: np.ndarray, cfg: GeocellConfig):
         rng = np.random.default_rng(cfg.seed)
         sample = rng.choice(n, cfg.max_cluster_points, replace=False) if n > cfg.max_cluster_points else None
         fit_xy = xy if sample is None else xy[sample]
-        raw = HDBSCAN(min_cluster_size=cfg.min_samples, min_samples=min(cfg.min_samples, 10), copy=True).fit_predict(
-            fit_xy
-        )
+        raw = HDBSCAN(
+            min_cluster_size=cfg.min_samples, min_samples=min(cfg.min_samples, 10), copy=True
+        ).fit_predict(fit_xy)
         raw = _merge_small(fit_xy, raw, cfg.min_samples)
         labels = raw if sample is None else _nearest(xy, _centres(fit_xy, raw, raw.max() + 1))
         labels = _merge_small(xy, labels, cfg.min_samples)

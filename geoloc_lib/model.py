@@ -73,7 +73,9 @@ class BatchedGeocellHeads(nn.Module):
             nn.init.uniform_(self.w_out[p], -bound_out, bound_out)
             nn.init.uniform_(self.b_out[p], -bound_out, bound_out)
 
-    def forward(self, fused: torch.Tensor, province_emb: torch.Tensor, cell_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, fused: torch.Tensor, province_emb: torch.Tensor, cell_mask: torch.Tensor
+    ) -> torch.Tensor:
         # fused [B, D], province_emb [P, E], cell_mask [P, C] -> logits [B, P, C]
         per_province_bias = torch.einsum("pe,peh->ph", province_emb, self.w_in[:, self.in_dim :])  # [P, H]
         hidden = torch.einsum("bd,pdh->bph", fused, self.w_in[:, : self.in_dim])  # [B, P, H]
@@ -241,7 +243,9 @@ class Phase1Model(nn.Module):
             "province head": self.heads.province_head,
             "geocell heads": self.heads.geocell_heads,
             "embeddings": nn.ModuleList([self.heads.province_emb, self.heads.cell_emb]),
-            "offset head": nn.ModuleList([self.heads.offset_fused, self.heads.offset_code, self.heads.offset_out]),
+            "offset head": nn.ModuleList(
+                [self.heads.offset_fused, self.heads.offset_code, self.heads.offset_out]
+            ),
             "aux head": self.heads.aux_head,
         }
         return [
@@ -298,7 +302,9 @@ def load_phase0_weights(model: Phase1Model, path: str | Path) -> LoadReport:
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         details = "; ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:5])
-        raise ValueError(f"{path}: Phase 0 weights do not fit this model ({details}); check proj_dim/encoders")
+        raise ValueError(
+            f"{path}: Phase 0 weights do not fit this model ({details}); check proj_dim/encoders"
+        )
     loaded = [k for k in state if k in own]
     model.load_state_dict({**own, **{k: state[k] for k in loaded}})
     trainable = model.trainable_state_dict()
@@ -324,5 +330,7 @@ def create_phase1_model(
     cells = CellTable(load_cell_metadata(cell_metadata_path))
     encoders = DualEncoder(resolve_encoder_config(encoder), freeze_clip, freeze_scene)
     model = Phase1Model(encoders, cells, head_config or HeadConfig())
-    model.phase0_report = load_phase0_weights(model, phase0_checkpoint_path) if phase0_checkpoint_path else None
+    model.phase0_report = (
+        load_phase0_weights(model, phase0_checkpoint_path) if phase0_checkpoint_path else None
+    )
     return model
