@@ -110,3 +110,46 @@ def naive_baseline(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
     lon = float(train.loc[train["province_id"] == top, "longitude"].mean())
     errors = haversine_km(test["latitude"].to_numpy(), test["longitude"].to_numpy(), lat, lon)
     return {"guess": f"centre of {prov.by_id(top).name} ({lat:.2f}, {lon:.2f})", **error_summary(errors)}
+
+
+def predictions_frame(
+    split: pd.DataFrame,
+    pred_province,
+    lat,
+    lon,
+    oracle_lat,
+    oracle_lon,
+    mix_lat=None,
+    mix_lon=None,
+    cell_id=None,
+    province_prob=None,
+) -> pd.DataFrame:
+    """One row per photo: truth, argmax prediction, oracle-cell prediction and (optionally) the mixture."""
+    true_lat, true_lon = split["latitude"].to_numpy(float), split["longitude"].to_numpy(float)
+
+    def error(a, b):
+        return haversine_km(true_lat, true_lon, np.asarray(a, float), np.asarray(b, float))
+
+    frame = pd.DataFrame(
+        {
+            "id": split["id"].to_numpy(),
+            "latitude": true_lat,
+            "longitude": true_lon,
+            "province_id": split["province_id"].to_numpy(),
+            "cell_id": split["cell_id"].to_numpy(),
+            "pred_province_id": np.asarray(pred_province).astype(int),
+            "pred_lat": np.asarray(lat, float),
+            "pred_lon": np.asarray(lon, float),
+            "error_km": error(lat, lon),
+            "oracle_error_km": error(oracle_lat, oracle_lon),
+        }
+    )
+    if mix_lat is not None:
+        frame["pred_cell_id"] = np.asarray(cell_id).astype(np.int64)
+        frame["pred_province_prob"] = np.asarray(province_prob, float)
+        frame["mix_lat"] = np.asarray(mix_lat, float)
+        frame["mix_lon"] = np.asarray(mix_lon, float)
+        frame["mix_error_km"] = error(mix_lat, mix_lon)
+    frame.insert(4, "province", [prov.by_id(p).name for p in frame["province_id"]])
+    frame["pred_province"] = [prov.by_id(p).name for p in frame["pred_province_id"]]
+    return frame

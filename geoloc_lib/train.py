@@ -38,9 +38,8 @@ from .contract import load_dataset
 from .datasets import PhotoDataset
 from .encoders import DualEncoder, resolve_encoder_config
 from .features import cache_key, load_or_extract
-from .geo import haversine_km
 from .losses import LossWeights, Phase1TotalLoss, offset_ramp, province_weights_from_split
-from .metrics import SEED_COLUMNS, prediction_metrics
+from .metrics import SEED_COLUMNS, prediction_metrics, predictions_frame
 from .model import HeadConfig, Phase1Model, load_checkpoint, load_phase0_weights
 from .sampler import ProvinceBalancedBatchSampler
 from .transforms import AugmentConfig, eval_transform, train_transform
@@ -438,9 +437,7 @@ class Trainer:
                     )
         flat_idx = batches.reshape(-1).cpu().numpy()
         p = preds.reshape(-1, 5).cpu().numpy()
-        frame = self._predictions_frame(
-            self.data.train.iloc[flat_idx], p[:, 0], p[:, 1], p[:, 2], p[:, 3], p[:, 4]
-        )
+        frame = predictions_frame(self.data.train.iloc[flat_idx], p[:, 0], p[:, 1], p[:, 2], p[:, 3], p[:, 4])
         mean_terms = terms.mean(0).tolist()
         return {f"loss_{k}": v for k, v in zip(LOSS_TERMS, mean_terms, strict=True)} | {
             "offset_weight": float(offset_weight)
@@ -514,7 +511,7 @@ class Trainer:
             oracle.append((self.cells.center[out["cell_flat"]] + out["offsets"].float()).cpu())
         c = {k: torch.cat(v).numpy() for k, v in columns.items()}
         o = torch.cat(oracle).numpy()
-        frame = self._predictions_frame(
+        frame = predictions_frame(
             self.data.test,
             c["province"],
             c["lat"],
@@ -528,46 +525,6 @@ class Trainer:
         )
         losses = {f"loss_{k}": v for k, v in zip(LOSS_TERMS, (sums / n).tolist(), strict=True)}
         return losses | {"offset_weight": float(offset_weight)}, frame
-
-    def _predictions_frame(
-        self,
-        split,
-        pred_province,
-        lat,
-        lon,
-        oracle_lat,
-        oracle_lon,
-        mix_lat=None,
-        mix_lon=None,
-        cell_id=None,
-        province_prob=None,
-    ) -> pd.DataFrame:
-        true_lat, true_lon = split["latitude"].to_numpy(), split["longitude"].to_numpy()
-        frame = pd.DataFrame(
-            {
-                "id": split["id"].to_numpy(),
-                "latitude": true_lat,
-                "longitude": true_lon,
-                "province_id": split["province_id"].to_numpy(),
-                "cell_id": split["cell_id"].to_numpy(),
-                "pred_province_id": np.asarray(pred_province).astype(int),
-                "pred_lat": lat,
-                "pred_lon": lon,
-                "error_km": haversine_km(true_lat, true_lon, np.asarray(lat, float), np.asarray(lon, float)),
-                "oracle_error_km": haversine_km(
-                    true_lat, true_lon, np.asarray(oracle_lat, float), np.asarray(oracle_lon, float)
-                ),
-            }
-        )
-        if mix_lat is not None:
-            frame["pred_cell_id"] = np.asarray(cell_id).astype(np.int64)
-            frame["pred_province_prob"] = province_prob
-            frame["mix_lat"] = mix_lat
-            frame["mix_lon"] = mix_lon
-            frame["mix_error_km"] = haversine_km(
-                true_lat, true_lon, np.asarray(mix_lat, float), np.asarray(mix_lon, float)
-            )
-        return frame
 
     # ---------------------------------------------------------------- run
     def checkpoint_payload(self, epoch: int, rows: dict, metrics: dict, best: float) -> dict:
