@@ -53,7 +53,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         _fail(path, "file not found", None, "check the data directory, or generate the demo data (make demo)")
     try:
-        return pd.read_csv(path, dtype={"id": str, "image": str, "province": str})
+        return pd.read_csv(path, dtype={"id": str, "image": str, "province": str, "neighbor_cell_ids": str})
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         _fail(
             path, f"not a readable CSV ({err})", None, "save the file as comma-separated UTF-8 with a header"

@@ -233,3 +233,6 @@ def generate_demo_dataset(out_dir: str | os.PathLike, config: DemoConfig | None 
     cells.to_csv(out_dir / "cell_metadata.csv", index=False)
     pd.Series(asdict(cfg)).to_json(out_dir / "demo_config.json", indent=1)
     return out_dir
+
+
+DEMO_PRESETS = {"default": DemoConfig(), "tiny": TINY_DEMO}

@@ -128,3 +128,104 @@ def geocell_map(cells: pd.DataFrame, value: pd.Series | None = None, value_label
         legend(m, value_label, error_legend_entries())
     folium.LayerControl().add_to(m)
     return m
+
+
+def _province_polygons_fallback(pred: pd.DataFrame) -> dict:
+    """Convex hull of each province's validation points, as GeoJSON (when no boundary file is given)."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    features = []
+    for p in prov.PROVINCES:
+        pts = pred.loc[pred["province_id"] == p.id, ["longitude", "latitude"]].drop_duplicates().to_numpy()
+        if len(pts) < 3:
+            continue
+        try:
+            hull = pts[ConvexHull(pts).vertices]
+        except QhullError:  # collinear points
+            continue
+        ring = [[float(x), float(y)] for x, y in hull] + [[float(hull[0][0]), float(hull[0][1])]]
+        features.append(
+            {
+                "type": "Feature",
+                "properties": {"shapeName": p.name},
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def error_map(
+    pred: pd.DataFrame,
+    boundaries_geojson: str | Path | None = None,
+    worst_n: int = 30,
+    max_points: int = 5000,
+) -> folium.Map:
+    """Per-province median error (choropleth, or convex hulls without boundaries), test points coloured by
+    error, and truth -> prediction lines for the worst `worst_n`, with a layer control."""
+    import json
+
+    m = base_map()
+    by_province = pred.groupby("province_id")
+    stats = {
+        prov.by_id(pid).name: {
+            "photos": len(part),
+            "median_error_km": float(part["error_km"].median()),
+            "province_acc": 100 * float((part["pred_province_id"] == pid).mean()),
+        }
+        for pid, part in by_province
+    }
+    if boundaries_geojson:
+        shapes = json.loads(Path(boundaries_geojson).read_text(encoding="utf-8"))
+        layer_name = "median error by province (boundaries)"
+    else:
+        shapes = _province_polygons_fallback(pred)
+        layer_name = "median error by province (convex hull of test points)"
+    for feature in shapes["features"]:
+        props = feature["properties"]
+        p = prov.try_lookup(props.get("shapeName") or props.get("name") or "")
+        s = stats.get(p.name if p else "", {})
+        props["province"] = p.name if p else str(props.get("shapeName"))
+        props["photos"] = s.get("photos", 0)
+        props["median_error_km"] = round(s.get("median_error_km", float("nan")), 1) if s else "n/a"
+        props["province_acc"] = round(s.get("province_acc", float("nan")), 1) if s else "n/a"
+        props["fill"] = error_color(s["median_error_km"]) if s else "#cccccc"
+    folium.GeoJson(
+        shapes,
+        name=layer_name,
+        style_function=lambda f: {
+            "fillColor": f["properties"]["fill"],
+            "color": "#333",
+            "weight": 1,
+            "fillOpacity": 0.5,
+        },
+        tooltip=folium.GeoJsonTooltip(
+            fields=["province", "photos", "median_error_km", "province_acc"],
+            aliases=["province", "test photos", "median error (km)", "province accuracy (%)"],
+        ),
+    ).add_to(m)
+    points = folium.FeatureGroup(name="test photos by error")
+    shown = pred.sample(max_points, random_state=0) if len(pred) > max_points else pred
+    for row in shown.itertuples():
+        folium.CircleMarker(
+            (row.latitude, row.longitude),
+            radius=3,
+            color=error_color(row.error_km),
+            fill=True,
+            fill_opacity=0.8,
+            weight=0,
+            tooltip=f"{row.id}: {row.error_km:.1f} km ({row.province} -> {row.pred_province})",
+        ).add_to(points)
+    points.add_to(m)
+    worst = folium.FeatureGroup(name=f"worst {worst_n}: truth -> prediction")
+    for row in pred.nlargest(worst_n, "error_km").itertuples():
+        folium.PolyLine(
+            [(row.latitude, row.longitude), (row.pred_lat, row.pred_lon)],
+            color="#d73027",
+            weight=2,
+            tooltip=f"{row.id}: {row.error_km:.0f} km",
+        ).add_to(worst)
+        folium.CircleMarker((row.latitude, row.longitude), radius=4, color="#000", fill=True).add_to(worst)
+    worst.add_to(m)
+    legend(m, "error", error_legend_entries())
+    folium.LayerControl(collapsed=False).add_to(m)
+    return m

@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import torch
 
 from . import provinces as prov
@@ -91,3 +92,40 @@ class ProvinceBalancedBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.batches_per_epoch
+
+
+def composition_table(sampler: ProvinceBalancedBatchSampler, epoch: int = 1) -> pd.DataFrame:
+    """Share of each province in every batch of an epoch: [batches, provinces]."""
+    batches = sampler.epoch_batches(epoch)
+    province = sampler.province_ids[batches]  # [S, B]
+    counts = np.stack([(province == p.id).sum(1) for p in prov.PROVINCES], axis=1)
+    return pd.DataFrame(counts / sampler.batch_size, columns=list(prov.PROVINCE_NAMES))
+
+
+def repeat_rates(sampler: ProvinceBalancedBatchSampler, epoch: int = 1) -> pd.DataFrame:
+    """Per province: photos available, draws per epoch, distinct photos drawn, mean draws per photo."""
+    batches = sampler.epoch_batches(epoch).reshape(-1)
+    rows = []
+    for p, members, count in zip(prov.PROVINCES, sampler.members, sampler.counts, strict=True):
+        drawn = batches[np.isin(batches, members)]
+        rows.append(
+            {
+                "province": p.name,
+                "photos": len(members),
+                "per_batch": int(count),
+                "draws_per_epoch": len(drawn),
+                "distinct_drawn": len(np.unique(drawn)),
+                "draws_per_photo": len(drawn) / max(len(members), 1),
+            }
+        )
+    return pd.DataFrame(rows).set_index("province")
+
+
+def epoch_difference(sampler: ProvinceBalancedBatchSampler, epoch_a: int, epoch_b: int) -> dict[str, float]:
+    """How different two epochs are: identical batches, and identical (batch, slot) positions."""
+    a, b = sampler.epoch_batches(epoch_a), sampler.epoch_batches(epoch_b)
+    same_batches = np.mean([set(x) == set(y) for x, y in zip(a, b, strict=True)])
+    return {
+        "identical_batches_%": 100 * float(same_batches),
+        "identical_positions_%": 100 * float(np.mean(a == b)),
+    }
