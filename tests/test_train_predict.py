@@ -1,0 +1,132 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import tiny_config
+from geoloc_lib.datasets import PhotoDataset
+from geoloc_lib.metrics import SEED_COLUMNS
+from geoloc_lib.predict import CheckpointMismatchError, Predictor, evaluate_run
+from geoloc_lib.train import CSV_COLUMNS, NonFiniteLossError, Trainer, train
+from geoloc_lib.transforms import train_transform
+
+
+def test_one_epoch_writes_every_output(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "runs", epochs=1)
+    train(cfg, progress=False)
+    run = cfg.run_dir
+    for name in ("config.json", "log.txt", "losses.csv", "val_predictions.csv", "val_predictions_best.csv",
+                 "checkpoints/phase1/phase1_epoch_1.pt", "checkpoints/phase1/phase1_best.pt",
+                 "checkpoints/phase1/last.pt"):
+        assert (run / name).is_file(), name
+    header = (run / "losses.csv").read_text().splitlines()[0].split(",")
+    assert header[: len(SEED_COLUMNS)] == SEED_COLUMNS and header == CSV_COLUMNS
+    losses = pd.read_csv(run / "losses.csv")
+    assert losses[["epoch", "split"]].values.tolist() == [[1, "train"], [1, "val"]]
+    ckpt = torch.load(run / "checkpoints/phase1/phase1_best.pt", weights_only=True)
+    for key in ("model_state", "optimizer_state", "epoch", "losses", "province_accuracies", "median_error"):
+        assert key in ckpt
+    assert not any(k.startswith("encoders.") for k in ckpt["model_state"])  # frozen encoders are not stored
+    log = (run / "log.txt").read_text()
+    assert "Epoch 1/1:" in log and "Val Error:   median=" in log
+    with pytest.raises(FileExistsError, match="resume=True"):
+        Trainer(cfg, progress=False)
+
+
+def test_predictor_matches_training_metrics_and_rejects_other_cells(tiny_data, tiny_copy, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "runs", epochs=1, cache_dtype="float32")
+    train(cfg, progress=False)
+    val = pd.read_csv(cfg.run_dir / "val_predictions_best.csv")
+    tables = evaluate_run(cfg.run_dir)
+    pred = tables["predictions"]
+    np.testing.assert_allclose(pred["pred_lat"], val["pred_lat"], atol=1e-4)
+    np.testing.assert_allclose(pred["pred_lon"], val["pred_lon"], atol=1e-4)
+    np.testing.assert_allclose(pred["error_km"].median(), val["error_km"].median(), atol=0.05)
+    assert {"argmax", "mixture"} == set(tables["summary"].columns)
+    single = Predictor.from_run(cfg.run_dir).predict([pred_path := str(tiny_data / "images" / "pk000000.jpg")])
+    assert single["image"].iloc[0] == pred_path and len(single["hypotheses"].iloc[0]) == 10
+    # a checkpoint used with other geocells fails clearly
+    cells = pd.read_csv(tiny_copy / "cell_metadata.csv")
+    cells.loc[0, "center_lat"] += 0.5
+    cells.to_csv(tiny_copy / "cell_metadata.csv", index=False)
+    with pytest.raises(CheckpointMismatchError, match="other geocells"):
+        Predictor.from_checkpoint(cfg.run_dir / "checkpoints/phase1/phase1_best.pt", tiny_copy / "cell_metadata.csv")
+
+
+def test_cached_and_seed_literal_paths_give_the_same_loss(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "runs", cache_views=1, cache_dtype="float32")
+    trainer = Trainer(cfg, progress=False)
+    trainer.prepare_features()
+    idx = torch.arange(0, 24)
+    split = trainer.data.train
+    t = trainer.train_tensors
+    photos = PhotoDataset(split, train_transform(trainer.image_size, trainer.augment), views=1, seed=cfg.seed)
+    images = torch.stack([photos.load(int(i), view=0) for i in idx])  # the very views the cache holds
+    trainer.model.eval()
+    with torch.no_grad():
+        literal = trainer.model(images, cell_ids=t["cell"][idx], province_ids=t["province"][idx])
+        cached = trainer.model.heads(trainer.train_features["clip"][0, idx], trainer.train_features["scene"][0, idx],
+                                     cell_ids=t["cell"][idx], province_ids=t["province"][idx])
+        args = (t["province"][idx], t["cell"][idx], t["lat"][idx], t["lon"][idx])
+        a = trainer.loss_fn(literal, *args, epoch=3)
+        b = trainer.loss_fn(cached, *args, epoch=3)
+    for k in ("total", "province", "geocell", "offset", "aux"):
+        assert a[k].item() == pytest.approx(b[k].item(), rel=1e-4, abs=1e-5), k
+
+
+def test_seed_literal_training_runs_and_learns(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "runs", feature_cache=False, epochs=1, batches_per_epoch=3)
+    train(cfg, progress=False)
+    losses = pd.read_csv(cfg.run_dir / "losses.csv")
+    assert np.isfinite(losses["loss_total"]).all()
+
+
+def test_non_finite_loss_stops_with_batch_and_terms(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "runs", epochs=2, lr=1e30)
+    with pytest.raises(NonFiniteLossError, match=r"epoch \d+, batch \d+: total=") as err:
+        train(cfg, progress=False)
+    assert "last good checkpoint" in str(err.value)
+
+
+RESUME_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+from geoloc_lib.train import train
+train(tiny_config({data!r}, {runs!r}, epochs=4, batches_per_epoch=40, resume=True), progress=False)
+"""
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_data, tmp_path):
+    reference = tiny_config(tiny_data, tmp_path / "ref", epochs=4, batches_per_epoch=40)
+    train(reference, progress=False)
+
+    runs = tmp_path / "killed"
+    script = RESUME_SCRIPT.format(tests=os.path.dirname(__file__), data=str(tiny_data), runs=str(runs))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_epoch = runs / "run" / "checkpoints" / "phase1" / "phase1_epoch_1.pt"
+    deadline = time.time() + 300
+    while not first_epoch.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    last = torch.load(runs / "run/checkpoints/phase1/last.pt", weights_only=True)
+    assert last["epoch"] < 4, "the run finished before it could be killed"
+
+    resumed = tiny_config(tiny_data, runs, epochs=4, batches_per_epoch=40, resume=True)
+    train(resumed, progress=False)
+    a = pd.read_csv(reference.run_dir / "losses.csv").drop(columns=["seconds"])
+    b = pd.read_csv(resumed.run_dir / "losses.csv").drop(columns=["seconds"])
+    assert b[["epoch", "split"]].values.tolist() == a[["epoch", "split"]].values.tolist()  # no duplicates, no gaps
+    pd.testing.assert_frame_equal(a, b, atol=1e-5, rtol=1e-4)
+    final_a = torch.load(reference.run_dir / "checkpoints/phase1/last.pt", weights_only=True)["model_state"]
+    final_b = torch.load(resumed.run_dir / "checkpoints/phase1/last.pt", weights_only=True)["model_state"]
+    for k in final_a:
+        torch.testing.assert_close(final_a[k], final_b[k], atol=1e-5, rtol=1e-4)
+    assert "Resuming" in (resumed.run_dir / "log.txt").read_text()
