@@ -110,7 +110,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_data, tmp_path):
     runs = tmp_path / "killed"
     script = RESUME_SCRIPT.format(tests=os.path.dirname(__file__), data=str(tiny_data), runs=str(runs))
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first_epoch = runs / "run" / "checkpoints" / "phase1" / "phase1_epoch_1.pt"
+    first_epoch = runs / "run" / "checkpoints" / "phase1" / "last.pt"  # written after epoch 1 finishes
     deadline = time.time() + 300
     while not first_epoch.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
