@@ -23,14 +23,25 @@ def run_notebook(name: str, out_dir: Path, **parameters) -> Path:
     out = out_dir / f"{name}.ipynb"
     print(f"--- {name} -> {out}", flush=True)
     pm.execute_notebook(
-        f"notebooks/{name}.ipynb", str(out), parameters=parameters, kernel_name=KERNEL, progress_bar=False,
-        log_output=True, cwd=".",
+        f"notebooks/{name}.ipynb",
+        str(out),
+        parameters=parameters,
+        kernel_name=KERNEL,
+        progress_bar=False,
+        log_output=True,
+        cwd=".",
     )
     return out
 
 
-def run_demo(run_name: str = "demo", data_dir: str = "data/demo", size: str = "default", epochs: int = 6,
-             batches_per_epoch: int = 150, phase0_epochs: int = 3) -> Path:
+def run_demo(
+    run_name: str = "demo",
+    data_dir: str = "data/demo",
+    size: str = "default",
+    epochs: int = 6,
+    batches_per_epoch: int = 150,
+    phase0_epochs: int = 3,
+) -> Path:
     root = project_root(Path(__file__).parent)
     import os
 
@@ -40,20 +51,40 @@ def run_demo(run_name: str = "demo", data_dir: str = "data/demo", size: str = "d
         generate_demo_dataset(data_dir, DEMO_PRESETS[size])
     out_dir = Path("runs") / run_name
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_notebook("00_data_audit", out_dir, data_dir=data_dir, output_dir=str(out_dir / "audit"), generate_demo="")
+    run_notebook(
+        "00_data_audit", out_dir, data_dir=data_dir, output_dir=str(out_dir / "audit"), generate_demo=""
+    )
     phase0 = f"{run_name}_phase0"
-    run_notebook("02b_train_phase0", out_dir, data_dir=data_dir, run_name=phase0, epochs=phase0_epochs,
-                 batches_per_epoch=batches_per_epoch, overwrite=True)
-    run_notebook("03_train_phase1", out_dir, data_dir=data_dir, run_name=run_name, epochs=epochs,
-                 batches_per_epoch=batches_per_epoch, resume=True,
-                 phase0_checkpoint=f"runs/{phase0}/checkpoints/phase0/province_best.pt")
+    run_notebook(
+        "02b_train_phase0",
+        out_dir,
+        data_dir=data_dir,
+        run_name=phase0,
+        epochs=phase0_epochs,
+        batches_per_epoch=batches_per_epoch,
+        overwrite=True,
+    )
+    run_notebook(
+        "03_train_phase1",
+        out_dir,
+        data_dir=data_dir,
+        run_name=run_name,
+        epochs=epochs,
+        batches_per_epoch=batches_per_epoch,
+        resume=True,
+        phase0_checkpoint=f"runs/{phase0}/checkpoints/phase0/province_best.pt",
+    )
     run_notebook("04_error_maps", out_dir, run_dir=str(out_dir))
-    print(f"demo finished in {time.perf_counter() - started:.0f}s: see {out_dir}/ (notebooks, maps/, figures/)")
+    print(
+        f"demo finished in {time.perf_counter() - started:.0f}s: see {out_dir}/ (notebooks, maps/, figures/)"
+    )
     return out_dir
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run-name", default="demo")
     parser.add_argument("--data-dir", default="data/demo")
     parser.add_argument("--size", choices=sorted(DEMO_PRESETS), default="default")

@@ -28,9 +28,21 @@ def tiny_copy(tiny_data, tmp_path) -> Path:
 
 def tiny_config(data_dir, runs_dir, **overrides) -> TrainConfig:
     values = dict(
-        data_dir=str(data_dir), runs_dir=str(runs_dir), run_name="run", epochs=1, batches_per_epoch=8,
-        batch_size=32, cache_views=2, cache_dir=str(Path(runs_dir) / "cache"), proj_dim=64, geocell_hidden=64,
-        small_geocell_hidden=32, eval_batch_size=64, num_workers=0, device="cpu", cuda_graph=False,
+        data_dir=str(data_dir),
+        runs_dir=str(runs_dir),
+        run_name="run",
+        epochs=1,
+        batches_per_epoch=8,
+        batch_size=32,
+        cache_views=2,
+        cache_dir=str(Path(runs_dir) / "cache"),
+        proj_dim=64,
+        geocell_hidden=64,
+        small_geocell_hidden=32,
+        eval_batch_size=64,
+        num_workers=0,
+        device="cpu",
+        cuda_graph=False,
     )
     values.update(overrides)
     return TrainConfig(**values)

@@ -24,8 +24,10 @@ def test_valid_demo_folder_loads(tiny_data):
     [
         (lambda d: d.drop(columns=["latitude"]), "missing column"),
         (lambda d: d.assign(province=d["province"].where(d.index != 3, "Atlantis")), "unknown province"),
-        (lambda d: d.assign(province_id=d["province_id"].where(d.index != 2, (d["province_id"] + 1) % 7)),
-         "province_id disagrees"),
+        (
+            lambda d: d.assign(province_id=d["province_id"].where(d.index != 2, (d["province_id"] + 1) % 7)),
+            "province_id disagrees",
+        ),
         (lambda d: d.assign(latitude=d["latitude"].where(d.index != 1, np.nan)), "outside Pakistan"),
         (lambda d: d.assign(longitude=d["longitude"].where(d.index != 1, 10.0)), "outside Pakistan"),
         (lambda d: d.assign(cell_id=d["cell_id"].where(d.index != 4, 99999)), "not in cell_metadata"),
@@ -46,7 +48,9 @@ def test_bad_train_csv_gets_clear_error(tiny_copy, edit, match):
 def test_cell_of_another_province(tiny_copy):
     cells = pd.read_csv(tiny_copy / "cell_metadata.csv")
     foreign = int(cells.loc[cells["province_id"] == 1, "cell_id"].iloc[0])
-    _edit(tiny_copy / "test.csv", lambda d: d.assign(cell_id=d["cell_id"].where(d["province_id"] != 0, foreign)))
+    _edit(
+        tiny_copy / "test.csv", lambda d: d.assign(cell_id=d["cell_id"].where(d["province_id"] != 0, foreign))
+    )
     with pytest.raises(DataContractError, match="belongs to another province"):
         load_dataset(tiny_copy)
 
@@ -91,14 +95,21 @@ def _points(center, n, sigma_km, rng):
 
 
 def _frame(parts):
-    rows = [pd.DataFrame({"latitude": lat, "longitude": lon, "province_id": pid}) for pid, (lat, lon) in parts]
+    rows = [
+        pd.DataFrame({"latitude": lat, "longitude": lon, "province_id": pid}) for pid, (lat, lon) in parts
+    ]
     return pd.concat(rows, ignore_index=True)
 
 
 def test_small_province_gets_one_cell_and_identical_points():
     rng = np.random.default_rng(0)
-    train = _frame([(0, _points((24.9, 67.0), 500, 20, rng)), (6, _points((34.4, 73.5), 10, 5, rng)),
-                    (3, (np.full(100, 33.7), np.full(100, 73.0)))])
+    train = _frame(
+        [
+            (0, _points((24.9, 67.0), 500, 20, rng)),
+            (6, _points((34.4, 73.5), 10, 5, rng)),
+            (3, (np.full(100, 33.7), np.full(100, 73.0))),
+        ]
+    )
     cells = build_geocells(train, GeocellConfig(min_samples=40))
     assert (cells["province_id"] == 6).sum() == 1
     assert (cells["province_id"] == 3).sum() == 1  # all points identical
@@ -130,7 +141,9 @@ def test_assign_cells_is_nearest_centre_in_own_province():
     assigned = assign_cells(test, cells)
     for i, row in test.iterrows():
         own = cells[cells["province_id"] == row.province_id]
-        d = haversine_km(row.latitude, row.longitude, own["center_lat"].to_numpy(), own["center_lon"].to_numpy())
+        d = haversine_km(
+            row.latitude, row.longitude, own["center_lat"].to_numpy(), own["center_lon"].to_numpy()
+        )
         assert assigned[i] == own["cell_id"].to_numpy()[np.argmin(d)]
     before = cells.copy()
     assign_cells(test, cells)

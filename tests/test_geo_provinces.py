@@ -34,20 +34,42 @@ def test_km_to_deg():
 
 def test_province_table_matches_design():
     assert prov.PROVINCE_NAMES == (
-        "Sindh", "Punjab", "Khyber Pakhtunkhwa", "ICT", "Gilgit-Baltistan", "Balochistan", "Azad Kashmir",
+        "Sindh",
+        "Punjab",
+        "Khyber Pakhtunkhwa",
+        "ICT",
+        "Gilgit-Baltistan",
+        "Balochistan",
+        "Azad Kashmir",
     )
     tau = {p.key: p.tau_km for p in prov.PROVINCES}
     assert tau == {"sindh": 30, "punjab": 60, "kpk": 50, "ict": 10, "gb": 100, "balochistan": 100, "ajk": 40}
     scale = {p.key: p.offset_scale for p in prov.PROVINCES}
-    assert scale == {"sindh": 1.0, "punjab": 0.6, "kpk": 1.0, "ict": 0.6, "gb": 1.4, "balochistan": 1.4, "ajk": 1.0}
+    assert scale == {
+        "sindh": 1.0,
+        "punjab": 0.6,
+        "kpk": 1.0,
+        "ict": 0.6,
+        "gb": 1.4,
+        "balochistan": 1.4,
+        "ajk": 1.0,
+    }
     assert sum(p.batch_share for p in prov.PROVINCES) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(
     "spelling,name",
-    [("KPK", "Khyber Pakhtunkhwa"), ("kp", "Khyber Pakhtunkhwa"), ("Islamabad", "ICT"), ("GB", "Gilgit-Baltistan"),
-     ("Gilgit Baltistan", "Gilgit-Baltistan"), ("AJK", "Azad Kashmir"), ("Azad Jammu & Kashmir", "Azad Kashmir"),
-     (" sindh ", "Sindh"), ("Baluchistan", "Balochistan")],
+    [
+        ("KPK", "Khyber Pakhtunkhwa"),
+        ("kp", "Khyber Pakhtunkhwa"),
+        ("Islamabad", "ICT"),
+        ("GB", "Gilgit-Baltistan"),
+        ("Gilgit Baltistan", "Gilgit-Baltistan"),
+        ("AJK", "Azad Kashmir"),
+        ("Azad Jammu & Kashmir", "Azad Kashmir"),
+        (" sindh ", "Sindh"),
+        ("Baluchistan", "Balochistan"),
+    ],
 )
 def test_aliases_normalise(spelling, name):
     assert prov.lookup(spelling).name == name

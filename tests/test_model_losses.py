@@ -16,9 +16,18 @@ SMALL = HeadConfig(proj_dim=32, geocell_hidden=32, small_geocell_hidden=16, drop
 
 def _cells():
     # non-contiguous ids on purpose; Sindh 3 cells in a row 40 km apart, Punjab 2, the rest 1 each
-    rows = [(10, 0, 24.9, 67.0, 20), (12, 0, 24.9, 67.4, 20), (15, 0, 24.9, 67.8, 20), (30, 1, 31.5, 74.3, 30),
-            (31, 1, 30.2, 71.5, 30), (40, 2, 34.0, 71.5, 25), (50, 3, 33.7, 73.0, 10), (60, 4, 35.9, 74.3, 60),
-            (70, 5, 30.2, 67.0, 80), (80, 6, 34.4, 73.5, 15)]
+    rows = [
+        (10, 0, 24.9, 67.0, 20),
+        (12, 0, 24.9, 67.4, 20),
+        (15, 0, 24.9, 67.8, 20),
+        (30, 1, 31.5, 74.3, 30),
+        (31, 1, 30.2, 71.5, 30),
+        (40, 2, 34.0, 71.5, 25),
+        (50, 3, 33.7, 73.0, 10),
+        (60, 4, 35.9, 74.3, 60),
+        (70, 5, 30.2, 67.0, 80),
+        (80, 6, 34.4, 73.5, 15),
+    ]
     return pd.DataFrame(rows, columns=["cell_id", "province_id", "center_lat", "center_lon", "radius_km"])
 
 
@@ -49,8 +58,12 @@ def _batch(cells_df, n=12, seed=0):
     pick = cells_df.iloc[rng.integers(0, len(cells_df), n)]
     lat = pick["center_lat"].to_numpy() + rng.normal(0, 0.05, n)
     lon = pick["center_lon"].to_numpy() + rng.normal(0, 0.05, n)
-    return (torch.tensor(pick["province_id"].to_numpy()), torch.tensor(pick["cell_id"].to_numpy()),
-            torch.tensor(lat, dtype=torch.float32), torch.tensor(lon, dtype=torch.float32))
+    return (
+        torch.tensor(pick["province_id"].to_numpy()),
+        torch.tensor(pick["cell_id"].to_numpy()),
+        torch.tensor(lat, dtype=torch.float32),
+        torch.tensor(lon, dtype=torch.float32),
+    )
 
 
 def _model():
@@ -86,7 +99,9 @@ def test_offsets_never_leave_their_bound():
     assert (out["offsets"].abs() <= bound + 1e-6).all()
     # sindh scale 1.0, radius 20 km -> 20 km north-south = 0.1799 deg
     assert model.cells.offset_bound_deg[0, 0].item() == pytest.approx(20 / 111.195, rel=1e-3)
-    assert model.cells.offset_bound_deg[3, 0].item() == pytest.approx(30 * 0.6 / 111.195, rel=1e-3)  # Punjab 0.6
+    assert model.cells.offset_bound_deg[3, 0].item() == pytest.approx(
+        30 * 0.6 / 111.195, rel=1e-3
+    )  # Punjab 0.6
 
 
 def test_loss_terms_by_hand():
@@ -96,11 +111,20 @@ def test_loss_terms_by_hand():
     lat, lon = 33.7 + 10 / 111.195, 73.0
     logits = torch.zeros(1, 7)
     geo = torch.zeros(1, cells.max_cells)
-    out = {"province_logits": logits, "routed_geocell_logits": geo, "cell_flat": cells.flat_index(torch.tensor([50])),
-           "offsets": torch.zeros(1, 2), "aux_coords": torch.tensor([[33.7, 73.0]])}
-    terms = loss_fn(out, torch.tensor([3]), torch.tensor([50]), torch.tensor([lat]), torch.tensor([lon]), epoch=1)
+    out = {
+        "province_logits": logits,
+        "routed_geocell_logits": geo,
+        "cell_flat": cells.flat_index(torch.tensor([50])),
+        "offsets": torch.zeros(1, 2),
+        "aux_coords": torch.tensor([[33.7, 73.0]]),
+    }
+    terms = loss_fn(
+        out, torch.tensor([3]), torch.tensor([50]), torch.tensor([lat]), torch.tensor([lon]), epoch=1
+    )
     assert terms["province"].item() == pytest.approx(math.log(7), rel=1e-5)
-    assert terms["geocell"].item() == pytest.approx(math.log(cells.max_cells), rel=1e-5)  # KL(one-hot || uniform)
+    assert terms["geocell"].item() == pytest.approx(
+        math.log(cells.max_cells), rel=1e-5
+    )  # KL(one-hot || uniform)
     assert terms["offset"].item() == pytest.approx(1.0, rel=2e-3)  # 10 km off / 10 km radius
     assert terms["aux"].item() == pytest.approx(0.1, rel=2e-3)  # 10 km / 100 km
     assert terms["offset_weight"].item() == pytest.approx(0.2)
@@ -159,7 +183,9 @@ def test_mixture_equals_argmax_when_one_hypothesis_holds_all_probability():
 
 def test_phase0_loading_report(tmp_path):
     model = _model()
-    state = {f"module.{k}": v.clone() + 1 for k, v in model.state_dict().items() if k.startswith("heads.gate.")}
+    state = {
+        f"module.{k}": v.clone() + 1 for k, v in model.state_dict().items() if k.startswith("heads.gate.")
+    }
     state["module.something.else"] = torch.zeros(1)
     torch.save({"model_state": state}, tmp_path / "p0.pt")
     fresh = _model()
@@ -177,7 +203,9 @@ def test_missing_real_weights_fail_fast(tmp_path):
     with pytest.raises(EncoderWeightsError, match="local weights file"):
         DualEncoder(EncoderConfig("geoloc-tiny-vit", "openai", "resnet18", "random"))
     with pytest.raises(EncoderWeightsError, match="Places365"):
-        DualEncoder(EncoderConfig("geoloc-tiny-vit", "random", "resnet18", f"places365:{tmp_path}/none.pth.tar"))
+        DualEncoder(
+            EncoderConfig("geoloc-tiny-vit", "random", "resnet18", f"places365:{tmp_path}/none.pth.tar")
+        )
 
 
 def test_places365_checkpoint_with_module_prefix_loads(tmp_path):
@@ -185,9 +213,15 @@ def test_places365_checkpoint_with_module_prefix_loads(tmp_path):
 
     torch.manual_seed(5)
     net = torchvision.models.resnet18(num_classes=365)
-    ckpt = {"epoch": 1, "arch": "resnet18", "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}
+    ckpt = {
+        "epoch": 1,
+        "arch": "resnet18",
+        "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()},
+    }
     torch.save(ckpt, tmp_path / "r18_places365.pth.tar")
-    enc = DualEncoder(EncoderConfig("geoloc-tiny-vit", "random", "resnet18", f"places365:{tmp_path}/r18_places365.pth.tar"))
+    enc = DualEncoder(
+        EncoderConfig("geoloc-tiny-vit", "random", "resnet18", f"places365:{tmp_path}/r18_places365.pth.tar")
+    )
     torch.testing.assert_close(enc.scene.body.conv1.weight, net.conv1.weight)
 
 

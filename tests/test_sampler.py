@@ -40,7 +40,9 @@ def test_epochs_differ_and_same_seed_epoch_repeat():
     b = ProvinceBalancedBatchSampler(_ids(), 64, 30, seed=7)
     np.testing.assert_array_equal(a.epoch_batches(4), b.epoch_batches(4))
     assert not np.array_equal(a.epoch_batches(1), a.epoch_batches(2))
-    assert not np.array_equal(a.epoch_batches(1), ProvinceBalancedBatchSampler(_ids(), 64, 30, seed=8).epoch_batches(1))
+    assert not np.array_equal(
+        a.epoch_batches(1), ProvinceBalancedBatchSampler(_ids(), 64, 30, seed=8).epoch_batches(1)
+    )
     a.set_epoch(4)
     assert [list(x) for x in a.epoch_batches(4)] == list(iter(a))
 

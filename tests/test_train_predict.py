@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from geoloc_lib.datasets import PhotoDataset
 from geoloc_lib.metrics import SEED_COLUMNS
 from geoloc_lib.predict import CheckpointMismatchError, Predictor, evaluate_run
@@ -21,9 +21,16 @@ def test_one_epoch_writes_every_output(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, tmp_path / "runs", epochs=1)
     train(cfg, progress=False)
     run = cfg.run_dir
-    for name in ("config.json", "log.txt", "losses.csv", "val_predictions.csv", "val_predictions_best.csv",
-                 "checkpoints/phase1/phase1_epoch_1.pt", "checkpoints/phase1/phase1_best.pt",
-                 "checkpoints/phase1/last.pt"):
+    for name in (
+        "config.json",
+        "log.txt",
+        "losses.csv",
+        "val_predictions.csv",
+        "val_predictions_best.csv",
+        "checkpoints/phase1/phase1_epoch_1.pt",
+        "checkpoints/phase1/phase1_best.pt",
+        "checkpoints/phase1/last.pt",
+    ):
         assert (run / name).is_file(), name
     header = (run / "losses.csv").read_text().splitlines()[0].split(",")
     assert header[: len(SEED_COLUMNS)] == SEED_COLUMNS and header == CSV_COLUMNS
@@ -49,14 +56,18 @@ def test_predictor_matches_training_metrics_and_rejects_other_cells(tiny_data, t
     np.testing.assert_allclose(pred["pred_lon"], val["pred_lon"], atol=1e-4)
     np.testing.assert_allclose(pred["error_km"].median(), val["error_km"].median(), atol=0.05)
     assert {"argmax", "mixture"} == set(tables["summary"].columns)
-    single = Predictor.from_run(cfg.run_dir).predict([pred_path := str(tiny_data / "images" / "pk000000.jpg")])
+    single = Predictor.from_run(cfg.run_dir).predict(
+        [pred_path := str(tiny_data / "images" / "pk000000.jpg")]
+    )
     assert single["image"].iloc[0] == pred_path and len(single["hypotheses"].iloc[0]) == 10
     # a checkpoint used with other geocells fails clearly
     cells = pd.read_csv(tiny_copy / "cell_metadata.csv")
     cells.loc[0, "center_lat"] += 0.5
     cells.to_csv(tiny_copy / "cell_metadata.csv", index=False)
     with pytest.raises(CheckpointMismatchError, match="other geocells"):
-        Predictor.from_checkpoint(cfg.run_dir / "checkpoints/phase1/phase1_best.pt", tiny_copy / "cell_metadata.csv")
+        Predictor.from_checkpoint(
+            cfg.run_dir / "checkpoints/phase1/phase1_best.pt", tiny_copy / "cell_metadata.csv"
+        )
 
 
 def test_cached_and_seed_literal_paths_give_the_same_loss(tiny_data, tmp_path):
@@ -71,8 +82,12 @@ def test_cached_and_seed_literal_paths_give_the_same_loss(tiny_data, tmp_path):
     trainer.model.eval()
     with torch.no_grad():
         literal = trainer.model(images, cell_ids=t["cell"][idx], province_ids=t["province"][idx])
-        cached = trainer.model.heads(trainer.train_features["clip"][0, idx], trainer.train_features["scene"][0, idx],
-                                     cell_ids=t["cell"][idx], province_ids=t["province"][idx])
+        cached = trainer.model.heads(
+            trainer.train_features["clip"][0, idx],
+            trainer.train_features["scene"][0, idx],
+            cell_ids=t["cell"][idx],
+            province_ids=t["province"][idx],
+        )
         args = (t["province"][idx], t["cell"][idx], t["lat"][idx], t["lon"][idx])
         a = trainer.loss_fn(literal, *args, epoch=3)
         b = trainer.loss_fn(cached, *args, epoch=3)
@@ -109,7 +124,9 @@ def test_killed_run_resumes_to_the_same_result(tiny_data, tmp_path):
 
     runs = tmp_path / "killed"
     script = RESUME_SCRIPT.format(tests=os.path.dirname(__file__), data=str(tiny_data), runs=str(runs))
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     first_epoch = runs / "run" / "checkpoints" / "phase1" / "last.pt"  # written after epoch 1 finishes
     deadline = time.time() + 300
     while not first_epoch.exists() and proc.poll() is None and time.time() < deadline:
@@ -123,7 +140,9 @@ def test_killed_run_resumes_to_the_same_result(tiny_data, tmp_path):
     train(resumed, progress=False)
     a = pd.read_csv(reference.run_dir / "losses.csv").drop(columns=["seconds"])
     b = pd.read_csv(resumed.run_dir / "losses.csv").drop(columns=["seconds"])
-    assert b[["epoch", "split"]].values.tolist() == a[["epoch", "split"]].values.tolist()  # no duplicates, no gaps
+    assert (
+        b[["epoch", "split"]].values.tolist() == a[["epoch", "split"]].values.tolist()
+    )  # no duplicates, no gaps
     pd.testing.assert_frame_equal(a, b, atol=1e-5, rtol=1e-4)
     final_a = torch.load(reference.run_dir / "checkpoints/phase1/last.pt", weights_only=True)["model_state"]
     final_b = torch.load(resumed.run_dir / "checkpoints/phase1/last.pt", weights_only=True)["model_state"]

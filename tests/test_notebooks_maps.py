@@ -1,0 +1,111 @@
+import ast
+import shutil
+import subprocess
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_are_thin_stripped_and_parameterised(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and nb.cells[1] is params[0]
+    for node in ast.parse(params[0].source).body:  # literals only, each with a type hint
+        assert isinstance(node, ast.AnnAssign) and isinstance(node.value, ast.Constant)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.get("outputs") and cell.get("execution_count") is None
+            tree = ast.parse(cell.source)
+            assert not any(isinstance(n, ast.FunctionDef | ast.ClassDef | ast.Lambda) for n in ast.walk(tree))
+
+
+def _run(name, out_dir, **parameters):
+    out = out_dir / f"{name}.ipynb"
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / f"{name}.ipynb"),
+        str(out),
+        parameters=parameters,
+        kernel_name="geoloc",
+        cwd=str(ROOT),
+        progress_bar=False,
+    )
+    return out
+
+
+def test_all_notebooks_run_under_papermill(tiny_data, tmp_path):
+    runs = tmp_path / "runs"
+    common = dict(batch_size=32, proj_dim=64, cache_views=1, epochs=1, batches_per_epoch=4)
+    _run(
+        "00_data_audit",
+        tmp_path,
+        data_dir=str(tiny_data),
+        output_dir=str(tmp_path / "audit"),
+        generate_demo="",
+    )
+    assert (tmp_path / "audit" / "samples_map.html").is_file()
+    _run("01_sampler_check", tmp_path, data_dir=str(tiny_data), batches_per_epoch=50)
+    phase0 = runs / "p0"
+    _run("02b_train_phase0", tmp_path, data_dir=str(tiny_data), run_name=str(phase0), **common)
+    p0 = phase0 / "checkpoints" / "phase0" / "province_best.pt"
+    assert p0.is_file()
+    _run("02_model_build", tmp_path, data_dir=str(tiny_data), phase0_checkpoint=str(p0))
+    run = runs / "p1"
+    _run(
+        "03_train_phase1",
+        tmp_path,
+        data_dir=str(tiny_data),
+        run_name=str(run),
+        phase0_checkpoint=str(p0),
+        num_workers=0,
+        **common,
+    )
+    assert "Phase 0 weights from" in (run / "log.txt").read_text()
+    _run("04_error_maps", tmp_path, run_dir=str(run), worst_n=5)
+    for name in (
+        "maps/error_map.html",
+        "maps/geocell_error_map.html",
+        "figures/error_cdf.png",
+        "figures/confusion.png",
+        "evaluation/predictions.csv",
+        "evaluation/summary.csv",
+    ):
+        assert (run / name).is_file(), name
+    html = (run / "maps" / "error_map.html").read_text()
+    assert "cdn.jsdelivr" not in html and "L.map(" in html  # Leaflet inlined, no CDN
+    _browser_check(run / "maps" / "error_map.html", tmp_path)
+
+
+def _browser_check(html_path, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+        "--virtual-time-budget=5000",
+    ]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert "leaflet-container" in dom  # Leaflet ran from the inlined copy
+    assert dom.count("leaflet-interactive") >= 5  # markers, lines and polygons drawn as SVG paths
+    shot = tmp_path / "map.png"
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=900,700", html_path.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.is_file() and shot.stat().st_size > 10_000
