@@ -8,6 +8,7 @@ Every notebook is executed by papermill into runs/<run_name>/, next to the run's
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -42,10 +43,7 @@ def run_demo(
     batches_per_epoch: int = 150,
     phase0_epochs: int = 3,
 ) -> Path:
-    root = project_root(Path(__file__).parent)
-    import os
-
-    os.chdir(root)
+    os.chdir(project_root(Path(__file__).parent))
     started = time.perf_counter()
     if not (Path(data_dir) / "train.csv").exists():
         generate_demo_dataset(data_dir, DEMO_PRESETS[size])

@@ -72,8 +72,9 @@ def _merge_small(xy: np.ndarray, labels: np.ndarray, min_samples: int) -> np.nda
         keep = ids[counts >= min_samples]
         if len(keep) == 0:
             return np.zeros(len(xy), dtype=int)
-        remap = {old: new for new, old in enumerate(keep)}
-        kept = np.array([remap.get(v, -1) for v in labels])
+        # keep[i] -> i, everything else (noise, small clusters) -> -1, without a per-point Python loop
+        pos = np.searchsorted(keep, labels).clip(max=len(keep) - 1)
+        kept = np.where(keep[pos] == labels, pos, -1)
         centres = _centres(xy[kept >= 0], kept[kept >= 0], len(keep))
         relabelled = _nearest(xy, centres)  # noise and small clusters join the nearest kept cell
         counts = np.bincount(relabelled, minlength=len(keep))

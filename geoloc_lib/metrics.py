@@ -150,6 +150,7 @@ def predictions_frame(
         frame["mix_lat"] = np.asarray(mix_lat, float)
         frame["mix_lon"] = np.asarray(mix_lon, float)
         frame["mix_error_km"] = error(mix_lat, mix_lon)
-    frame.insert(4, "province", [prov.by_id(p).name for p in frame["province_id"]])
-    frame["pred_province"] = [prov.by_id(p).name for p in frame["pred_province_id"]]
+    names = np.array(prov.PROVINCE_NAMES)
+    frame.insert(4, "province", names[frame["province_id"].to_numpy()])
+    frame["pred_province"] = names[frame["pred_province_id"].to_numpy()]
     return frame

@@ -269,10 +269,11 @@ class Trainer:
     # ---------------------------------------------------------------- data
     def _split_tensors(self, split: pd.DataFrame) -> dict[str, torch.Tensor]:
         return {
-            "province": torch.as_tensor(split["province_id"].to_numpy(np.int64), device=self.device),
-            "cell": torch.as_tensor(split["cell_id"].to_numpy(np.int64), device=self.device),
-            "lat": torch.as_tensor(split["latitude"].to_numpy(np.float32), device=self.device),
-            "lon": torch.as_tensor(split["longitude"].to_numpy(np.float32), device=self.device),
+            # np.array copies: pandas hands out read-only views
+            "province": torch.tensor(np.array(split["province_id"], np.int64), device=self.device),
+            "cell": torch.tensor(np.array(split["cell_id"], np.int64), device=self.device),
+            "lat": torch.tensor(np.array(split["latitude"], np.float32), device=self.device),
+            "lon": torch.tensor(np.array(split["longitude"], np.float32), device=self.device),
         }
 
     def prepare_features(self) -> None:
@@ -323,7 +324,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- one step
     def _features_for(
-        self, idx: torch.Tensor, generator: torch.Generator
+        self, idx: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached features of one random view per photo: idx [B] -> [B, Dc], [B, Ds]."""
         views = self.train_features["clip"].shape[0]
@@ -349,35 +350,48 @@ class Trainer:
             ),
         }
 
-    def _capture_graph(self, generator: torch.Generator) -> None:
-        """Capture feature gather + step as one CUDA graph. Warm-up steps are undone afterwards."""
+    def _capture_graph(self) -> None:
+        """Capture feature gather + step as one CUDA graph; the warm-up steps are undone afterwards.
+
+        The view choice inside the graph draws from the default CUDA generator (graph-safe: each replay
+        advances its offset), which `_seed_epoch` seeds from (seed, epoch).
+        """
         B = self.cfg.batch_size
         self._static_idx = torch.zeros(B, dtype=torch.long, device=self.device)
         self._static_ow = torch.zeros((), device=self.device)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         saved_params = [p.detach().clone() for p in params]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                self.optimizer.zero_grad(set_to_none=True)
-                self._step(
-                    *self._features_for(self._static_idx, generator), self._static_idx, self._static_ow
-                )
-        torch.cuda.current_stream().wait_stream(stream)
-        with torch.no_grad():  # undo the warm-up updates in place: the graph keeps these addresses
-            for p, saved in zip(params, saved_params, strict=True):
-                p.copy_(saved)
-            for state in self.optimizer.state.values():
-                for value in state.values():
-                    if isinstance(value, torch.Tensor):
-                        value.zero_()
-        self.optimizer.zero_grad(set_to_none=True)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._graph_out = self._step(
-                *self._features_for(self._static_idx, generator), self._static_idx, self._static_ow
-            )
+
+        def graph_step():
+            return self._step(*self._features_for(self._static_idx, None), self._static_idx, self._static_ow)
+
+        def undo_updates():  # in place: the graph keeps these addresses
+            with torch.no_grad():
+                for p, saved in zip(params, saved_params, strict=True):
+                    p.copy_(saved)
+                for state in self.optimizer.state.values():
+                    for value in state.values():
+                        if isinstance(value, torch.Tensor):
+                            value.zero_()
+            self.optimizer.zero_grad(set_to_none=True)
+
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    graph_step()
+            torch.cuda.current_stream().wait_stream(stream)
+            undo_updates()
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._graph_out = graph_step()
+        except RuntimeError as err:
+            undo_updates()
+            self._graph = None
+            self.use_graph = False
+            self.log.info(f"CUDA graph capture failed ({err}); training continues eagerly")
 
     # ---------------------------------------------------------------- epochs
     def _seed_epoch(self, epoch: int) -> torch.Generator:
@@ -399,8 +413,8 @@ class Trainer:
         offset_weight = torch.tensor(offset_ramp(epoch, cfg.offset_ramp_epochs), device=self.device)
         literal_iter = None if cfg.feature_cache else iter(self._literal_loader(epoch))
         if self.use_graph and self._graph is None:
-            self._capture_graph(generator)
-            generator = self._seed_epoch(epoch)
+            self._capture_graph()
+            generator = self._seed_epoch(epoch)  # the warm-up consumed random numbers
         bar = tqdm(
             range(n_steps), desc=f"epoch {epoch}/{cfg.epochs} train", disable=not self.progress, leave=False
         )
@@ -536,7 +550,6 @@ class Trainer:
                 "phase": self.cfg.phase,
                 "epoch": epoch,
                 "model_state": {k: v.detach().cpu() for k, v in state.items()},
-                "optimizer_state": self.optimizer.state_dict(),
                 "losses": {
                     split: {k: v for k, v in row.items() if k.startswith("loss_")}
                     for split, row in rows.items()

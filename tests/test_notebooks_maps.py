@@ -55,7 +55,9 @@ def test_all_notebooks_run_under_papermill(tiny_data, tmp_path):
     _run("02b_train_phase0", tmp_path, data_dir=str(tiny_data), run_name=str(phase0), **common)
     p0 = phase0 / "checkpoints" / "phase0" / "province_best.pt"
     assert p0.is_file()
-    _run("02_model_build", tmp_path, data_dir=str(tiny_data))  # full-width heads: the tiny Phase 0 (proj 64) does not fit
+    _run(
+        "02_model_build", tmp_path, data_dir=str(tiny_data)
+    )  # full-width heads: the tiny Phase 0 (proj 64) does not fit
     run = runs / "p1"
     _run(
         "03_train_phase1",
