@@ -1,6 +1,7 @@
 """Benchmark: seed-literal step (images through the frozen encoders every step) vs the cached-feature step.
 
     python -m geoloc_lib.bench [--encoder tiny-random] [--batch-size 64] [--steps 20]
+    python -m geoloc_lib.bench --geocells 100000     # time the geocell builder instead
 
 Both paths use the same batched heads and loss, on the same machine and data, in the same run. The
 seed-literal reference here is therefore faster than the original system's (which also looped over the
@@ -14,9 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .demo_data import TINY_DEMO, generate_demo_dataset
+from .demo_data import TINY_DEMO, generate_demo_dataset, sample_locations
+from .geocells import assign_cells, build_geocells
 from .train import TrainConfig, Trainer
 
 
@@ -32,6 +35,20 @@ def _time(fn, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def bench_geocells(n: int) -> None:
+    """Build geocells for `n` demo-distributed training points and assign them, timing both."""
+    points = sample_locations(n, floor=min(500, n // 20), rng=np.random.default_rng(0))
+    start = time.perf_counter()
+    cells = build_geocells(points)
+    built = time.perf_counter()
+    assign_cells(points, cells)
+    done = time.perf_counter()
+    print(
+        f"geocells for {len(points)} points: {len(cells)} cells, build {built - start:.1f}s, "
+        f"assign {done - built:.2f}s"
+    )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -41,7 +58,13 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--geocells", type=int, default=0, help="time the geocell builder on this many points"
+    )
     args = parser.parse_args(argv)
+    if args.geocells:
+        bench_geocells(args.geocells)
+        return
     work = Path(tempfile.mkdtemp(prefix="geoloc-bench-"))
     data_dir = args.data_dir or str(generate_demo_dataset(work / "data", TINY_DEMO))
     cfg = TrainConfig(

@@ -56,6 +56,8 @@ ENCODER_PRESETS: dict[str, EncoderConfig] = {
     "vit-b-32-resnet18": EncoderConfig("ViT-B-32", "openai", "resnet18", "imagenet"),
     # tests and the demo: a 2-layer width-128 ViT + ResNet-18, seeded random weights, no download
     "tiny-random": EncoderConfig("geoloc-tiny-vit", "random", "resnet18", "random"),
+    # benchmarks only: real-size architectures (ViT-B/32 at 224 px + ResNet-18) with seeded random weights
+    "vit-b-32-resnet18-random": EncoderConfig("ViT-B-32", "random", "resnet18", "random"),
 }
 
 

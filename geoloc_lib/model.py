@@ -58,18 +58,19 @@ class BatchedGeocellHeads(nn.Module):
             cells.n_cells < cfg.small_province_cells, cfg.small_geocell_hidden, cfg.geocell_hidden
         )
         self.register_buffer("hidden_mask", torch.arange(H)[None, :] < capacity[:, None], persistent=False)
-        self.w_in = nn.Parameter(torch.empty(P, in_dim + emb_dim, H))  # [P, D+E, H]
+        # [D, P, H]: viewed as [D, P*H], the first layer of all heads is one matrix product
+        self.w_fused = nn.Parameter(torch.empty(in_dim, P, H))
+        self.w_emb = nn.Parameter(torch.empty(P, emb_dim, H))  # [P, E, H]
         self.b_in = nn.Parameter(torch.empty(P, H))
         self.w_out = nn.Parameter(torch.empty(P, H, C))  # [P, H, C]
         self.b_out = nn.Parameter(torch.empty(P, C))
-        self.in_dim = in_dim
         self.dropout = nn.Dropout(cfg.dropout)
         # nn.Linear's default init, per province, with the fan-in of that province's real capacity
+        bound_in = 1 / math.sqrt(in_dim + emb_dim)
+        for weight in (self.w_fused, self.w_emb, self.b_in):
+            nn.init.uniform_(weight, -bound_in, bound_in)
         for p in range(P):
-            bound_in = 1 / math.sqrt(in_dim + emb_dim)
             bound_out = 1 / math.sqrt(int(capacity[p]))
-            nn.init.uniform_(self.w_in[p], -bound_in, bound_in)
-            nn.init.uniform_(self.b_in[p], -bound_in, bound_in)
             nn.init.uniform_(self.w_out[p], -bound_out, bound_out)
             nn.init.uniform_(self.b_out[p], -bound_out, bound_out)
 
@@ -77,10 +78,12 @@ class BatchedGeocellHeads(nn.Module):
         self, fused: torch.Tensor, province_emb: torch.Tensor, cell_mask: torch.Tensor
     ) -> torch.Tensor:
         # fused [B, D], province_emb [P, E], cell_mask [P, C] -> logits [B, P, C]
-        per_province_bias = torch.einsum("pe,peh->ph", province_emb, self.w_in[:, self.in_dim :])  # [P, H]
-        hidden = torch.einsum("bd,pdh->bph", fused, self.w_in[:, : self.in_dim])  # [B, P, H]
+        B, (D, P, H) = fused.shape[0], self.w_fused.shape
+        per_province_bias = torch.einsum("pe,peh->ph", province_emb, self.w_emb)  # [P, H]
+        hidden = (fused @ self.w_fused.view(D, P * H)).view(B, P, H)  # [B, P, H]
         hidden = F.gelu(hidden + per_province_bias + self.b_in) * self.hidden_mask
-        logits = torch.einsum("bph,phc->bpc", self.dropout(hidden), self.w_out) + self.b_out  # [B, P, C]
+        hidden = self.dropout(hidden).transpose(0, 1)  # [P, B, H]
+        logits = torch.bmm(hidden, self.w_out).transpose(0, 1) + self.b_out  # [B, P, C]
         return logits.masked_fill(~cell_mask, MASKED_LOGIT)
 
 

@@ -255,8 +255,11 @@ class Trainer:
             if p.requires_grad and (cfg.phase == 1 or name.startswith(PHASE0_PREFIXES))
         ]
         self.use_graph = cfg.cuda_graph and cfg.feature_cache and self.device.type == "cuda"
+        # fused: one kernel over all parameters instead of ~10 ops per tensor (3x faster step on CPU);
+        # capturable keeps the step counter on the device so the step can live inside a CUDA graph
+        fused = self.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, weight_decay=cfg.weight_decay, capturable=self.use_graph
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, capturable=self.use_graph
         )
         self.amp = (
             torch.autocast("cuda", dtype=torch.bfloat16)
