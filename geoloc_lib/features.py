@@ -76,12 +76,19 @@ def extract_features(
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     )
-    for images, _ in tqdm(loader, desc=desc, unit="batch"):
-        with autocast:
-            c, s = encoders(images.to(device, non_blocking=True))  # [b, Dc], [b, Ds]
-        clip[start : start + len(images)] = c.float().to("cpu", dtype)
-        scene[start : start + len(images)] = s.float().to("cpu", dtype)
-        start += len(images)
+    # The progress bar is updated by hand and never holds the worker iterator: a notebook's tqdm
+    # outlives the loop, and a live iterator inherited by the next DataLoader's forked workers makes
+    # them print "can only test a child process" tracebacks when they exit.
+    batches = iter(loader)
+    with tqdm(total=len(loader), desc=desc, unit="batch") as bar:
+        for images, _ in batches:
+            with autocast:
+                c, s = encoders(images.to(device, non_blocking=True))  # [b, Dc], [b, Ds]
+            clip[start : start + len(images)] = c.float().to("cpu", dtype)
+            scene[start : start + len(images)] = s.float().to("cpu", dtype)
+            start += len(images)
+            bar.update()
+    del batches  # shuts its workers down now, before any later fork
     return {"clip": clip.view(views, n, clip_dim), "scene": scene.view(views, n, scene_dim)}
 
 
