@@ -117,6 +117,29 @@ class TrainConfig:
     top_provinces: int = 2
     top_cells: int = 5
 
+    def __post_init__(self):
+        problems = []
+        if self.run_name.strip() in ("", ".", ".."):
+            problems.append(f"run_name {self.run_name!r} must name a folder (it is deleted on overwrite)")
+        if self.phase not in (0, 1):
+            problems.append(f"phase must be 0 or 1, not {self.phase}")
+        for name in ("epochs", "batch_size", "batches_per_epoch", "cache_views", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("top_provinces", "top_cells", "offset_ramp_epochs", "proj_dim", "geocell_hidden"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not (self.lr > 0 and self.temperature > 0 and self.aux_scale_km > 0):
+            problems.append("lr, temperature and aux_scale_km must be positive")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), not {self.dropout}")
+        if not 0 <= self.beta < 1:
+            problems.append(f"beta must be in [0, 1), not {self.beta}")
+        if self.cache_dtype not in ("float16", "bfloat16", "float32"):
+            problems.append(f"cache_dtype must be float16, bfloat16 or float32, not {self.cache_dtype!r}")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.run_name
@@ -134,6 +157,20 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}")
         return cls(**values)
+
+    @classmethod
+    def from_parameters(cls, namespace: dict, **overrides) -> TrainConfig:
+        """The config of a notebook: every name in `namespace` that is a config field, then `overrides`.
+
+        Notebook parameters are papermill literals, so "" stands for None in the optional fields.
+        """
+        optional = {f.name for f in fields(cls) if f.default is None}
+        values = {
+            f.name: None if f.name in optional and namespace[f.name] == "" else namespace[f.name]
+            for f in fields(cls)
+            if f.name in namespace
+        }
+        return cls.from_dict(values | overrides)
 
 
 # Fields that may differ between a run and its resumption; anything else must match.
@@ -262,7 +299,8 @@ class Trainer:
             params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, capturable=self.use_graph
         )
         self.amp = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
+            # no autocast weight cache: cached casts and CUDA-graph capture do not mix (pytorch#71631)
+            torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
             if self.device.type == "cuda"
             else contextlib.nullcontext()
         )
@@ -333,6 +371,12 @@ class Trainer:
         views = self.train_features["clip"].shape[0]
         view = torch.randint(views, idx.shape, device=idx.device, generator=generator)  # [B]
         return self.train_features["clip"][view, idx].float(), self.train_features["scene"][view, idx].float()
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Seed-literal path: images [B, 3, S, S] through both encoders -> fp32 [B, Dc], [B, Ds]."""
+        with self.amp:
+            clip_feat, scene_feat = self.model.encoders(images.to(self.device, non_blocking=True))
+        return clip_feat.float(), scene_feat.float()
 
     def _step(self, clip_feat, scene_feat, idx, offset_weight) -> dict[str, torch.Tensor]:
         """Forward, loss, backward, optimiser step; returns loss terms and train predictions (no host sync)."""
@@ -433,10 +477,7 @@ class Trainer:
                 if literal_iter is None:
                     clip_feat, scene_feat = self._features_for(idx, generator)
                 else:
-                    images, _ = next(literal_iter)
-                    with self.amp:
-                        clip_feat, scene_feat = self.model.encoders(images.to(self.device, non_blocking=True))
-                    clip_feat, scene_feat = clip_feat.float(), scene_feat.float()
+                    clip_feat, scene_feat = self.encode(next(literal_iter)[0])
                 result = self._step(clip_feat, scene_feat, idx, offset_weight)
             terms[step] = result["terms"]
             preds[step] = result["pred"]

@@ -1,11 +1,14 @@
 import ast
 import shutil
 import subprocess
+from dataclasses import fields
 from pathlib import Path
 
 import nbformat
 import papermill as pm
 import pytest
+
+from geoloc_lib.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -24,6 +27,40 @@ def test_notebooks_are_thin_stripped_and_parameterised(path):
             assert not cell.get("outputs") and cell.get("execution_count") is None
             tree = ast.parse(cell.source)
             assert not any(isinstance(n, ast.FunctionDef | ast.ClassDef | ast.Lambda) for n in ast.walk(tree))
+
+
+def _parameters(name: str) -> dict:
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return {node.target.id: node.value.value for node in ast.parse(cell.source).body}
+
+
+def test_phase1_notebook_parameters_mirror_the_train_config():
+    # one literal per TrainConfig field (the notebook fixes phase=1), with the dataclass defaults;
+    # None is written "" because papermill literals have no None
+    expected = {f.name: "" if f.default is None else f.default for f in fields(TrainConfig)}
+    del expected["phase"]
+    assert _parameters("03_train_phase1") == expected
+    assert TrainConfig.from_parameters(_parameters("03_train_phase1"), phase=1) == TrainConfig()
+
+
+def test_config_from_notebook_parameters():
+    namespace = {
+        "epochs": 3,
+        "images_root": "",
+        "clip_pretrained": "",
+        "pd": object(),
+        "phase0_checkpoint": "p.pt",
+    }
+    cfg = TrainConfig.from_parameters(namespace, phase=0)
+    assert (cfg.epochs, cfg.phase, cfg.phase0_checkpoint) == (3, 0, "p.pt")
+    assert cfg.images_root is None and cfg.clip_pretrained is None  # optional fields: "" means None
+    with pytest.raises(ValueError, match="run_name"):  # a plain str keeps "", which is refused
+        TrainConfig.from_parameters({"run_name": ""})
+    with pytest.raises(ValueError, match="epochs must be at least 1.*dropout"):
+        TrainConfig.from_parameters({"epochs": 0, "dropout": 1.5})
+    phase0 = _parameters("02b_train_phase0")
+    assert set(phase0) <= {f.name for f in fields(TrainConfig)}  # no parameter is silently ignored
 
 
 def _run(name, out_dir, **parameters):
@@ -52,6 +89,7 @@ def test_all_notebooks_run_under_papermill(tiny_data, tmp_path):
     assert (tmp_path / "audit" / "samples_map.html").is_file()
     _run("01_sampler_check", tmp_path, data_dir=str(tiny_data), batches_per_epoch=50)
     phase0 = runs / "p0"
+    common["cache_dir"] = str(tmp_path / "feature_cache")
     _run("02b_train_phase0", tmp_path, data_dir=str(tiny_data), run_name=str(phase0), **common)
     p0 = phase0 / "checkpoints" / "phase0" / "province_best.pt"
     assert p0.is_file()
@@ -63,7 +101,8 @@ def test_all_notebooks_run_under_papermill(tiny_data, tmp_path):
         "03_train_phase1",
         tmp_path,
         data_dir=str(tiny_data),
-        run_name=str(run),
+        runs_dir=str(runs),
+        run_name="p1",
         phase0_checkpoint=str(p0),
         num_workers=0,
         **common,
