@@ -29,12 +29,12 @@ lab: venv
 	$(VENV)/bin/jupyter lab notebooks
 
 lint: venv
-	$(VENV)/bin/ruff check geoloc_lib tests
-	$(VENV)/bin/ruff format --check geoloc_lib tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 format: venv
-	$(VENV)/bin/ruff format geoloc_lib tests
-	$(VENV)/bin/ruff check --fix geoloc_lib tests
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 bench: venv
 	$(PY) -m geoloc_lib.bench
