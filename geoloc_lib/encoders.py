@@ -39,6 +39,10 @@ class EncoderWeightsError(RuntimeError):
     """Requested encoder weights are missing or unreadable."""
 
 
+class EncoderFingerprintError(ValueError):
+    """Rebuilt encoders differ from the ones a checkpoint was trained with."""
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     clip_model: str = "ViT-B-16"
@@ -246,3 +250,21 @@ class DualEncoder(nn.Module):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:20]
+
+
+def verify_fingerprint(encoders: DualEncoder, expected: str | None, trained: str) -> None:
+    """Refuse encoders whose weights differ from those `trained` (a checkpoint or run) was made with.
+
+    Frozen encoders are not stored in checkpoints but rebuilt from their config, so a weights file that
+    changed since training would otherwise silently feed the heads other features. `expected` None
+    (a checkpoint without a fingerprint) skips the check.
+    """
+    if expected is None:
+        return
+    actual = encoders.fingerprint()
+    if actual != expected:
+        raise EncoderFingerprintError(
+            f"the encoders rebuilt from {asdict(encoders.config)} have weight fingerprint {actual}, but "
+            f"{trained} was trained with {expected}: a weights file changed or another one is configured. "
+            f"Restore the original weights (or point clip_pretrained / scene_weights at them)."
+        )

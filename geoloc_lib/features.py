@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoints import atomic_torch_save
 from .datasets import PhotoDataset
 from .encoders import DualEncoder
 
@@ -32,10 +33,10 @@ def image_list_digest(split: pd.DataFrame) -> str:
 
 
 def cache_key(
-    encoders: DualEncoder, split: pd.DataFrame, transform_desc: dict, views: int, seed: int, dtype
+    encoder_fingerprint: str, split: pd.DataFrame, transform_desc: dict, views: int, seed: int, dtype
 ) -> str:
     payload = {
-        "encoders": encoders.fingerprint(),
+        "encoders": encoder_fingerprint,
         "images": image_list_digest(split),
         "transform": transform_desc,
         "views": views,
@@ -98,12 +99,13 @@ def load_or_extract(
     """Read `cache_dir/<key>.pt` when present, else extract and write it atomically."""
     path = Path(cache_dir) / f"{key}.pt"
     if path.is_file():
-        log(f"feature cache hit: {path}")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            features = torch.load(path, map_location="cpu", weights_only=True)
+            log(f"feature cache hit: {path}")
+            return features
+        except Exception as err:  # e.g. a file truncated by a full disk: rebuild it rather than stop
+            log(f"feature cache {path} is unreadable ({type(err).__name__}: {err}); extracting again")
     features = extract_features(**extract_kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(features, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(features, path)
     log(f"feature cache written: {path}")
     return features

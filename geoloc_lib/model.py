@@ -18,7 +18,7 @@ from torch import nn
 from . import provinces as prov
 from .cells import CellTable
 from .contract import load_cell_metadata
-from .encoders import DualEncoder, EncoderConfig, resolve_encoder_config
+from .encoders import DualEncoder, EncoderConfig, resolve_encoder_config, verify_fingerprint
 from .geo import PAKISTAN_CENTER
 
 MASKED_LOGIT = -1e4  # logit of a padded (non-existent) cell: exp() underflows to exactly 0
@@ -309,9 +309,11 @@ def load_phase0_weights(model: Phase1Model, path: str | Path) -> LoadReport:
             f"{path}: Phase 0 weights do not fit this model ({details}); check proj_dim/encoders"
         )
     loaded = [k for k in state if k in own]
+    encoder_keys = [k for k in loaded if k.startswith("encoders.")]
+    if not encoder_keys:  # heads trained on other encoder weights would read features they never saw
+        verify_fingerprint(model.encoders, checkpoint.get("encoder_fingerprint"), str(path))
     model.load_state_dict({**own, **{k: state[k] for k in loaded}})
     trainable = model.trainable_state_dict()
-    encoder_keys = [k for k in loaded if k.startswith("encoders.")]
     return LoadReport(
         path=str(path),
         loaded=loaded,

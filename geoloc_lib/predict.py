@@ -24,7 +24,7 @@ from .cells import CellTable
 from .checkpoints import write_json
 from .contract import load_cell_metadata, load_split
 from .datasets import open_rgb
-from .encoders import DualEncoder, EncoderConfig
+from .encoders import DualEncoder, EncoderConfig, verify_fingerprint
 from .metrics import confusion_matrix, per_province_table, prediction_metrics, predictions_frame
 from .model import HeadConfig, Phase1Model, load_checkpoint
 from .train import load_run_config, select_device
@@ -72,6 +72,7 @@ class Predictor:
             raise CheckpointMismatchError(
                 f"{checkpoint_path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
+        verify_fingerprint(model.encoders, checkpoint.get("encoder_fingerprint"), str(checkpoint_path))
         return cls(model, select_device(device), cfg["top_provinces"], cfg["top_cells"])
 
     @classmethod

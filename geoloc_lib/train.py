@@ -36,7 +36,7 @@ from .cells import CellTable
 from .checkpoints import atomic_torch_save, atomic_write_text, to_plain, write_json
 from .contract import load_dataset
 from .datasets import PhotoDataset
-from .encoders import DualEncoder, resolve_encoder_config
+from .encoders import DualEncoder, resolve_encoder_config, verify_fingerprint
 from .features import cache_key, load_or_extract
 from .losses import LossWeights, Phase1TotalLoss, offset_ramp, province_weights_from_split
 from .metrics import SEED_COLUMNS, prediction_metrics, predictions_frame
@@ -306,6 +306,7 @@ class Trainer:
         )
         self.train_features = self.val_features = None
         self._graph = None
+        self._frozen_fingerprint = None
 
     # ---------------------------------------------------------------- data
     def _split_tensors(self, split: pd.DataFrame) -> dict[str, torch.Tensor]:
@@ -330,14 +331,16 @@ class Trainer:
             "dtype": dtype,
         }
         train_key = cache_key(
-            encoders,
+            self.encoder_fingerprint(),
             self.data.train,
             {"train": self.augment.describe(), "size": self.image_size},
             cfg.cache_views,
             cfg.seed,
             dtype,
         )
-        val_key = cache_key(encoders, self.data.test, {"eval": True, "size": self.image_size}, 1, 0, dtype)
+        val_key = cache_key(
+            self.encoder_fingerprint(), self.data.test, {"eval": True, "size": self.image_size}, 1, 0, dtype
+        )
         self.train_features = load_or_extract(
             cfg.cache_dir,
             train_key,
@@ -371,6 +374,14 @@ class Trainer:
         views = self.train_features["clip"].shape[0]
         view = torch.randint(views, idx.shape, device=idx.device, generator=generator)  # [B]
         return self.train_features["clip"][view, idx].float(), self.train_features["scene"][view, idx].float()
+
+    def encoder_fingerprint(self) -> str:
+        """Hash of the encoder weights; computed once while both are frozen (hashing a ViT-B/16 takes ~1 s)."""
+        if not self.model.encoders.frozen:
+            return self.model.encoders.fingerprint()
+        if self._frozen_fingerprint is None:
+            self._frozen_fingerprint = self.model.encoders.fingerprint()
+        return self._frozen_fingerprint
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Seed-literal path: images [B, 3, S, S] through both encoders -> fp32 [B, Dc], [B, Ds]."""
@@ -608,6 +619,7 @@ class Trainer:
                 "head_config": asdict(self.head_config),
                 "encoder_config": asdict(self.model.encoders.config),
                 "cells": self.cells.signature(),
+                "encoder_fingerprint": self.encoder_fingerprint(),
             }
         ) | {"optimizer_state": self.optimizer.state_dict()}
 
@@ -619,6 +631,9 @@ class Trainer:
         if self.resume_state is not None:
             _check_resume_config(cfg, self.resume_state["config"])
             self.model.load_state_dict(self.resume_state["model_state"], strict=False)
+            verify_fingerprint(
+                self.model.encoders, self.resume_state.get("encoder_fingerprint"), str(self.run_dir)
+            )
             self.optimizer.load_state_dict(self.resume_state["optimizer_state"])
             start_epoch = int(self.resume_state["epoch"]) + 1
             best = float(self.resume_state["best_metric"])
@@ -632,7 +647,7 @@ class Trainer:
             asdict(cfg)
             | {
                 "device": str(self.device),
-                "encoder_fingerprint": self.model.encoders.fingerprint(),
+                "encoder_fingerprint": self.encoder_fingerprint(),
                 "province_weights": dict(
                     zip(prov.PROVINCE_NAMES, self.province_weights.round(4).tolist(), strict=True)
                 ),

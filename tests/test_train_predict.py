@@ -3,14 +3,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torchvision
 from conftest import tiny_config
 
 from geoloc_lib.datasets import PhotoDataset
+from geoloc_lib.encoders import EncoderFingerprintError
 from geoloc_lib.metrics import SEED_COLUMNS
 from geoloc_lib.predict import CheckpointMismatchError, Predictor, evaluate_run
 from geoloc_lib.train import CSV_COLUMNS, NonFiniteLossError, Trainer, train
@@ -149,3 +152,52 @@ def test_killed_run_resumes_to_the_same_result(tiny_data, tmp_path):
     for k in final_a:
         torch.testing.assert_close(final_a[k], final_b[k], atol=1e-5, rtol=1e-4)
     assert "Resuming" in (resumed.run_dir / "log.txt").read_text()
+
+
+def _resnet18_weights(path, seed):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+
+
+def test_changed_encoder_weights_are_refused(tiny_data, tmp_path):
+    weights = tmp_path / "scene.pth"
+    _resnet18_weights(weights, seed=1)
+    cfg = tiny_config(tiny_data, tmp_path / "runs", batches_per_epoch=4, scene_weights=f"places365:{weights}")
+    train(cfg, progress=False)
+    Predictor.from_run(cfg.run_dir)  # same weights: accepted
+    _resnet18_weights(weights, seed=2)  # the file changes after training
+    with pytest.raises(EncoderFingerprintError, match="was trained with"):
+        Predictor.from_run(cfg.run_dir)
+    with pytest.raises(EncoderFingerprintError, match="was trained with"):
+        train(replace(cfg, epochs=2, resume=True), progress=False)
+
+
+def test_unfrozen_encoder_is_trained_saved_and_restored(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="seed-literal"):
+        Trainer(tiny_config(tiny_data, tmp_path / "a", freeze_scene=False), progress=False)
+    cfg = tiny_config(
+        tiny_data, tmp_path / "runs", freeze_scene=False, feature_cache=False, batches_per_epoch=2
+    )
+    train(cfg, progress=False)
+    state = torch.load(cfg.run_dir / "checkpoints/phase1/phase1_best.pt", weights_only=True)["model_state"]
+    initial = Trainer(replace(cfg, run_name="fresh"), progress=False).model.state_dict()
+    scene_keys = [k for k in state if k.startswith("encoders.scene.")]
+    assert scene_keys and not any(k.startswith("encoders.clip.") for k in state)  # only the unfrozen one
+    assert any(not torch.equal(state[k], initial[k]) for k in scene_keys)  # it was trained
+    # the predictor restores the trained scene CNN: it reproduces the validation predictions
+    val = pd.read_csv(cfg.run_dir / "val_predictions_best.csv")
+    pred = evaluate_run(cfg.run_dir)["predictions"]
+    np.testing.assert_allclose(pred["pred_lat"], val["pred_lat"], atol=1e-4)
+    np.testing.assert_allclose(pred["pred_lon"], val["pred_lon"], atol=1e-4)
+
+
+def test_unreadable_feature_cache_is_rebuilt(tiny_data, tmp_path):
+    first = Trainer(tiny_config(tiny_data, tmp_path / "runs", run_name="a"), progress=False)
+    first.prepare_features()
+    for path in (tmp_path / "runs" / "cache").glob("*.pt"):
+        path.write_bytes(path.read_bytes()[:100])  # truncated, as by a full disk
+    second = Trainer(tiny_config(tiny_data, tmp_path / "runs", run_name="b"), progress=False)
+    second.prepare_features()
+    assert "unreadable" in (second.run_dir / "log.txt").read_text()
+    torch.testing.assert_close(first.train_features["clip"], second.train_features["clip"])
