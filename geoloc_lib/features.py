@@ -13,6 +13,8 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -46,6 +48,21 @@ def cache_key(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def _load_parts(parts_dir: Path, clip: torch.Tensor, scene: torch.Tensor, log) -> int:
+    """Fill rows from the shards of an interrupted extraction; return how many leading rows are done."""
+    done = 0
+    for part in sorted(parts_dir.glob("*.pt")):  # names are zero-padded start rows: sorted = in order
+        shard = torch.load(part, map_location="cpu", weights_only=True)
+        if shard["start"] != done:
+            break  # not contiguous: extract the rest again
+        end = done + len(shard["clip"])
+        clip[done:end], scene[done:end] = shard["clip"], shard["scene"]
+        done = end
+    if done:
+        log(f"resuming feature extraction at {done}/{len(clip)} (shards in {parts_dir})")
+    return done
+
+
 @torch.no_grad()
 def extract_features(
     encoders: DualEncoder,
@@ -58,22 +75,31 @@ def extract_features(
     num_workers: int = 2,
     dtype=torch.float16,
     desc: str = "features",
+    parts_dir: Path | None = None,
+    flush_seconds: float = 60.0,
+    log=print,
 ) -> dict[str, torch.Tensor]:
-    """{"clip": [V, N, Dc], "scene": [V, N, Ds]} on the CPU, in `dtype`."""
+    """{"clip": [V, N, Dc], "scene": [V, N, Ds]} on the CPU, in `dtype`.
+
+    With `parts_dir`, finished rows are saved there as shards about every `flush_seconds`, and an
+    extraction killed part-way continues from its shards: each view's augmentation is seeded per photo,
+    so the rows do not depend on where a batch starts.
+    """
     dataset = PhotoDataset(split, transform, views=views, seed=seed)
+    n = len(split)
+    clip_dim, scene_dim = encoders.dims
+    clip = torch.empty(views * n, clip_dim, dtype=dtype)  # [V*N, Dc]
+    scene = torch.empty(views * n, scene_dim, dtype=dtype)  # [V*N, Ds]
+    done = _load_parts(parts_dir, clip, scene, log) if parts_dir is not None and parts_dir.is_dir() else 0
     loader = torch.utils.data.DataLoader(
-        dataset,
+        torch.utils.data.Subset(dataset, range(done, len(dataset))),
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
-    n = len(split)
-    clip_dim, scene_dim = encoders.dims
-    clip = torch.empty(views * n, clip_dim, dtype=dtype)
-    scene = torch.empty(views * n, scene_dim, dtype=dtype)
     encoders.eval().to(device)
-    start = 0
+    start, flushed, last_flush = done, done, time.monotonic()
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     )
@@ -81,14 +107,22 @@ def extract_features(
     # outlives the loop, and a live iterator inherited by the next DataLoader's forked workers makes
     # them print "can only test a child process" tracebacks when they exit.
     batches = iter(loader)
-    with tqdm(total=len(loader), desc=desc, unit="batch") as bar:
+    with tqdm(total=len(dataset), initial=done, desc=desc, unit="img") as bar:
         for images, _ in batches:
             with autocast:
                 c, s = encoders(images.to(device, non_blocking=True))  # [b, Dc], [b, Ds]
             clip[start : start + len(images)] = c.float().to("cpu", dtype)
             scene[start : start + len(images)] = s.float().to("cpu", dtype)
             start += len(images)
-            bar.update()
+            bar.update(len(images))
+            if parts_dir is not None and time.monotonic() - last_flush >= flush_seconds:
+                shard = {
+                    "start": flushed,
+                    "clip": clip[flushed:start].clone(),
+                    "scene": scene[flushed:start].clone(),
+                }
+                atomic_torch_save(shard, parts_dir / f"{flushed:012d}.pt")
+                flushed, last_flush = start, time.monotonic()
     del batches  # shuts its workers down now, before any later fork
     return {"clip": clip.view(views, n, clip_dim), "scene": scene.view(views, n, scene_dim)}
 
@@ -96,7 +130,11 @@ def extract_features(
 def load_or_extract(
     cache_dir: str | os.PathLike, key: str, log=print, **extract_kwargs
 ) -> dict[str, torch.Tensor]:
-    """Read `cache_dir/<key>.pt` when present, else extract and write it atomically."""
+    """Read `cache_dir/<key>.pt` when present, else extract and write it atomically.
+
+    Extraction keeps shards in `cache_dir/<key>.parts/` while it runs, so a killed run loses at most
+    about a minute of it; they are removed once the whole cache file is written.
+    """
     path = Path(cache_dir) / f"{key}.pt"
     if path.is_file():
         try:
@@ -105,7 +143,9 @@ def load_or_extract(
             return features
         except Exception as err:  # e.g. a file truncated by a full disk: rebuild it rather than stop
             log(f"feature cache {path} is unreadable ({type(err).__name__}: {err}); extracting again")
-    features = extract_features(**extract_kwargs)
+    parts_dir = Path(cache_dir) / f"{key}.parts"
+    features = extract_features(parts_dir=parts_dir, log=log, **extract_kwargs)
     atomic_torch_save(features, path)
+    shutil.rmtree(parts_dir, ignore_errors=True)
     log(f"feature cache written: {path}")
     return features

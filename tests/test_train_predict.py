@@ -12,12 +12,14 @@ import torch
 import torchvision
 from conftest import tiny_config
 
+from geoloc_lib.contract import load_dataset
 from geoloc_lib.datasets import PhotoDataset
-from geoloc_lib.encoders import EncoderFingerprintError
+from geoloc_lib.encoders import DualEncoder, EncoderFingerprintError, resolve_encoder_config
+from geoloc_lib.features import extract_features, load_or_extract
 from geoloc_lib.metrics import SEED_COLUMNS
 from geoloc_lib.predict import CheckpointMismatchError, Predictor, evaluate_run
 from geoloc_lib.train import CSV_COLUMNS, NonFiniteLossError, Trainer, train
-from geoloc_lib.transforms import train_transform
+from geoloc_lib.transforms import AugmentConfig, train_transform
 
 
 def test_one_epoch_writes_every_output(tiny_data, tmp_path):
@@ -201,3 +203,54 @@ def test_unreadable_feature_cache_is_rebuilt(tiny_data, tmp_path):
     second.prepare_features()
     assert "unreadable" in (second.run_dir / "log.txt").read_text()
     torch.testing.assert_close(first.train_features["clip"], second.train_features["clip"])
+
+
+EXTRACT_SCRIPT = """
+import torch
+from geoloc_lib.contract import load_dataset
+from geoloc_lib.encoders import DualEncoder, resolve_encoder_config
+from geoloc_lib.features import load_or_extract
+from geoloc_lib.transforms import AugmentConfig, train_transform
+torch.set_num_threads(1)
+encoders = DualEncoder(resolve_encoder_config("tiny-random"))
+split = load_dataset({data!r}, image_check="none").train
+load_or_extract({cache!r}, "key", encoders=encoders, split=split, views=2, seed=0,
+    transform=train_transform(encoders.image_size, AugmentConfig()), device=torch.device("cpu"),
+    batch_size=16, num_workers=0, flush_seconds=0)
+"""
+
+
+def test_killed_feature_extraction_resumes_from_its_shards(tiny_data, tmp_path):
+    cache = tmp_path / "cache"
+    script = EXTRACT_SCRIPT.format(data=str(tiny_data), cache=str(cache))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    parts = cache / "key.parts"
+    deadline = time.time() + 120
+    while len(list(parts.glob("*.pt"))) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cache / "key.pt").exists(), "the extraction finished before it could be killed"
+
+    encoders = DualEncoder(resolve_encoder_config("tiny-random"))
+    split = load_dataset(tiny_data, image_check="none").train
+    kwargs = dict(
+        encoders=encoders,
+        split=split,
+        views=2,
+        seed=0,
+        transform=train_transform(encoders.image_size, AugmentConfig()),
+        device=torch.device("cpu"),
+        batch_size=16,
+        num_workers=0,
+    )
+    messages = []
+    resumed = load_or_extract(cache, "key", log=messages.append, **kwargs)
+    done = int(messages[0].split(" at ")[1].split("/")[0])
+    assert 0 < done < 2 * len(split), messages
+    assert (cache / "key.pt").is_file() and not parts.exists()  # shards go once the cache is whole
+    reference = extract_features(**kwargs)
+    for name in ("clip", "scene"):
+        torch.testing.assert_close(resumed[name], reference[name], atol=2e-3, rtol=2e-3)
