@@ -245,6 +245,36 @@ def _check_resume_config(cfg: TrainConfig, saved: dict) -> None:
         )
 
 
+class TrainingStateSnapshot:
+    """Parameters and optimizer state of a moment, restored in place (a CUDA graph keeps addresses).
+
+    Undoes the warm-up steps before graph capture. State that did not exist at the snapshot (a fresh
+    run's Adam moments and step count) is zeroed, which is what AdamW starts from; state that did exist
+    (a resumed run's) gets its saved values back.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.saved_params = [p.detach().clone() for p in self.params]
+        self.saved_state = {
+            p: {k: v.clone() for k, v in optimizer.state[p].items() if isinstance(v, torch.Tensor)}
+            for p in self.params
+            if p in optimizer.state
+        }
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for p, saved in zip(self.params, self.saved_params, strict=True):
+            p.copy_(saved)
+        for p, state in self.optimizer.state.items():
+            saved = self.saved_state.get(p, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    value.copy_(saved[key]) if key in saved else value.zero_()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
 class Trainer:
     """Holds data, model, loss, optimiser and the feature cache of one run."""
 
@@ -417,21 +447,10 @@ class Trainer:
         B = self.cfg.batch_size
         self._static_idx = torch.zeros(B, dtype=torch.long, device=self.device)
         self._static_ow = torch.zeros((), device=self.device)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        saved_params = [p.detach().clone() for p in params]
+        snapshot = TrainingStateSnapshot(self.optimizer)
 
         def graph_step():
             return self._step(*self._features_for(self._static_idx, None), self._static_idx, self._static_ow)
-
-        def undo_updates():  # in place: the graph keeps these addresses
-            with torch.no_grad():
-                for p, saved in zip(params, saved_params, strict=True):
-                    p.copy_(saved)
-                for state in self.optimizer.state.values():
-                    for value in state.values():
-                        if isinstance(value, torch.Tensor):
-                            value.zero_()
-            self.optimizer.zero_grad(set_to_none=True)
 
         try:
             stream = torch.cuda.Stream()
@@ -441,12 +460,12 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     graph_step()
             torch.cuda.current_stream().wait_stream(stream)
-            undo_updates()
+            snapshot.restore()
             self._graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self._graph):
                 self._graph_out = graph_step()
         except RuntimeError as err:
-            undo_updates()
+            snapshot.restore()
             self._graph = None
             self.use_graph = False
             self.log.info(f"CUDA graph capture failed ({err}); training continues eagerly")

@@ -7,6 +7,7 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 import pytest
+from papermill.translators import PythonTranslator
 
 from geoloc_lib.train import TrainConfig
 
@@ -22,6 +23,10 @@ def test_notebooks_are_thin_stripped_and_parameterised(path):
     assert len(params) == 1 and nb.cells[1] is params[0]
     for node in ast.parse(params[0].source).body:  # literals only, each with a type hint
         assert isinstance(node, ast.AnnAssign) and isinstance(node.value, ast.Constant)
+    # papermill sees every parameter (it skips a line with a second "=", e.g. in its comment)
+    inspected = PythonTranslator.inspect(params[0])
+    assert [p.name for p in inspected] == [n.target.id for n in ast.parse(params[0].source).body]
+    assert all(p.help for p in inspected)  # each has a comment, shown by papermill --help-notebook
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.get("outputs") and cell.get("execution_count") is None

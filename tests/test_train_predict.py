@@ -18,7 +18,7 @@ from geoloc_lib.encoders import DualEncoder, EncoderFingerprintError, resolve_en
 from geoloc_lib.features import extract_features, load_or_extract
 from geoloc_lib.metrics import SEED_COLUMNS
 from geoloc_lib.predict import CheckpointMismatchError, Predictor, evaluate_run
-from geoloc_lib.train import CSV_COLUMNS, NonFiniteLossError, Trainer, train
+from geoloc_lib.train import CSV_COLUMNS, NonFiniteLossError, Trainer, TrainingStateSnapshot, train
 from geoloc_lib.transforms import AugmentConfig, train_transform
 
 
@@ -254,3 +254,47 @@ def test_killed_feature_extraction_resumes_from_its_shards(tiny_data, tmp_path):
     reference = extract_features(**kwargs)
     for name in ("clip", "scene"):
         torch.testing.assert_close(resumed[name], reference[name], atol=2e-3, rtol=2e-3)
+
+
+def _run_steps(trainer, n, seed=None):
+    if seed is not None:
+        torch.manual_seed(seed)  # dropout
+    generator = torch.Generator().manual_seed(0 if seed is None else seed)  # view choice
+    batches = torch.as_tensor(trainer.sampler.epoch_batches(1))
+    for idx in batches[:n]:
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer._step(*trainer._features_for(idx, generator), idx, torch.tensor(1.0))
+
+
+def _optimizer_tensors(optimizer):
+    return [v.clone() for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+
+
+def test_graph_warm_up_snapshot_leaves_no_trace(tiny_data, tmp_path):
+    # the CUDA-graph path runs warm-up steps before capture and undoes them with this snapshot
+    def trainer(name):
+        t = Trainer(tiny_config(tiny_data, tmp_path / "runs", run_name=name, cache_views=1), progress=False)
+        t.prepare_features()
+        t.model.train()
+        return t
+
+    warmed, plain = trainer("warmed"), trainer("plain")
+    snapshot = TrainingStateSnapshot(warmed.optimizer)  # a fresh run: no optimizer state yet
+    _run_steps(warmed, 3)
+    snapshot.restore()
+    _run_steps(warmed, 4, seed=7)
+    _run_steps(plain, 4, seed=7)
+    for a, b in zip(warmed.model.parameters(), plain.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+    # a resumed run: the loaded Adam moments and step counts come back, not zeros
+    params = [p.detach().clone() for p in warmed.model.parameters()]
+    state = _optimizer_tensors(warmed.optimizer)
+    snapshot = TrainingStateSnapshot(warmed.optimizer)
+    _run_steps(warmed, 2)
+    snapshot.restore()
+    for a, b in zip(warmed.model.parameters(), params, strict=True):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(_optimizer_tensors(warmed.optimizer), state, strict=True):
+        torch.testing.assert_close(a, b)
+    assert any(bool((s != 0).any()) for s in state)
