@@ -38,3 +38,7 @@ format: venv
 
 bench: venv
 	$(PY) -m geoloc_lib.bench
+
+# Removes the demo data and runs (feature caches are keyed by image list and weights, so they are left alone).
+clean-demo:
+	rm -rf data/demo runs/$(DEMO_RUN) runs/$(DEMO_RUN)_phase0
