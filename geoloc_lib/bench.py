@@ -90,11 +90,9 @@ def _cached_step_flops(trainer: Trainer) -> int:
 
 
 def _matmul_flops_per_s(trainer: Trainer, rounds: int = 5, repeats: int = 10) -> float:
-    """Best fp32 rate over `rounds` of [B, D] @ [D, P*H], the largest product of the cached step."""
-    heads = trainer.model.heads.geocell_heads
-    D, P, H = heads.w_fused.shape
-    x = torch.randn(trainer.cfg.batch_size, D, device=trainer.device)  # [B, D]
-    w = heads.w_fused.detach().reshape(D, P * H)  # [D, P*H]
+    """Best fp32 rate over `rounds` of [B, D] @ [D, U], the largest product of the cached step."""
+    w = trainer.model.heads.geocell_heads.w_fused.detach()  # [D, U]
+    x = torch.randn(trainer.cfg.batch_size, w.shape[0], device=trainer.device)  # [B, D]
     x @ w  # warm-up
     best = float("inf")
     for _ in range(rounds):
@@ -104,7 +102,7 @@ def _matmul_flops_per_s(trainer: Trainer, rounds: int = 5, repeats: int = 10) ->
             x @ w
         _sync(trainer.device)
         best = min(best, (time.perf_counter() - start) / repeats)
-    return 2 * x.shape[0] * D * P * H / best
+    return 2 * x.numel() * w.shape[1] / best
 
 
 def time_encoder(encoder: str, data_dir: str, work: Path, args: argparse.Namespace) -> StepTiming:

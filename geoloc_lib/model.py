@@ -2,7 +2,7 @@
 
 `GeoHeads` holds every trainable layer and runs on encoder features, so the same heads serve the
 seed-literal path (images through the encoders each step) and the cached-feature path. All seven
-geocell heads run as two batched einsums over stacked weights, not a Python loop over provinces.
+geocell heads run as one packed matrix product and one batched product, not a Python loop over provinces.
 """
 
 from __future__ import annotations
@@ -45,27 +45,38 @@ def _projection(in_dim: int, out_dim: int) -> nn.Sequential:
 
 
 class BatchedGeocellHeads(nn.Module):
-    """One 2-layer MLP per province, stored stacked: [P, ...] weights, evaluated for all provinces at once.
+    """One 2-layer MLP per province, evaluated for all provinces at once without a Python loop.
 
-    Input of province p's head: [fused ; province_embedding[p]]. Hidden units beyond a province's
-    capacity and logits of cells the province does not have are masked.
+    Input of province p's head: [fused ; province_embedding[p]]; its hidden width is its capacity
+    (`small_geocell_hidden` below `small_province_cells` cells, else `geocell_hidden`). The hidden units
+    of all provinces are packed side by side, so the first layer is one [B, D] @ [D, sum of capacities]
+    product with no unit computed in vain. They are then laid out as [B, P, H] (H the largest capacity,
+    zeros beyond a province's own) for one batched second layer. Logits of cells a province does not
+    have are masked.
     """
 
     def __init__(self, in_dim: int, emb_dim: int, cells: CellTable, cfg: HeadConfig):
         super().__init__()
-        P, H, C = prov.NUM_PROVINCES, cfg.geocell_hidden, cells.max_cells
+        P, C = prov.NUM_PROVINCES, cells.max_cells
         capacity = torch.where(
             cells.n_cells < cfg.small_province_cells, cfg.small_geocell_hidden, cfg.geocell_hidden
-        )
-        self.register_buffer("hidden_mask", torch.arange(H)[None, :] < capacity[:, None], persistent=False)
-        # [D, P, H]: viewed as [D, P*H], the first layer of all heads is one matrix product
-        self.w_fused = nn.Parameter(torch.empty(in_dim, P, H))
-        self.w_emb = nn.Parameter(torch.empty(P, emb_dim, H))  # [P, E, H]
-        self.b_in = nn.Parameter(torch.empty(P, H))
-        self.w_out = nn.Parameter(torch.empty(P, H, C))  # [P, H, C]
+        )  # [P]
+        H, total = int(capacity.max()), int(capacity.sum())
+        start = torch.cumsum(capacity, 0) - capacity  # [P] first packed unit of each province
+        unit = torch.arange(H)
+        # padded slot (p, j) reads packed unit start[p] + j, or the zero column `total` past p's capacity
+        slot_source = torch.where(unit < capacity[:, None], start[:, None] + unit, total)  # [P, H]
+        self.register_buffer("capacity", capacity, persistent=False)
+        self.register_buffer("start", start, persistent=False)
+        self.register_buffer("slot_source", slot_source.flatten(), persistent=False)  # [P*H]
+        self.register_buffer("unit_province", torch.repeat_interleave(torch.arange(P), capacity), False)
+        self.w_fused = nn.Parameter(torch.empty(in_dim, total))  # [D, U], U = sum of capacities
+        self.w_emb = nn.Parameter(torch.empty(emb_dim, total))  # [E, U]
+        self.b_in = nn.Parameter(torch.empty(total))  # [U]
+        self.w_out = nn.Parameter(torch.empty(P, H, C))  # [P, H, C]; rows past a capacity stay unused
         self.b_out = nn.Parameter(torch.empty(P, C))
         self.dropout = nn.Dropout(cfg.dropout)
-        # nn.Linear's default init, per province, with the fan-in of that province's real capacity
+        # nn.Linear's default init, per province, with the fan-in of that province's capacity
         bound_in = 1 / math.sqrt(in_dim + emb_dim)
         for weight in (self.w_fused, self.w_emb, self.b_in):
             nn.init.uniform_(weight, -bound_in, bound_in)
@@ -78,13 +89,18 @@ class BatchedGeocellHeads(nn.Module):
         self, fused: torch.Tensor, province_emb: torch.Tensor, cell_mask: torch.Tensor
     ) -> torch.Tensor:
         # fused [B, D], province_emb [P, E], cell_mask [P, C] -> logits [B, P, C]
-        B, (D, P, H) = fused.shape[0], self.w_fused.shape
-        per_province_bias = torch.einsum("pe,peh->ph", province_emb, self.w_emb)  # [P, H]
-        hidden = (fused @ self.w_fused.view(D, P * H)).view(B, P, H)  # [B, P, H]
-        hidden = F.gelu(hidden + per_province_bias + self.b_in) * self.hidden_mask
-        hidden = self.dropout(hidden).transpose(0, 1)  # [P, B, H]
-        logits = torch.bmm(hidden, self.w_out).transpose(0, 1) + self.b_out  # [B, P, C]
+        B, (P, H, _) = fused.shape[0], self.w_out.shape
+        emb_term = (province_emb[self.unit_province] * self.w_emb.T).sum(-1)  # [U]
+        hidden = self.dropout(F.gelu(fused @ self.w_fused + emb_term + self.b_in))  # [B, U]
+        padded = F.pad(hidden, (0, 1))[:, self.slot_source].view(B, P, H)  # [B, P, H]
+        logits = torch.bmm(padded.transpose(0, 1), self.w_out).transpose(0, 1) + self.b_out  # [B, P, C]
         return logits.masked_fill(~cell_mask, MASKED_LOGIT)
+
+    def province_mlp(self, p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Province p's head as plain weights: W1 [D+E, cap], b1 [cap], W2 [cap, C], b2 [C]."""
+        units = slice(int(self.start[p]), int(self.start[p] + self.capacity[p]))
+        w1 = torch.cat([self.w_fused[:, units], self.w_emb[:, units]], 0)
+        return w1, self.b_in[units], self.w_out[p, : int(self.capacity[p])], self.b_out[p]
 
 
 class GeoHeads(nn.Module):

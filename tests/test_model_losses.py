@@ -1,15 +1,24 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from geoloc_lib.cells import CellTable
 from geoloc_lib.encoders import ENCODER_PRESETS, DualEncoder, EncoderConfig, EncoderWeightsError
 from geoloc_lib.geo import haversine_km
 from geoloc_lib.losses import Phase1TotalLoss, effective_number_weights, offset_ramp, soft_target_table
-from geoloc_lib.model import HeadConfig, Phase1Model, create_phase1_model, load_phase0_weights
+from geoloc_lib.model import (
+    MASKED_LOGIT,
+    BatchedGeocellHeads,
+    HeadConfig,
+    Phase1Model,
+    create_phase1_model,
+    load_phase0_weights,
+)
 
 SMALL = HeadConfig(proj_dim=32, geocell_hidden=32, small_geocell_hidden=16, dropout=0.0)
 
@@ -230,3 +239,19 @@ def test_create_phase1_model_from_csv(tiny_data):
     assert model.cells.num_cells == len(pd.read_csv(tiny_data / "cell_metadata.csv"))
     counts = {r["component"]: r for r in model.component_parameter_counts()}
     assert counts["CLIP encoder"]["trainable"] == 0 and counts["geocell heads"]["frozen"] == 0
+
+
+def test_batched_geocell_heads_equal_a_loop_over_provinces():
+    cells = CellTable(_cells())
+    cfg = replace(SMALL, small_province_cells=3)  # Sindh (3 cells) gets 32 hidden units, the rest 16
+    heads = BatchedGeocellHeads(32, 8, cells, cfg).eval()
+    assert heads.capacity.tolist() == [32] + [16] * 6
+    fused, province_emb = torch.randn(5, 32), torch.randn(7, 8)
+    logits = heads(fused, province_emb, cells.cell_mask)  # [5, 7, C]
+    for p in range(7):  # the seed's way: each province's own MLP, photo by photo
+        w1, b1, w2, b2 = heads.province_mlp(p)
+        n = int(cells.n_cells[p])
+        for b in range(5):
+            expected = F.gelu(torch.cat([fused[b], province_emb[p]]) @ w1 + b1) @ w2 + b2
+            torch.testing.assert_close(logits[b, p, :n], expected[:n], atol=1e-5, rtol=1e-5)
+            assert (logits[b, p, n:] == MASKED_LOGIT).all()
