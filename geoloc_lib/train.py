@@ -123,10 +123,9 @@ class TrainConfig:
             problems.append(f"run_name {self.run_name!r} must name a folder (it is deleted on overwrite)")
         if self.phase not in (0, 1):
             problems.append(f"phase must be 0 or 1, not {self.phase}")
-        for name in ("epochs", "batch_size", "batches_per_epoch", "cache_views", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("top_provinces", "top_cells", "offset_ramp_epochs", "proj_dim", "geocell_hidden"):
+        counts = ("epochs", "batch_size", "batches_per_epoch", "cache_views", "eval_batch_size")
+        widths = ("top_provinces", "top_cells", "offset_ramp_epochs", "proj_dim", "geocell_hidden")
+        for name in counts + widths:
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
         if not (self.lr > 0 and self.temperature > 0 and self.aux_scale_km > 0):
@@ -270,8 +269,12 @@ class TrainingStateSnapshot:
         for p, state in self.optimizer.state.items():
             saved = self.saved_state.get(p, {})
             for key, value in state.items():
-                if isinstance(value, torch.Tensor):
-                    value.copy_(saved[key]) if key in saved else value.zero_()
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if key in saved:
+                    value.copy_(saved[key])
+                else:
+                    value.zero_()
         self.optimizer.zero_grad(set_to_none=True)
 
 
