@@ -60,7 +60,7 @@ def run_demo(
         run_name=phase0,
         epochs=phase0_epochs,
         batches_per_epoch=batches_per_epoch,
-        overwrite=True,
+        resume=True,
     )
     run_notebook(
         "03_train_phase1",
