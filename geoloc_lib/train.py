@@ -586,9 +586,7 @@ class Trainer:
                     self.val_features["scene"][0, idx].float(),
                 )
             else:
-                with self.amp:
-                    clip_feat, scene_feat = self.model.encoders(next(literal)[0].to(self.device))
-                clip_feat, scene_feat = clip_feat.float(), scene_feat.float()
+                clip_feat, scene_feat = self.encode(next(literal)[0])
             t = {k: v[idx] for k, v in self.val_tensors.items()}
             with self.amp:
                 out = self.model.heads(clip_feat, scene_feat, cell_ids=t["cell"], province_ids=t["province"])
