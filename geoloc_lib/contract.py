@@ -81,7 +81,9 @@ def _require_numeric(df: pd.DataFrame, path: Path, column: str) -> None:
 
 def _normalise_provinces(df: pd.DataFrame, path: Path) -> None:
     """Map every province spelling to its canonical name and check province_id agrees with it."""
-    found = df["province"].fillna("").map(lambda s: prov.try_lookup(s))
+    spellings = df["province"].fillna("")
+    lookup = {s: prov.try_lookup(s) for s in spellings.unique()}  # one lookup per spelling, not per row
+    found = spellings.map(lookup)
     unknown = df[found.isna()]
     if len(unknown):
         names = sorted(set(unknown["province"].astype(str)))[:MAX_ROWS_SHOWN]
@@ -91,8 +93,8 @@ def _normalise_provinces(df: pd.DataFrame, path: Path) -> None:
             unknown,
             f"use one of the accepted spellings: {prov.accepted_spellings()}",
         )
-    df["province"] = found.map(lambda p: p.name)
-    expected_id = found.map(lambda p: p.id).astype(int)
+    df["province"] = spellings.map({s: p.name for s, p in lookup.items() if p is not None})
+    expected_id = spellings.map({s: p.id for s, p in lookup.items() if p is not None}).astype(int)
     given_id = pd.to_numeric(df["province_id"], errors="coerce")
     disagree = df[given_id != expected_id]
     if len(disagree):

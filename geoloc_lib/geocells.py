@@ -55,14 +55,10 @@ def _centres(xy: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 
 def _radii(xy: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
     dist = np.linalg.norm(xy - centres[labels], axis=1)
-    return np.array(
-        [
-            max(MIN_RADIUS_KM, float(np.quantile(dist[labels == k], RADIUS_QUANTILE)))
-            if np.any(labels == k)
-            else MIN_RADIUS_KM
-            for k in range(len(centres))
-        ]
-    )
+    # one grouped pass instead of a mask over every point per cell; empty cells get the floor
+    quantiles = pd.Series(dist).groupby(labels).quantile(RADIUS_QUANTILE)
+    radii = quantiles.reindex(range(len(centres)), fill_value=MIN_RADIUS_KM).to_numpy(float)
+    return np.maximum(radii, MIN_RADIUS_KM)
 
 
 def _merge_small(xy: np.ndarray, labels: np.ndarray, min_samples: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from . import provinces as prov
 from .cells import CellTable
 from .checkpoints import write_json
 from .contract import load_cell_metadata, load_split
-from .datasets import open_rgb
+from .datasets import PhotoDataset, open_rgb
 from .encoders import DualEncoder, EncoderConfig, verify_fingerprint
 from .metrics import confusion_matrix, per_province_table, prediction_metrics, predictions_frame
 from .model import HeadConfig, Phase1Model, load_checkpoint
@@ -85,8 +85,8 @@ class Predictor:
         return cls.from_checkpoint(path, Path(cfg.data_dir) / "cell_metadata.csv", device)
 
     @torch.no_grad()
-    def _run(self, images: list[torch.Tensor], cell_ids=None) -> dict[str, np.ndarray]:
-        batch = torch.stack(images).to(self.device)  # [B, 3, H, W]
+    def _run(self, images: torch.Tensor, cell_ids=None) -> dict[str, np.ndarray]:
+        batch = images.to(self.device, non_blocking=True)  # [B, 3, H, W]
         cells = None if cell_ids is None else torch.tensor(np.asarray(cell_ids), device=self.device)
         out = self.model(batch, cell_ids=cells)
         pred = self.model.heads.predict(out, self.top_provinces, self.top_cells)
@@ -98,12 +98,10 @@ class Predictor:
             result["oracle"] = oracle.cpu().numpy()
         return result
 
-    def _batches(self, items: list, batch_size: int, cell_ids=None, desc: str = "predict"):
-        for start in tqdm(range(0, len(items), batch_size), desc=desc, leave=False):
+    def _batches(self, items: list, batch_size: int):
+        for start in tqdm(range(0, len(items), batch_size), desc="predict", leave=False):
             chunk = items[start : start + batch_size]
-            images = [self.transform(self._as_image(x)) for x in chunk]
-            cells = None if cell_ids is None else cell_ids[start : start + batch_size]
-            yield self._run(images, cells)
+            yield self._run(torch.stack([self.transform(self._as_image(x)) for x in chunk]))
 
     @staticmethod
     def _as_image(item) -> Image.Image:
@@ -121,7 +119,7 @@ class Predictor:
                 "image": names,
                 "lat": cat["mix_lat"] if mode == "mixture" else cat["lat"],
                 "lon": cat["mix_lon"] if mode == "mixture" else cat["lon"],
-                "province": [prov.by_id(p).name for p in cat["province"]],
+                "province": np.array(prov.PROVINCE_NAMES)[cat["province"]],
                 "province_prob": cat["province_prob"],
                 "argmax_lat": cat["lat"],
                 "argmax_lon": cat["lon"],
@@ -147,11 +145,25 @@ class Predictor:
         ]
         return frame
 
-    def evaluate(self, split: pd.DataFrame, batch_size: int = 64) -> pd.DataFrame:
-        """Predictions table (argmax and mixture modes, plus the oracle-cell error) for a validated split."""
-        parts = list(
-            self._batches(split["image_path"].tolist(), batch_size, split["cell_id"].to_numpy(), "evaluate")
+    def evaluate(self, split: pd.DataFrame, batch_size: int = 64, num_workers: int = 2) -> pd.DataFrame:
+        """Predictions table (argmax and mixture modes, plus the oracle-cell error) for a validated split.
+
+        Photos are decoded by the training code's dataset in `num_workers` processes.
+        """
+        loader = torch.utils.data.DataLoader(
+            PhotoDataset(split, self.transform),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
         )
+        cell_ids = split["cell_id"].to_numpy()
+        parts = []
+        batches = iter(loader)
+        with tqdm(total=len(split), desc="evaluate", unit="img", leave=False) as bar:
+            for images, index in batches:  # the bar never holds the worker iterator (see features.py)
+                parts.append(self._run(images, cell_ids[index.numpy()]))
+                bar.update(len(index))
+        del batches
         cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return predictions_frame(
             split,
@@ -173,6 +185,7 @@ def evaluate_run(
     checkpoint: str = "best",
     device: str = "auto",
     out_dir: str | os.PathLike | None = None,
+    num_workers: int = 2,
 ) -> dict:
     """Evaluate a run on a labelled CSV (default: its validation split) and write the tables.
 
@@ -184,7 +197,7 @@ def evaluate_run(
     cells = load_cell_metadata(Path(cfg.data_dir) / "cell_metadata.csv")
     split_csv = Path(split_csv) if split_csv else Path(cfg.data_dir) / "test.csv"
     split = load_split(split_csv, cells, cfg.images_root)
-    pred = predictor.evaluate(split)
+    pred = predictor.evaluate(split, num_workers=num_workers)
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summary_table(pred)
