@@ -1,19 +1,20 @@
-"""Benchmark: the seed-literal training step against the cached-feature step, side by side in one run.
+"""Benchmark: the training step with images through the encoders against the cached-feature step.
 
     python -m geoloc_lib.bench                      # demo encoders and real-size random encoders
     python -m geoloc_lib.bench --encoders tiny-random --data-dir data/demo --steps 50
     python -m geoloc_lib.bench --geocells 100000    # time the geocell builder instead
 
-Both paths run the real `Trainer` code on the same photos, machine and batch size:
+Both paths run the training code itself (`fit.build_training`, its stepper, `fit.train_one_epoch`)
+on the same photos, machine and batch size, side by side in one run:
 
-- seed-literal: the training DataLoader (JPEG decode + augmentation in `num_workers` processes), both
-  frozen encoders and the heads at every step. The first batch (worker start-up) is not timed.
-- cached: `Trainer.train_epoch` over cached features (one warm-up epoch first, which on CUDA also
-  captures the CUDA graph), so the per-step bookkeeping of a real epoch is included.
+- image path ("literal" below, the specification's way): the training DataLoader (JPEG decode and
+  augmentation in `num_workers` processes), both frozen encoders and the heads at every step. The
+  first batch (worker start-up) is not timed.
+- cached: `train_one_epoch` over cached features (one warm-up epoch first; on CUDA the stepper is
+  a captured CUDA graph), so the per-step bookkeeping of a real epoch is included.
 
-The seed-literal reference reuses our batched heads and vectorised soft targets, so it is faster than
-the original system's step (a Python loop over the seven heads, pandas per sample) and the ratio is
-conservative.
+The image path reuses the batched heads and the precomputed soft targets, so it is faster than a
+step that loops over the seven heads in Python, and the ratio is conservative.
 """
 
 from __future__ import annotations
@@ -28,20 +29,27 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .config import TrainConfig
+from .contract import load_dataset
 from .demo_data import TINY_DEMO, generate_demo_dataset, sample_locations
+from .devices import select_device, synchronize
+from .encoders import DualEncoder
+from .factory import encoder_config_of
+from .fit import Training, build_training, seed_epoch, train_one_epoch
 from .geocells import assign_cells, build_geocells
-from .train import TrainConfig, Trainer, select_device
+from .sources import CachedFeatures
+from .transforms import AugmentConfig
 
 DEFAULT_ENCODERS = "tiny-random,vit-b-32-resnet18-random"
-EPOCH_STEPS = 1300  # the seed's batches per epoch
-RUN_EPOCHS = 30  # the seed's epochs
+EPOCH_STEPS = 1300  # the specification's batches per epoch
+RUN_EPOCHS = 30  # the specification's epochs
 
 
 @dataclass
 class StepTiming:
     encoder: str
     extraction_images_per_s: float
-    literal_s: float  # seconds per seed-literal step
+    literal_s: float  # seconds per step with images through the encoders
     literal_steps: int
     cached_s: float  # seconds per cached-feature step
     cached_steps: int
@@ -58,51 +66,56 @@ class StepTiming:
         return self.literal_s / self.cached_s
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _literal_step_seconds(trainer: Trainer, steps: int) -> float:
-    """Mean seconds of seed-literal steps 2..steps+1 of an epoch (step 1 pays the worker start-up)."""
-    device = trainer.device
-    batches = torch.as_tensor(trainer.sampler.epoch_batches(1), device=device)  # [steps + 1, B]
-    offset_weight = torch.tensor(1.0, device=device)
-    trainer.model.train()
+def _literal_step_seconds(t: Training, steps: int) -> float:
+    """Mean seconds of image-path steps 2..steps+1 of an epoch (step 1 pays the worker start-up)."""
+    batches = torch.as_tensor(t.sampler.epoch_batches(1), device=t.device)  # [steps + 1, B]
+    offset_weight = torch.tensor(1.0, device=t.device)
+    t.model.train()
     start = None
-    for step, (images, _) in enumerate(trainer._literal_loader(1)):
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer._step(*trainer.encode(images), batches[step], offset_weight)
+    for step, _ in enumerate(t.stepper.run(batches, seed_epoch(0, 1, t.device), offset_weight)):
         if step == 0:
-            _sync(device)
+            synchronize(t.device)
             start = time.perf_counter()
-    _sync(device)
+    synchronize(t.device)
     return (time.perf_counter() - start) / steps
 
 
-def _cached_step_flops(trainer: Trainer) -> int:
-    device = trainer.device
-    idx = torch.as_tensor(trainer.sampler.epoch_batches(3)[0], device=device)  # [B]
+def _cached_step_flops(t: Training) -> int:
+    idx = torch.as_tensor(t.sampler.epoch_batches(3)[0], device=t.device)  # [B]
+    step = t.stepper.step
     with FlopCounterMode(display=False) as counter:
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer._step(*trainer._features_for(idx, None), idx, torch.tensor(1.0, device=device))
+        t.optimizer.zero_grad(set_to_none=True)
+        step(idx, *t.source.gather(idx, None), torch.tensor(1.0, device=t.device))
     return counter.get_total_flops()
 
 
-def _matmul_flops_per_s(trainer: Trainer, rounds: int = 5, repeats: int = 10) -> float:
+def _matmul_flops_per_s(t: Training, rounds: int = 5, repeats: int = 10) -> float:
     """Best fp32 rate over `rounds` of [B, D] @ [D, U], the largest product of the cached step."""
-    w = trainer.model.heads.geocell_heads.w_fused.detach()  # [D, U]
-    x = torch.randn(trainer.cfg.batch_size, w.shape[0], device=trainer.device)  # [B, D]
+    w = t.model.heads.geocell_heads.w_fused.detach()  # [D, U]
+    x = torch.randn(t.cfg.batch_size, w.shape[0], device=t.device)  # [B, D]
     x @ w  # warm-up
     best = float("inf")
     for _ in range(rounds):
-        _sync(trainer.device)
+        synchronize(t.device)
         start = time.perf_counter()
         for _ in range(repeats):
             x @ w
-        _sync(trainer.device)
+        synchronize(t.device)
         best = min(best, (time.perf_counter() - start) / repeats)
     return 2 * x.numel() * w.shape[1] / best
+
+
+def _extraction_rate(cfg: TrainConfig) -> float:
+    """Images per second of filling the feature cache (train views and evaluation photos) from scratch."""
+    device = select_device(cfg.device)
+    data = load_dataset(cfg.data_dir, image_check="none")
+    encoders = DualEncoder(encoder_config_of(cfg)).to(device)
+    fingerprint = encoders.fingerprint()
+    start = time.perf_counter()
+    CachedFeatures.prepare(
+        cfg, encoders, fingerprint, data.train, data.test, AugmentConfig(), device, lambda _: None
+    )
+    return (cfg.cache_views * len(data.train) + len(data.test)) / (time.perf_counter() - start)
 
 
 def time_encoder(encoder: str, data_dir: str, work: Path, args: argparse.Namespace) -> StepTiming:
@@ -117,32 +130,24 @@ def time_encoder(encoder: str, data_dir: str, work: Path, args: argparse.Namespa
         "num_workers": args.num_workers,
     }
     name = encoder.replace("/", "_")
-    cached = Trainer(
-        TrainConfig(run_name=f"{name}-cached", batches_per_epoch=args.steps, **common), progress=False
-    )
+    cached_cfg = TrainConfig(run_name=f"{name}-cached", batches_per_epoch=args.steps, **common)
+    extraction_rate = _extraction_rate(cached_cfg)
+    cached = build_training(cached_cfg, progress=False)  # reads the cache just written
+    train_one_epoch(cached, 1)  # warm-up
+    synchronize(cached.device)
     start = time.perf_counter()
-    cached.prepare_features()
-    n_images = len(cached.data.train) + len(cached.data.test)
-    extraction_rate = n_images / (time.perf_counter() - start)
-
-    cached.train_epoch(1)  # warm-up; on CUDA this also captures the graph
-    _sync(cached.device)
-    start = time.perf_counter()
-    cached.train_epoch(2)
-    _sync(cached.device)
+    train_one_epoch(cached, 2)
+    synchronize(cached.device)
     cached_s = (time.perf_counter() - start) / args.steps
 
-    # Extraction runs decode + augmentation + both encoders, the bulk of a literal step: use its rate
-    # to fit the literal measurement into about --literal-seconds.
+    # Extraction runs decode + augmentation + both encoders, the bulk of an image-path step: use its
+    # rate to fit that measurement into about --literal-seconds.
     estimate_s = args.batch_size / extraction_rate
     literal_steps = int(np.clip(args.literal_seconds / estimate_s, 2, args.steps))
-    literal = Trainer(
-        TrainConfig(
-            run_name=f"{name}-literal", feature_cache=False, batches_per_epoch=literal_steps + 1, **common
-        ),
-        progress=False,
+    literal_cfg = TrainConfig(
+        run_name=f"{name}-literal", feature_cache=False, batches_per_epoch=literal_steps + 1, **common
     )
-    literal_s = _literal_step_seconds(literal, literal_steps)
+    literal_s = _literal_step_seconds(build_training(literal_cfg, progress=False), literal_steps)
     return StepTiming(
         encoder,
         extraction_rate,
@@ -176,7 +181,7 @@ def timing_table(timings: list[StepTiming], batch_size: int) -> str:
         lines.append(
             f"{t.encoder}: {RUN_EPOCHS} epochs x {EPOCH_STEPS} steps = "
             f"{RUN_EPOCHS * EPOCH_STEPS * t.cached_s / 60:.1f} min cached vs "
-            f"{RUN_EPOCHS * EPOCH_STEPS * t.literal_s / 3600:.1f} h seed-literal (feature extraction excluded)"
+            f"{RUN_EPOCHS * EPOCH_STEPS * t.literal_s / 3600:.1f} h with images through the encoders (feature extraction excluded)"
         )
         lines.append(
             f"  cached step = {t.cached_flops / 1e9:.2f} GFLOP of matrix products (forward + backward); at the "

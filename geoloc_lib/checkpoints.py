@@ -1,4 +1,4 @@
-"""Atomic file writes and the run folder's checkpoint layout."""
+"""Atomic file writes, and reading a checkpoint as untrusted input."""
 
 from __future__ import annotations
 
@@ -46,3 +46,14 @@ def to_plain(value):
     if hasattr(value, "item") and not isinstance(value, torch.Tensor):
         return value.item()
     return value
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint as untrusted input: tensors and plain containers only (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
@@ -58,3 +59,14 @@ class PhotoDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: int):
         view, index = divmod(item, len(self.paths))
         return self.load(index, view), index
+
+
+def label_tensors(split: pd.DataFrame, device: torch.device) -> dict[str, torch.Tensor]:
+    """The labels of every row of a split on `device`: province, cell [N] int64; lat, lon [N] fp32."""
+    return {
+        # np.array copies: pandas can hand out read-only views, which torch warns about
+        "province": torch.tensor(np.array(split["province_id"], np.int64), device=device),
+        "cell": torch.tensor(np.array(split["cell_id"], np.int64), device=device),
+        "lat": torch.tensor(np.array(split["latitude"], np.float32), device=device),
+        "lon": torch.tensor(np.array(split["longitude"], np.float32), device=device),
+    }

@@ -16,6 +16,7 @@ import papermill as pm
 
 from .demo_data import DEMO_PRESETS, generate_demo_dataset
 from .notebook import project_root
+from .runfolder import RunFolder
 
 KERNEL = "geoloc"
 
@@ -70,7 +71,7 @@ def run_demo(
         epochs=epochs,
         batches_per_epoch=batches_per_epoch,
         resume=True,
-        phase0_checkpoint=f"runs/{phase0}/checkpoints/phase0/province_best.pt",
+        phase0_checkpoint=str(RunFolder(Path("runs") / phase0).best_checkpoint(phase=0)),
     )
     run_notebook("04_error_maps", out_dir, run_dir=str(out_dir))
     print(

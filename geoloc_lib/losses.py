@@ -1,18 +1,20 @@
-"""Phase 1 losses (seed sections 4 and 9), each term on a scale where its weight means something.
+"""The hierarchical loss, each term on a scale where its weight means something.
 
 - province: weighted cross-entropy with effective-number weights, in nats (~ln 7 = 1.95 at chance).
 - geocell: KL(soft target || p(cell | true province)), in nats.
 - offset: haversine(cell centre + offset, truth) divided by the true cell's radius_km, weighted per
   photo by its province weight. 1.0 means "one cell radius off", whatever the cell's size.
-- aux: haversine(aux (lat, lon), truth) divided by `aux_scale_km` (100 km). The original used raw km
-  (hundreds) and so swamped every other term; in units of 100 km, 0.1 x aux stays a stabiliser.
+- aux: haversine(aux (lat, lon), truth) divided by `aux_scale_km` (100 km), so that 0.1 x aux stays
+  a stabiliser next to terms of order 1 (in raw km it would be hundreds).
 
-The offset term is multiplied by the ramp min(1, epoch / ramp_epochs) (epoch counted from 1).
+The offset term is multiplied by the ramp min(1, epoch / ramp_epochs) (epoch counted from 1), which
+the caller passes in as `offset_weight`. Phase 0 uses the same loss with every weight but the
+province's set to 0.
 
 Soft targets: for a photo in cell c of province p, t_j = exp(-d(c, j) / tau_p) over all cells j of p,
-renormalised, with d the great-circle distance between cell centres. Neighbours are NOT restricted
-to the K listed in cell_metadata: every cell of the province gets its (tiny, far away) share. The
-[N, Cmax] table is precomputed once, so a training step only gathers rows.
+renormalised, with d the great-circle distance between cell centres: every cell of the province gets
+its (tiny, far away) share. The [N, Cmax] table is precomputed once, so a training step only gathers
+rows.
 """
 
 from __future__ import annotations
@@ -64,8 +66,13 @@ def soft_target_table(cells: CellTable, tau_km_by_province=None) -> torch.Tensor
     return torch.softmax(logits, dim=-1)
 
 
+LOSS_TERMS = ("total", "province", "geocell", "offset", "aux")
+# short labels of the terms in the progress bar and the epoch summary ("Train Loss: 2.34 (prov: ...)")
+LOSS_LABELS = {"total": "loss", "province": "prov", "geocell": "cell", "offset": "off", "aux": "aux"}
+
+
 def offset_ramp(epoch: int, ramp_epochs: int = 5) -> float:
-    """Seed 4.3: min(1, epoch / 5); epoch counted from 1."""
+    """Weight of the offset term in `epoch` (counted from 1): min(1, epoch / ramp_epochs)."""
     return min(1.0, epoch / ramp_epochs)
 
 
@@ -77,8 +84,8 @@ class LossWeights:
     aux: float = 0.1
 
 
-class Phase1TotalLoss(nn.Module):
-    """Returns {"total", "province", "geocell", "offset", "aux", "offset_weight"} as 0-dim tensors."""
+class GeolocLoss(nn.Module):
+    """Returns the named terms of LOSS_TERMS as 0-dim tensors; `total` is their weighted sum."""
 
     def __init__(
         self,
@@ -86,21 +93,16 @@ class Phase1TotalLoss(nn.Module):
         province_weights,
         weights: LossWeights | None = None,
         aux_scale_km: float = 100.0,
-        ramp_epochs: int = 5,
     ):
         super().__init__()
         self.weights = weights or LossWeights()
         self.aux_scale_km = aux_scale_km
-        self.ramp_epochs = ramp_epochs
         self.register_buffer("province_weights", torch.as_tensor(province_weights, dtype=torch.float32))
         self.register_buffer("soft_targets", soft_target_table(cells))  # [N, Cmax]
         self.register_buffer("radius_km", cells.radius_km.clone())  # [N]
-        self.register_buffer("center", cells.center.clone())  # [N, 2]
 
-    def forward(self, outputs, province_ids, cell_ids, latitudes, longitudes, epoch=None, offset_weight=None):
-        """`offset_weight` (a tensor) overrides the epoch ramp; a captured CUDA graph passes it that way."""
-        if offset_weight is None:
-            offset_weight = torch.tensor(offset_ramp(epoch, self.ramp_epochs), device=latitudes.device)
+    def forward(self, outputs, province_ids, latitudes, longitudes, offset_weight) -> dict[str, torch.Tensor]:
+        """`outputs` of the heads run with the true cells; `offset_weight` is the ramp (a float or 0-dim tensor)."""
         flat = outputs["cell_flat"]  # [B]
         w_prov = self.province_weights[province_ids]  # [B]
 
@@ -114,7 +116,7 @@ class Phase1TotalLoss(nn.Module):
         kl = torch.where(target > 0, target * (torch.log(target.clamp_min(1e-30)) - log_pred), 0.0)
         loss_geocell = kl.sum(-1).mean()
 
-        pred = self.center[flat] + outputs["offsets"]  # [B, 2]
+        pred = outputs["oracle_coords"]  # [B, 2] true cell centre + offset
         offset_km = haversine_km(pred[:, 0], pred[:, 1], latitudes, longitudes)  # [B]
         loss_offset = (w_prov * offset_km / self.radius_km[flat]).sum() / w_prov.sum()
 
@@ -134,7 +136,6 @@ class Phase1TotalLoss(nn.Module):
             "geocell": loss_geocell,
             "offset": loss_offset,
             "aux": loss_aux,
-            "offset_weight": offset_weight,
         }
 
 

@@ -1,12 +1,15 @@
-"""Evaluation metrics, computed once here and used by training, evaluation and the notebooks.
+"""Evaluation metrics, defined once here and used by training, evaluation, the notebooks and the CLI.
 
 Error columns:
 - end-to-end (`median_error_km`, ...): the model's own province, cell and offset, no labels fed.
-- oracle-cell (`oracle_*`): the true cell's centre + the predicted offset. This is what the original
-  system reported as its "median 3.27 km"; it is not a geolocation result.
+- oracle-cell (`oracle_*`): the true cell's centre + the predicted offset. It measures the offset
+  head alone and is not a geolocation result.
+- mixture (`mixture_*`): the probability-weighted mean of the hypotheses.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -16,19 +19,32 @@ from .geo import haversine_km
 
 ACCURACY_RADII_KM = (1, 25, 200, 750)
 GEOSCORE_SCALE_KM = 1492.7
+ERROR_STATS = ("median", "mean", "p90")
 
-SEED_COLUMNS = [
-    "epoch",
-    "split",
-    "loss_total",
-    "loss_province",
-    "loss_geocell",
-    "loss_offset",
-    "loss_aux",
-    "median_error_km",
-    "mean_error_km",
-    "p90_error_km",
-    *[f"{p.key}_acc" for p in prov.PROVINCES],
+
+def error_columns(prefix: str = "") -> list[str]:
+    return [f"{prefix}{stat}_error_km" for stat in ERROR_STATS]
+
+
+ACCURACY_COLUMNS = [f"acc_{r}km" for r in ACCURACY_RADII_KM]
+PROVINCE_ACCURACY_COLUMNS = [f"{p.key}_acc" for p in prov.PROVINCES]
+# The specification's metric columns of losses.csv, in its order, then the ones it did not have.
+SEED_METRIC_COLUMNS = [*error_columns(), *PROVINCE_ACCURACY_COLUMNS]
+EXTRA_METRIC_COLUMNS = [
+    *error_columns("oracle_"),
+    *error_columns("mixture_"),
+    *ACCURACY_COLUMNS,
+    "geoscore",
+    "province_acc",
+    "province_balanced_acc",
+]
+# What a summary of one way of predicting shows (evaluation tables, notebooks, the CLI).
+SUMMARY_METRICS = [
+    *error_columns(),
+    *ACCURACY_COLUMNS,
+    "geoscore",
+    "province_acc",
+    "province_balanced_acc",
 ]
 
 
@@ -38,16 +54,19 @@ def geoscore(errors_km) -> np.ndarray:
 
 
 def error_summary(errors_km, prefix: str = "") -> dict[str, float]:
+    """Median, mean and p90 error; without a prefix also accuracy within each radius and GeoScore."""
     e = np.asarray(errors_km, float)
     if e.size == 0:
         return {}
-    out = {
-        f"{prefix}median_error_km": float(np.median(e)),
-        f"{prefix}mean_error_km": float(np.mean(e)),
-        f"{prefix}p90_error_km": float(np.percentile(e, 90)),
-    }
+    stats = (np.median(e), np.mean(e), np.percentile(e, 90))
+    out = {name: float(v) for name, v in zip(error_columns(prefix), stats, strict=True)}
     if not prefix:
-        out.update({f"acc_{r}km": float(100 * np.mean(e <= r)) for r in ACCURACY_RADII_KM})
+        out.update(
+            {
+                col: float(100 * np.mean(e <= r))
+                for col, r in zip(ACCURACY_COLUMNS, ACCURACY_RADII_KM, strict=True)
+            }
+        )
         out["geoscore"] = float(np.mean(geoscore(e)))
     return out
 
@@ -56,11 +75,11 @@ def province_accuracy(true_ids, pred_ids) -> dict[str, float]:
     """Per-province accuracy in percent (`sindh_acc`, ...; NaN where a province has no photos) and overall."""
     true_ids, pred_ids = np.asarray(true_ids), np.asarray(pred_ids)
     out = {}
-    for p in prov.PROVINCES:
+    for p, column in zip(prov.PROVINCES, PROVINCE_ACCURACY_COLUMNS, strict=True):
         mask = true_ids == p.id
-        out[f"{p.key}_acc"] = float(100 * np.mean(pred_ids[mask] == p.id)) if mask.any() else float("nan")
+        out[column] = float(100 * np.mean(pred_ids[mask] == p.id)) if mask.any() else float("nan")
     out["province_acc"] = float(100 * np.mean(true_ids == pred_ids)) if len(true_ids) else float("nan")
-    per_province = [out[f"{p.key}_acc"] for p in prov.PROVINCES]
+    per_province = [out[c] for c in PROVINCE_ACCURACY_COLUMNS]
     out["province_balanced_acc"] = float(np.nanmean(per_province)) if len(true_ids) else float("nan")
     return out
 
@@ -88,69 +107,63 @@ def per_province_table(pred: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for p in prov.PROVINCES:
         part = pred[pred["province_id"] == p.id]
+        e = part["error_km"]
+        has = len(part) > 0
         rows.append(
             {
                 "province": p.name,
                 "photos": len(part),
-                "province_acc": 100 * float(np.mean(part["pred_province_id"] == p.id))
-                if len(part)
-                else np.nan,
-                "median_error_km": float(part["error_km"].median()) if len(part) else np.nan,
-                "p90_error_km": float(part["error_km"].quantile(0.9)) if len(part) else np.nan,
-                "acc_25km": 100 * float(np.mean(part["error_km"] <= 25)) if len(part) else np.nan,
+                "province_acc": 100 * float(np.mean(part["pred_province_id"] == p.id)) if has else np.nan,
+                "median_error_km": float(e.median()) if has else np.nan,
+                "p90_error_km": float(e.quantile(0.9)) if has else np.nan,
+                "acc_25km": 100 * float(np.mean(e <= 25)) if has else np.nan,
             }
         )
     return pd.DataFrame(rows).set_index("province")
 
 
-def naive_baseline(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
-    """Always guess the centre (mean coordinate) of the most common training province."""
-    top = train["province_id"].value_counts().idxmax()
-    lat = float(train.loc[train["province_id"] == top, "latitude"].mean())
-    lon = float(train.loc[train["province_id"] == top, "longitude"].mean())
-    errors = haversine_km(test["latitude"].to_numpy(), test["longitude"].to_numpy(), lat, lon)
-    return {"guess": f"centre of {prov.by_id(top).name} ({lat:.2f}, {lon:.2f})", **error_summary(errors)}
+# Named model outputs -> predictions-table columns. `province`, `lat` and `lon` are always given.
+PREDICTION_COLUMNS = {
+    "province": "pred_province_id",
+    "lat": "pred_lat",
+    "lon": "pred_lon",
+    "cell_id": "pred_cell_id",
+    "province_prob": "pred_province_prob",
+    "mix_lat": "mix_lat",
+    "mix_lon": "mix_lon",
+}
 
 
-def predictions_frame(
-    split: pd.DataFrame,
-    pred_province,
-    lat,
-    lon,
-    oracle_lat,
-    oracle_lon,
-    mix_lat=None,
-    mix_lon=None,
-    cell_id=None,
-    province_prob=None,
-) -> pd.DataFrame:
-    """One row per photo: truth, argmax prediction, oracle-cell prediction and (optionally) the mixture."""
+def predictions_frame(split: pd.DataFrame, predicted: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """One row per photo: the truth, then every prediction in `predicted` and its error.
+
+    `predicted` holds `province`, `lat`, `lon` and optionally `cell_id`, `province_prob`,
+    `mix_lat`/`mix_lon` (the mixture) and `oracle_lat`/`oracle_lon` (true cell + offset).
+    """
     true_lat, true_lon = split["latitude"].to_numpy(float), split["longitude"].to_numpy(float)
-
-    def error(a, b):
-        return haversine_km(true_lat, true_lon, np.asarray(a, float), np.asarray(b, float))
-
+    names = np.array(prov.PROVINCE_NAMES)
     frame = pd.DataFrame(
         {
             "id": split["id"].to_numpy(),
             "latitude": true_lat,
             "longitude": true_lon,
             "province_id": split["province_id"].to_numpy(),
+            "province": names[split["province_id"].to_numpy()],
             "cell_id": split["cell_id"].to_numpy(),
-            "pred_province_id": np.asarray(pred_province).astype(int),
-            "pred_lat": np.asarray(lat, float),
-            "pred_lon": np.asarray(lon, float),
-            "error_km": error(lat, lon),
-            "oracle_error_km": error(oracle_lat, oracle_lon),
         }
     )
-    if mix_lat is not None:
-        frame["pred_cell_id"] = np.asarray(cell_id).astype(np.int64)
-        frame["pred_province_prob"] = np.asarray(province_prob, float)
-        frame["mix_lat"] = np.asarray(mix_lat, float)
-        frame["mix_lon"] = np.asarray(mix_lon, float)
-        frame["mix_error_km"] = error(mix_lat, mix_lon)
-    names = np.array(prov.PROVINCE_NAMES)
-    frame.insert(4, "province", names[frame["province_id"].to_numpy()])
+    for key, column in PREDICTION_COLUMNS.items():
+        if key in predicted:
+            frame[column] = np.asarray(predicted[key])
+    frame["pred_province_id"] = frame["pred_province_id"].astype(int)
     frame["pred_province"] = names[frame["pred_province_id"].to_numpy()]
+    for prefix, (lat, lon) in {
+        "": ("lat", "lon"),
+        "oracle_": ("oracle_lat", "oracle_lon"),
+        "mix_": ("mix_lat", "mix_lon"),
+    }.items():
+        if lat in predicted:
+            frame[f"{prefix}error_km"] = haversine_km(
+                true_lat, true_lon, np.asarray(predicted[lat], float), np.asarray(predicted[lon], float)
+            )
     return frame

@@ -1,15 +1,15 @@
-"""The Phase 1 hierarchical geolocation model: province -> geocell -> offset, plus an aux (lat, lon) head.
+"""The hierarchical geolocation model: province -> geocell -> offset, plus an aux (lat, lon) head.
 
-`GeoHeads` holds every trainable layer and runs on encoder features, so the same heads serve the
-seed-literal path (images through the encoders each step) and the cached-feature path. All seven
-geocell heads run as one packed matrix product and one batched product, not a Python loop over provinces.
+`GeoHeads` holds every trainable layer and runs on encoder features, so the same heads serve training
+on cached features and training with images through the encoders. All seven geocell heads run as one
+packed matrix product and one batched product. Building a model (and loading one from a checkpoint)
+lives in `factory.py`; turning outputs into predictions lives in `decoding.py`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +17,7 @@ from torch import nn
 
 from . import provinces as prov
 from .cells import CellTable
-from .contract import load_cell_metadata
-from .encoders import DualEncoder, EncoderConfig, resolve_encoder_config, verify_fingerprint
+from .encoders import DualEncoder
 from .geo import PAKISTAN_CENTER
 
 MASKED_LOGIT = -1e4  # logit of a padded (non-existent) cell: exp() underflows to exactly 0
@@ -174,52 +173,19 @@ class GeoHeads(nn.Module):
             flat = self.cells.flat_index(cell_ids)  # [B]
             out["cell_flat"] = flat
             out["offsets"] = self.offsets_for(fused, flat[:, None])[:, 0]  # [B, 2] for the true cell
+            out["oracle_coords"] = self.cells.center[flat] + out["offsets"]  # [B, 2] (lat, lon)
             routed = province_ids if province_ids is not None else self.cells.province[flat]
             # training routes each photo to its true province's head
             out["routed_geocell_logits"] = geocell_logits[torch.arange(len(flat), device=flat.device), routed]
         return out
 
-    @torch.no_grad()
-    def predict(self, out: dict[str, torch.Tensor], top_provinces: int = 2, top_cells: int = 5) -> dict:
-        """Label-free inference from `forward`'s outputs: the model's own province, cell and offset.
 
-        Hypotheses are the top provinces x top cells, weighted p(province) * p(cell | province).
-        `lat/lon` is the best single hypothesis (argmax); `mix_lat/mix_lon` is the probability-weighted
-        mean of all hypotheses (weights renormalised over them).
-        """
-        p_prov = torch.softmax(out["province_logits"].float(), -1)  # [B, P]
-        p_cell = torch.softmax(out["geocell_logits"].float(), -1)  # [B, P, C]
-        k_p = min(top_provinces, prov.NUM_PROVINCES)
-        k_c = min(top_cells, self.cells.max_cells)
-        prov_prob, prov_idx = p_prov.topk(k_p, -1)  # [B, Kp]
-        cond = p_cell.gather(1, prov_idx[..., None].expand(-1, -1, p_cell.shape[-1]))  # [B, Kp, C]
-        cell_prob, local_idx = cond.topk(k_c, -1)  # [B, Kp, Kc]
-        joint = (prov_prob[..., None] * cell_prob).flatten(1)  # [B, K]
-        flat = self.cells.local_to_flat[prov_idx[..., None], local_idx].flatten(1)  # [B, K]
-        coords = self.cells.center[flat] + self.offsets_for(out["fused"], flat)  # [B, K, 2]
-        best = joint.argmax(-1)  # [B]
-        rows = torch.arange(len(best), device=best.device)
-        weights = joint / joint.sum(-1, keepdim=True).clamp_min(1e-12)
-        mixture = (weights[..., None] * coords).sum(1)  # [B, 2]
-        return {
-            "province": p_prov.argmax(-1),
-            "province_prob": p_prov.max(-1).values,
-            "province_probs": p_prov,
-            "cell_flat": flat[rows, best],
-            "cell_id": self.cells.cell_ids[flat[rows, best]],
-            "lat": coords[rows, best, 0],
-            "lon": coords[rows, best, 1],
-            "mix_lat": mixture[:, 0],
-            "mix_lon": mixture[:, 1],
-            "hyp_cell_id": self.cells.cell_ids[flat],  # [B, K]
-            "hyp_province": self.cells.province[flat],  # [B, K]
-            "hyp_prob": joint,  # [B, K]
-            "hyp_coords": coords,  # [B, K, 2]
-        }
+class GeolocModel(nn.Module):
+    """Encoders + `GeoHeads`: `model(images, cell_ids=..., province_ids=...)` returns the heads' outputs.
 
-
-class Phase1Model(nn.Module):
-    """Frozen encoders + `GeoHeads`. `model(images, cell_ids=..., province_ids=...)` as in seed 5.1."""
+    The same model serves Phase 0 (which trains the projections, the gate and the province head) and
+    Phase 1 (every head).
+    """
 
     def __init__(self, encoders: DualEncoder, cells: CellTable, head_config: HeadConfig):
         super().__init__()
@@ -234,10 +200,6 @@ class Phase1Model(nn.Module):
     def forward(self, images, cell_ids=None, province_ids=None) -> dict[str, torch.Tensor]:
         clip_feat, scene_feat = self.encoders(images)  # [B, Dc], [B, Ds]
         return self.heads(clip_feat, scene_feat, cell_ids=cell_ids, province_ids=province_ids)
-
-    @torch.no_grad()
-    def predict(self, images, top_provinces: int = 2, top_cells: int = 5) -> dict[str, torch.Tensor]:
-        return self.heads.predict(self(images), top_provinces, top_cells)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything that training changes: the heads, plus an encoder only when it is not frozen.
@@ -275,83 +237,3 @@ class Phase1Model(nn.Module):
             }
             for name, m in groups.items()
         ]
-
-
-@dataclass
-class LoadReport:
-    path: str
-    loaded: list[str]
-    missing: list[str]
-    unexpected: list[str]
-    encoders_from: str
-
-    def summary(self) -> str:
-        def head(keys):
-            return ", ".join(keys[:8]) + (f", ... (+{len(keys) - 8})" if len(keys) > 8 else "")
-
-        return (
-            f"Phase 0 weights from {self.path}\n"
-            f"  loaded ({len(self.loaded)}): {head(self.loaded)}\n"
-            f"  missing, initialised from scratch ({len(self.missing)}): {head(self.missing)}\n"
-            f"  unexpected, ignored ({len(self.unexpected)}): {head(self.unexpected)}\n"
-            f"  encoders: {self.encoders_from}"
-        )
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint as untrusted input: tensors and plain containers only (weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from err
-
-
-def load_phase0_weights(model: Phase1Model, path: str | Path) -> LoadReport:
-    """Load Phase 0 weights by name (a `module.` prefix is accepted) and report what happened."""
-    checkpoint = load_checkpoint(path)
-    state = checkpoint.get("model_state", checkpoint.get("state_dict", checkpoint))
-    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    own = model.state_dict()
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if mismatched:
-        details = "; ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:5])
-        raise ValueError(
-            f"{path}: Phase 0 weights do not fit this model ({details}); check proj_dim/encoders"
-        )
-    loaded = [k for k in state if k in own]
-    encoder_keys = [k for k in loaded if k.startswith("encoders.")]
-    if not encoder_keys:  # heads trained on other encoder weights would read features they never saw
-        verify_fingerprint(model.encoders, checkpoint.get("encoder_fingerprint"), str(path))
-    model.load_state_dict({**own, **{k: state[k] for k in loaded}})
-    trainable = model.trainable_state_dict()
-    return LoadReport(
-        path=str(path),
-        loaded=loaded,
-        missing=[k for k in trainable if k not in state],
-        unexpected=[k for k in state if k not in own],
-        encoders_from="checkpoint" if encoder_keys else "encoder config (frozen weights are not stored)",
-    )
-
-
-def create_phase1_model(
-    cell_metadata_path: str | Path,
-    freeze_clip: bool = True,
-    freeze_scene: bool = True,
-    phase0_checkpoint_path: str | Path | None = None,
-    encoder: str | EncoderConfig = "tiny-random",
-    head_config: HeadConfig | None = None,
-) -> Phase1Model:
-    """Build the Phase 1 model of seed section 3.1. The Phase 0 load report is kept on `model.phase0_report`."""
-    cells = CellTable(load_cell_metadata(cell_metadata_path))
-    encoders = DualEncoder(resolve_encoder_config(encoder), freeze_clip, freeze_scene)
-    model = Phase1Model(encoders, cells, head_config or HeadConfig())
-    model.phase0_report = (
-        load_phase0_weights(model, phase0_checkpoint_path) if phase0_checkpoint_path else None
-    )
-    return model

@@ -30,17 +30,6 @@ def setup() -> Path:
     return root
 
 
-def latest_run(runs_dir: str | Path = "runs", phase: int = 1) -> Path:
-    """The most recently modified run folder that holds a best Phase 1 checkpoint."""
-    candidates = sorted(
-        Path(runs_dir).glob(f"*/checkpoints/phase{phase}/phase{phase}_best.pt"),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if not candidates:
-        raise FileNotFoundError(f"no finished Phase {phase} run under {runs_dir}/; run 03_train_phase1 first")
-    return candidates[-1].parents[2]
-
-
 def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,104 +21,78 @@ from tqdm.auto import tqdm
 
 from . import provinces as prov
 from .cells import CellTable
-from .checkpoints import write_json
-from .contract import load_cell_metadata, load_split
-from .datasets import PhotoDataset, open_rgb
-from .encoders import DualEncoder, EncoderConfig, verify_fingerprint
-from .metrics import confusion_matrix, per_province_table, prediction_metrics, predictions_frame
-from .model import HeadConfig, Phase1Model, load_checkpoint
-from .train import load_run_config, select_device
+from .checkpoints import load_checkpoint, write_json
+from .contract import GeoDataset, load_cell_metadata, load_dataset, load_split
+from .datasets import open_rgb
+from .decoding import DecodeConfig, decode
+from .devices import select_device
+from .evaluation import evaluate
+from .factory import model_from_checkpoint
+from .metrics import SUMMARY_METRICS, confusion_matrix, per_province_table, prediction_metrics
+from .model import GeolocModel
+from .runfolder import RunFolder
+from .sources import EncodedImages
 from .transforms import eval_transform
 
 MODES = ("argmax", "mixture")
 
 
-class CheckpointMismatchError(ValueError):
-    pass
-
-
 class Predictor:
-    def __init__(self, model: Phase1Model, device: torch.device, top_provinces: int = 2, top_cells: int = 5):
+    """A trained Phase 1 model on a device, with the decoding its run was trained with."""
+
+    def __init__(self, model: GeolocModel, device: torch.device, decoding: DecodeConfig | None = None):
         self.model = model.to(device).eval()
         self.device = device
+        self.decoding = decoding or DecodeConfig()
         self.transform = eval_transform(model.encoders.image_size)
-        self.top_provinces = top_provinces
-        self.top_cells = top_cells
 
     @classmethod
     def from_checkpoint(
         cls, checkpoint_path: str | os.PathLike, cell_metadata_path: str | os.PathLike, device: str = "auto"
     ) -> Predictor:
-        """Rebuild the model of a Phase 1 checkpoint (loaded with weights_only=True)."""
+        """Rebuild the model of a Phase 1 checkpoint (read with weights_only=True) on these cells."""
         checkpoint = load_checkpoint(checkpoint_path)
-        if checkpoint.get("phase") != 1:
-            raise CheckpointMismatchError(f"{checkpoint_path} is not a Phase 1 checkpoint")
         cells = CellTable(load_cell_metadata(cell_metadata_path))
-        if cells.signature() != checkpoint["cells"]:
-            raise CheckpointMismatchError(
-                f"{checkpoint_path} was trained with other geocells than {cell_metadata_path} "
-                f"(checkpoint {checkpoint['cells']}, metadata {cells.signature()}). Use the cell_metadata.csv "
-                f"the run was trained with."
-            )
-        head_cfg = HeadConfig(**{f.name: checkpoint["head_config"][f.name] for f in fields(HeadConfig)})
+        model = model_from_checkpoint(checkpoint, cells, str(checkpoint_path))
         cfg = checkpoint["config"]
-        encoders = DualEncoder(
-            EncoderConfig(**checkpoint["encoder_config"]), cfg["freeze_clip"], cfg["freeze_scene"]
-        )
-        model = Phase1Model(encoders, cells, head_cfg)
-        missing, unexpected = model.load_state_dict(checkpoint["model_state"], strict=False)
-        missing = [k for k in missing if k in model.trainable_state_dict()]
-        if missing or unexpected:
-            raise CheckpointMismatchError(
-                f"{checkpoint_path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
-        verify_fingerprint(model.encoders, checkpoint.get("encoder_fingerprint"), str(checkpoint_path))
-        return cls(model, select_device(device), cfg["top_provinces"], cfg["top_cells"])
+        return cls(model, select_device(device), DecodeConfig(cfg["top_provinces"], cfg["top_cells"]))
 
     @classmethod
     def from_run(
         cls, run_dir: str | os.PathLike, checkpoint: str = "best", device: str = "auto"
     ) -> Predictor:
-        cfg = load_run_config(run_dir)
-        name = {"best": "phase1_best.pt", "last": "last.pt"}.get(checkpoint, checkpoint)
-        path = Path(run_dir) / "checkpoints" / "phase1" / name
-        return cls.from_checkpoint(path, Path(cfg.data_dir) / "cell_metadata.csv", device)
+        folder = RunFolder(run_dir)
+        cfg = folder.read_config()
+        return cls.from_checkpoint(
+            folder.checkpoint(1, checkpoint), Path(cfg.data_dir) / "cell_metadata.csv", device
+        )
 
     @torch.no_grad()
-    def _run(self, images: torch.Tensor, cell_ids=None) -> dict[str, np.ndarray]:
-        batch = images.to(self.device, non_blocking=True)  # [B, 3, H, W]
-        cells = None if cell_ids is None else torch.tensor(np.asarray(cell_ids), device=self.device)
-        out = self.model(batch, cell_ids=cells)
-        pred = self.model.heads.predict(out, self.top_provinces, self.top_cells)
-        result = {
+    def _predict_batch(self, images: list) -> dict[str, np.ndarray]:
+        batch = torch.stack([self.transform(_as_image(x)) for x in images]).to(self.device)  # [B, 3, H, W]
+        pred = decode(self.model.heads, self.model(batch), self.decoding)
+        return {
             k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy() for k, v in pred.items()
         }
-        if cells is not None:
-            oracle = self.model.cells.center[out["cell_flat"]] + out["offsets"].float()
-            result["oracle"] = oracle.cpu().numpy()
-        return result
-
-    def _batches(self, items: list, batch_size: int):
-        for start in tqdm(range(0, len(items), batch_size), desc="predict", leave=False):
-            chunk = items[start : start + batch_size]
-            yield self._run(torch.stack([self.transform(self._as_image(x)) for x in chunk]))
-
-    @staticmethod
-    def _as_image(item) -> Image.Image:
-        return item.convert("RGB") if isinstance(item, Image.Image) else open_rgb(str(item))
 
     def predict(self, images: list, batch_size: int = 64, mode: str = "argmax") -> pd.DataFrame:
         """One row per image: lat/lon of `mode`, both modes' coordinates, province and the hypotheses."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
-        parts = list(self._batches(list(images), batch_size))
+        images = list(images)
+        starts = range(0, len(images), batch_size)
+        parts = [
+            self._predict_batch(images[i : i + batch_size]) for i in tqdm(starts, desc="predict", leave=False)
+        ]
         cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        names = [str(x) if not isinstance(x, Image.Image) else f"<image {i}>" for i, x in enumerate(images)]
+        prefix = "mix_" if mode == "mixture" else ""
         frame = pd.DataFrame(
             {
-                "image": names,
-                "lat": cat["mix_lat"] if mode == "mixture" else cat["lat"],
-                "lon": cat["mix_lon"] if mode == "mixture" else cat["lon"],
+                "image": [
+                    f"<image {i}>" if isinstance(x, Image.Image) else str(x) for i, x in enumerate(images)
+                ],
+                "lat": cat[f"{prefix}lat"],
+                "lon": cat[f"{prefix}lon"],
                 "province": np.array(prov.PROVINCE_NAMES)[cat["province"]],
                 "province_prob": cat["province_prob"],
                 "argmax_lat": cat["lat"],
@@ -146,37 +120,27 @@ class Predictor:
         return frame
 
     def evaluate(self, split: pd.DataFrame, batch_size: int = 64, num_workers: int = 2) -> pd.DataFrame:
-        """Predictions table (argmax and mixture modes, plus the oracle-cell error) for a validated split.
+        """Predictions table of a validated, labelled split (see `evaluation.evaluate`)."""
+        images = EncodedImages(self.model.encoders, self.device, split, batch_size, num_workers)
+        return evaluate(self.model, images.eval_batches(), split, self.decoding).predictions
 
-        Photos are decoded by the training code's dataset in `num_workers` processes.
-        """
-        loader = torch.utils.data.DataLoader(
-            PhotoDataset(split, self.transform),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        cell_ids = split["cell_id"].to_numpy()
-        parts = []
-        batches = iter(loader)
-        with tqdm(total=len(split), desc="evaluate", unit="img", leave=False) as bar:
-            for images, index in batches:  # the bar never holds the worker iterator (see features.py)
-                parts.append(self._run(images, cell_ids[index.numpy()]))
-                bar.update(len(index))
-        del batches
-        cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        return predictions_frame(
-            split,
-            cat["province"],
-            cat["lat"],
-            cat["lon"],
-            cat["oracle"][:, 0],
-            cat["oracle"][:, 1],
-            cat["mix_lat"],
-            cat["mix_lon"],
-            cat["cell_id"],
-            cat["province_prob"],
-        )
+
+def _as_image(item) -> Image.Image:
+    return item.convert("RGB") if isinstance(item, Image.Image) else open_rgb(str(item))
+
+
+@dataclass
+class RunEvaluation:
+    """The tables of `evaluate_run`, and the data they were computed on."""
+
+    tables: dict[str, pd.DataFrame]  # predictions, summary, per_province, confusion
+    dataset: GeoDataset  # the run's data folder: cells, train and test splits
+    split: pd.DataFrame  # the evaluated split
+    split_csv: Path  # where it was read from
+
+    @property
+    def predictions(self) -> pd.DataFrame:
+        return self.tables["predictions"]
 
 
 def evaluate_run(
@@ -186,24 +150,24 @@ def evaluate_run(
     device: str = "auto",
     out_dir: str | os.PathLike | None = None,
     num_workers: int = 2,
-) -> dict:
-    """Evaluate a run on a labelled CSV (default: its validation split) and write the tables.
+) -> RunEvaluation:
+    """Evaluate a run on a labelled CSV (default: its data folder's test.csv) and write the tables.
 
     Writes predictions.csv, summary.csv (argmax and mixture), per_province.csv and confusion.csv into
-    `out_dir` (default RUN_DIR/evaluation) and returns them as DataFrames.
+    `out_dir` (default RUN_DIR/evaluation).
     """
-    cfg = load_run_config(run_dir)
+    folder = RunFolder(run_dir)
+    cfg = folder.read_config()
     predictor = Predictor.from_run(run_dir, checkpoint, device)
-    cells = load_cell_metadata(Path(cfg.data_dir) / "cell_metadata.csv")
-    split_csv = Path(split_csv) if split_csv else Path(cfg.data_dir) / "test.csv"
-    split = load_split(split_csv, cells, cfg.images_root)
+    dataset = load_dataset(cfg.data_dir, cfg.images_root, "exists", cfg.allow_missing_provinces)
+    split = dataset.test if split_csv is None else load_split(split_csv, dataset.cells, cfg.images_root)
+    split_csv = Path(split_csv or Path(cfg.data_dir) / "test.csv")
     pred = predictor.evaluate(split, num_workers=num_workers)
-    out_dir = Path(out_dir) if out_dir else Path(run_dir) / "evaluation"
+    out_dir = Path(out_dir) if out_dir else folder.evaluation
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summary_table(pred)
     tables = {
         "predictions": pred,
-        "summary": summary,
+        "summary": summary_table(pred),
         "per_province": per_province_table(pred),
         "confusion": confusion_matrix(pred["province_id"], pred["pred_province_id"]),
     }
@@ -212,26 +176,14 @@ def evaluate_run(
     write_json(
         out_dir / "source.json", {"run_dir": str(run_dir), "split": str(split_csv), "checkpoint": checkpoint}
     )
-    return tables
+    return RunEvaluation(tables, dataset, split, split_csv)
 
 
 def summary_table(pred: pd.DataFrame) -> pd.DataFrame:
     """Metrics of the argmax and the mixture coordinates side by side."""
     argmax = prediction_metrics(pred)
     mixture = prediction_metrics(pred.assign(error_km=pred["mix_error_km"]))
-    keys = [
-        "median_error_km",
-        "mean_error_km",
-        "p90_error_km",
-        "acc_1km",
-        "acc_25km",
-        "acc_200km",
-        "acc_750km",
-        "geoscore",
-        "oracle_median_error_km",
-        "province_acc",
-        "province_balanced_acc",
-    ]
+    keys = [*SUMMARY_METRICS, "oracle_median_error_km"]
     return pd.DataFrame(
         {"argmax": [argmax[k] for k in keys], "mixture": [mixture[k] for k in keys]}, index=keys
     )

@@ -9,8 +9,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from geoloc_lib.config import TrainConfig  # noqa: E402
 from geoloc_lib.demo_data import TINY_DEMO, generate_demo_dataset  # noqa: E402
-from geoloc_lib.train import TrainConfig  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,23 +26,32 @@ def tiny_copy(tiny_data, tmp_path) -> Path:
     return dst
 
 
-def tiny_config(data_dir, runs_dir, **overrides) -> TrainConfig:
-    values = dict(
-        data_dir=str(data_dir),
-        runs_dir=str(runs_dir),
-        run_name="run",
-        epochs=1,
-        batches_per_epoch=8,
-        batch_size=32,
-        cache_views=2,
-        cache_dir=str(Path(runs_dir) / "cache"),
-        proj_dim=64,
-        geocell_hidden=64,
-        small_geocell_hidden=32,
-        eval_batch_size=64,
-        num_workers=0,
-        device="cpu",
-        cuda_graph=False,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+TINY_TRAINING = dict(
+    run_name="run",
+    epochs=1,
+    batches_per_epoch=8,
+    batch_size=32,
+    cache_views=2,
+    proj_dim=64,
+    geocell_hidden=64,
+    small_geocell_hidden=32,
+    eval_batch_size=64,
+    num_workers=0,
+    device="cpu",
+    cuda_graph=False,
+)
+
+
+@pytest.fixture
+def tiny_config(tiny_data, tmp_path):
+    """Factory of small, fast training configs on the tiny data: tiny_config(**overrides).
+
+    Runs go to tmp_path/runs unless `runs_dir` is given; the feature cache sits in the runs folder.
+    """
+
+    def make(**overrides) -> TrainConfig:
+        runs_dir = Path(overrides.pop("runs_dir", tmp_path / "runs"))
+        values = {"data_dir": str(tiny_data), "runs_dir": str(runs_dir), "cache_dir": str(runs_dir / "cache")}
+        return TrainConfig(**(values | TINY_TRAINING | overrides))
+
+    return make

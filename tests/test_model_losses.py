@@ -8,17 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from geoloc_lib.cells import CellTable
+from geoloc_lib.decoding import DecodeConfig, decode
 from geoloc_lib.encoders import ENCODER_PRESETS, DualEncoder, EncoderConfig, EncoderWeightsError
+from geoloc_lib.factory import create_phase1_model, load_phase0_weights
 from geoloc_lib.geo import haversine_km
-from geoloc_lib.losses import Phase1TotalLoss, effective_number_weights, offset_ramp, soft_target_table
-from geoloc_lib.model import (
-    MASKED_LOGIT,
-    BatchedGeocellHeads,
-    HeadConfig,
-    Phase1Model,
-    create_phase1_model,
-    load_phase0_weights,
-)
+from geoloc_lib.losses import GeolocLoss, effective_number_weights, offset_ramp, soft_target_table
+from geoloc_lib.model import MASKED_LOGIT, BatchedGeocellHeads, GeolocModel, HeadConfig
 
 SMALL = HeadConfig(proj_dim=32, geocell_hidden=32, small_geocell_hidden=16, dropout=0.0)
 
@@ -77,17 +72,17 @@ def _batch(cells_df, n=12, seed=0):
 
 def _model():
     enc = DualEncoder(ENCODER_PRESETS["tiny-random"])
-    return Phase1Model(enc, CellTable(_cells()), SMALL)
+    return GeolocModel(enc, CellTable(_cells()), SMALL)
 
 
 def test_gradients_reach_heads_not_encoders_and_encoders_stay_eval():
     model = _model()
-    loss_fn = Phase1TotalLoss(model.cells, np.ones(7))
+    loss_fn = GeolocLoss(model.cells, np.ones(7))
     province, cell, lat, lon = _batch(_cells())
     model.train()
     assert not model.encoders.clip.body.training and not model.encoders.scene.body.training
     out = model(torch.rand(len(cell), 3, 64, 64), cell_ids=cell, province_ids=province)
-    loss_fn(out, province, cell, lat, lon, epoch=5)["total"].backward()
+    loss_fn(out, province, lat, lon, offset_weight=1.0)["total"].backward()
     for name, p in model.named_parameters():
         if name.startswith("encoders."):
             assert not p.requires_grad and p.grad is None, name
@@ -106,6 +101,7 @@ def test_offsets_never_leave_their_bound():
     out = model(torch.rand(40, 3, 64, 64), cell_ids=cell, province_ids=province)
     bound = model.cells.offset_bound_deg[out["cell_flat"]]
     assert (out["offsets"].abs() <= bound + 1e-6).all()
+    torch.testing.assert_close(out["oracle_coords"], model.cells.center[out["cell_flat"]] + out["offsets"])
     # sindh scale 1.0, radius 20 km -> 20 km north-south = 0.1799 deg
     assert model.cells.offset_bound_deg[0, 0].item() == pytest.approx(20 / 111.195, rel=1e-3)
     assert model.cells.offset_bound_deg[3, 0].item() == pytest.approx(
@@ -115,20 +111,21 @@ def test_offsets_never_leave_their_bound():
 
 def test_loss_terms_by_hand():
     cells = CellTable(_cells())
-    loss_fn = Phase1TotalLoss(cells, np.ones(7))
+    loss_fn = GeolocLoss(cells, np.ones(7))
     # one photo in cell 50 (ICT, the only ICT cell: soft target is one-hot), exactly 10 km north of its centre
     lat, lon = 33.7 + 10 / 111.195, 73.0
     logits = torch.zeros(1, 7)
     geo = torch.zeros(1, cells.max_cells)
+    flat = cells.flat_index(torch.tensor([50]))
     out = {
         "province_logits": logits,
         "routed_geocell_logits": geo,
-        "cell_flat": cells.flat_index(torch.tensor([50])),
-        "offsets": torch.zeros(1, 2),
+        "cell_flat": flat,
+        "oracle_coords": cells.center[flat],  # offset 0: the prediction is the cell centre
         "aux_coords": torch.tensor([[33.7, 73.0]]),
     }
     terms = loss_fn(
-        out, torch.tensor([3]), torch.tensor([50]), torch.tensor([lat]), torch.tensor([lon]), epoch=1
+        out, torch.tensor([3]), torch.tensor([lat]), torch.tensor([lon]), offset_weight=offset_ramp(1)
     )
     assert terms["province"].item() == pytest.approx(math.log(7), rel=1e-5)
     assert terms["geocell"].item() == pytest.approx(
@@ -136,7 +133,6 @@ def test_loss_terms_by_hand():
     )  # KL(one-hot || uniform)
     assert terms["offset"].item() == pytest.approx(1.0, rel=2e-3)  # 10 km off / 10 km radius
     assert terms["aux"].item() == pytest.approx(0.1, rel=2e-3)  # 10 km / 100 km
-    assert terms["offset_weight"].item() == pytest.approx(0.2)
     expected = 0.5 * math.log(7) + math.log(cells.max_cells) + 0.2 * 1.0 + 0.1 * 0.1
     assert terms["total"].item() == pytest.approx(expected, rel=2e-3)
     assert [offset_ramp(e) for e in (1, 2, 3, 4, 5, 9)] == [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
@@ -145,7 +141,7 @@ def test_loss_terms_by_hand():
 def test_overfitting_a_tiny_batch_reduces_the_loss():
     torch.manual_seed(0)
     model = _model()
-    loss_fn = Phase1TotalLoss(model.cells, np.ones(7))
+    loss_fn = GeolocLoss(model.cells, np.ones(7))
     province, cell, lat, lon = _batch(_cells(), 16, seed=1)
     clip = torch.randn(16, 64)
     scene = torch.randn(16, 512)
@@ -154,7 +150,7 @@ def test_overfitting_a_tiny_batch_reduces_the_loss():
     first = None
     for _ in range(300):
         opt.zero_grad()
-        terms = loss_fn(model.heads(clip, scene, cell, province), province, cell, lat, lon, epoch=5)
+        terms = loss_fn(model.heads(clip, scene, cell, province), province, lat, lon, offset_weight=1.0)
         terms["total"].backward()
         opt.step()
         first = first if first is not None else {k: v.item() for k, v in terms.items()}
@@ -168,7 +164,7 @@ def test_inference_without_labels():
     model = _model().eval()
     out = model.heads(torch.randn(9, 64), torch.randn(9, 512))
     assert "offsets" not in out
-    pred = model.heads.predict(out)
+    pred = decode(model.heads, out, DecodeConfig())
     torch.testing.assert_close(pred["province_probs"].sum(1), torch.ones(9))
     assert (pred["hyp_prob"] >= 0).all() and (pred["hyp_prob"].sum(1) <= 1 + 1e-5).all()
     assert set(pred["cell_id"].tolist()) <= set(_cells()["cell_id"])
@@ -184,7 +180,7 @@ def test_mixture_equals_argmax_when_one_hypothesis_holds_all_probability():
     out["province_logits"][:, 1] = 0
     out["geocell_logits"] = out["geocell_logits"].clone()
     out["geocell_logits"][:, 1, 0] = 1e4
-    pred = model.heads.predict(out)
+    pred = decode(model.heads, out, DecodeConfig())
     torch.testing.assert_close(pred["mix_lat"], pred["lat"])
     torch.testing.assert_close(pred["mix_lon"], pred["lon"])
     assert (pred["cell_id"] == 30).all()

@@ -9,7 +9,7 @@ import papermill as pm
 import pytest
 from papermill.translators import PythonTranslator
 
-from geoloc_lib.train import TrainConfig
+from geoloc_lib.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -96,7 +96,7 @@ def test_all_notebooks_run_under_papermill(tiny_data, tmp_path):
     phase0 = runs / "p0"
     common["cache_dir"] = str(tmp_path / "feature_cache")
     _run("02b_train_phase0", tmp_path, data_dir=str(tiny_data), run_name=str(phase0), **common)
-    p0 = phase0 / "checkpoints" / "phase0" / "province_best.pt"
+    p0 = phase0 / "checkpoints" / "phase0" / "phase0_best.pt"
     assert p0.is_file()
     _run(
         "02_model_build", tmp_path, data_dir=str(tiny_data)

@@ -1,33 +1,42 @@
-import os
+import json
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torchvision
-from conftest import tiny_config
 
 from geoloc_lib.contract import load_dataset
 from geoloc_lib.datasets import PhotoDataset
 from geoloc_lib.encoders import DualEncoder, EncoderFingerprintError, resolve_encoder_config
+from geoloc_lib.factory import CheckpointMismatchError
 from geoloc_lib.features import extract_features, load_or_extract
-from geoloc_lib.metrics import SEED_COLUMNS
-from geoloc_lib.predict import CheckpointMismatchError, Predictor, evaluate_run
-from geoloc_lib.train import CSV_COLUMNS, NonFiniteLossError, Trainer, TrainingStateSnapshot, train
+from geoloc_lib.fit import NonFiniteLossError, build_training, fit
+from geoloc_lib.predict import Predictor, evaluate_run
+from geoloc_lib.runfolder import LOSSES_CSV_COLUMNS, RunFolder
+from geoloc_lib.step import TrainingStateSnapshot
 from geoloc_lib.transforms import AugmentConfig, train_transform
 
+SEED_CSV_COLUMNS = (
+    "epoch,split,loss_total,loss_province,loss_geocell,loss_offset,loss_aux,"
+    "median_error_km,mean_error_km,p90_error_km,"
+    "sindh_acc,punjab_acc,kpk_acc,ict_acc,gb_acc,balochistan_acc,ajk_acc"
+).split(",")
 
-def test_one_epoch_writes_every_output(tiny_data, tmp_path):
-    cfg = tiny_config(tiny_data, tmp_path / "runs", epochs=1)
-    train(cfg, progress=False)
+
+def test_one_epoch_writes_every_output(tiny_config):
+    cfg = tiny_config(epochs=1)
+    result = fit(cfg, progress=False)
     run = cfg.run_dir
+    assert result.best_epoch == 1 and result.best_metric == pytest.approx(result.best_val["median_error_km"])
     for name in (
         "config.json",
+        "run_info.json",
         "log.txt",
         "losses.csv",
         "val_predictions.csv",
@@ -38,7 +47,11 @@ def test_one_epoch_writes_every_output(tiny_data, tmp_path):
     ):
         assert (run / name).is_file(), name
     header = (run / "losses.csv").read_text().splitlines()[0].split(",")
-    assert header[: len(SEED_COLUMNS)] == SEED_COLUMNS and header == CSV_COLUMNS
+    assert header[: len(SEED_CSV_COLUMNS)] == SEED_CSV_COLUMNS and header == LOSSES_CSV_COLUMNS
+    assert json.loads((run / "config.json").read_text()) == asdict(cfg)  # exactly the config
+    assert RunFolder(run).read_config() == cfg
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["device"] == "cpu" and info["cells"]["num_cells"] > 0 and info["encoder_fingerprint"]
     losses = pd.read_csv(run / "losses.csv")
     assert losses[["epoch", "split"]].values.tolist() == [[1, "train"], [1, "val"]]
     ckpt = torch.load(run / "checkpoints/phase1/phase1_best.pt", weights_only=True)
@@ -48,14 +61,14 @@ def test_one_epoch_writes_every_output(tiny_data, tmp_path):
     log = (run / "log.txt").read_text()
     assert "Epoch 1/1:" in log and "Val Error:   median=" in log
     with pytest.raises(FileExistsError, match="resume=True"):
-        Trainer(cfg, progress=False)
+        fit(cfg, progress=False)
 
 
-def test_predictor_matches_training_metrics_and_rejects_other_cells(tiny_data, tiny_copy, tmp_path):
-    cfg = tiny_config(tiny_data, tmp_path / "runs", epochs=1, cache_dtype="float32")
-    train(cfg, progress=False)
+def test_predictor_matches_training_metrics_and_rejects_other_cells(tiny_data, tiny_copy, tiny_config):
+    cfg = tiny_config(epochs=1, cache_dtype="float32")
+    fit(cfg, progress=False)
     val = pd.read_csv(cfg.run_dir / "val_predictions_best.csv")
-    tables = evaluate_run(cfg.run_dir)
+    tables = evaluate_run(cfg.run_dir).tables
     pred = tables["predictions"]
     np.testing.assert_allclose(pred["pred_lat"], val["pred_lat"], atol=1e-4)
     np.testing.assert_allclose(pred["pred_lon"], val["pred_lon"], atol=1e-4)
@@ -75,74 +88,75 @@ def test_predictor_matches_training_metrics_and_rejects_other_cells(tiny_data, t
         )
 
 
-def test_cached_and_seed_literal_paths_give_the_same_loss(tiny_data, tmp_path):
-    cfg = tiny_config(tiny_data, tmp_path / "runs", cache_views=1, cache_dtype="float32")
-    trainer = Trainer(cfg, progress=False)
-    trainer.prepare_features()
+def test_cached_and_image_paths_give_the_same_loss(tiny_config):
+    cfg = tiny_config(cache_views=1, cache_dtype="float32")
+    t = build_training(cfg, progress=False)
     idx = torch.arange(0, 24)
-    split = trainer.data.train
-    t = trainer.train_tensors
-    photos = PhotoDataset(split, train_transform(trainer.image_size, trainer.augment), views=1, seed=cfg.seed)
+    split = t.data.train
+    photos = PhotoDataset(
+        split, train_transform(t.model.encoders.image_size, AugmentConfig()), views=1, seed=cfg.seed
+    )
     images = torch.stack([photos.load(int(i), view=0) for i in idx])  # the very views the cache holds
-    trainer.model.eval()
+    province = torch.as_tensor(split["province_id"].to_numpy()[idx])
+    cell = torch.as_tensor(split["cell_id"].to_numpy()[idx])
+    lat = torch.as_tensor(split["latitude"].to_numpy(np.float32)[idx])
+    lon = torch.as_tensor(split["longitude"].to_numpy(np.float32)[idx])
+    t.model.eval()
     with torch.no_grad():
-        literal = trainer.model(images, cell_ids=t["cell"][idx], province_ids=t["province"][idx])
-        cached = trainer.model.heads(
-            trainer.train_features["clip"][0, idx],
-            trainer.train_features["scene"][0, idx],
-            cell_ids=t["cell"][idx],
-            province_ids=t["province"][idx],
+        through_encoders = t.model(images, cell_ids=cell, province_ids=province)
+        cached = t.model.heads(
+            t.source.train["clip"][0, idx],
+            t.source.train["scene"][0, idx],
+            cell_ids=cell,
+            province_ids=province,
         )
-        args = (t["province"][idx], t["cell"][idx], t["lat"][idx], t["lon"][idx])
-        a = trainer.loss_fn(literal, *args, epoch=3)
-        b = trainer.loss_fn(cached, *args, epoch=3)
+        a = t.loss_fn(through_encoders, province, lat, lon, offset_weight=0.6)
+        b = t.loss_fn(cached, province, lat, lon, offset_weight=0.6)
     for k in ("total", "province", "geocell", "offset", "aux"):
         assert a[k].item() == pytest.approx(b[k].item(), rel=1e-4, abs=1e-5), k
 
 
-def test_seed_literal_training_runs_and_learns(tiny_data, tmp_path):
-    cfg = tiny_config(tiny_data, tmp_path / "runs", feature_cache=False, epochs=1, batches_per_epoch=3)
-    train(cfg, progress=False)
+def test_image_path_training_runs(tiny_config):
+    cfg = tiny_config(feature_cache=False, epochs=1, batches_per_epoch=3)
+    fit(cfg, progress=False)
     losses = pd.read_csv(cfg.run_dir / "losses.csv")
-    assert np.isfinite(losses["loss_total"]).all()
+    assert np.isfinite(losses["loss_total"]).all() and losses["epoch"].tolist() == [1, 1]
 
 
-def test_non_finite_loss_stops_with_batch_and_terms(tiny_data, tmp_path):
-    cfg = tiny_config(tiny_data, tmp_path / "runs", epochs=2, lr=1e30)
+def test_non_finite_loss_stops_with_batch_and_terms(tiny_config):
+    cfg = tiny_config(epochs=2, lr=1e30)
     with pytest.raises(NonFiniteLossError, match=r"epoch \d+, batch \d+: total=") as err:
-        train(cfg, progress=False)
+        fit(cfg, progress=False)
     assert "last good checkpoint" in str(err.value)
 
 
 RESUME_SCRIPT = """
-import sys
-sys.path.insert(0, {tests!r})
-from conftest import tiny_config
-from geoloc_lib.train import train
-train(tiny_config({data!r}, {runs!r}, epochs=4, batches_per_epoch=40, resume=True), progress=False)
+import json
+from geoloc_lib.config import TrainConfig
+from geoloc_lib.fit import fit
+fit(TrainConfig.from_dict(json.loads({config!r})), progress=False)
 """
 
 
-def test_killed_run_resumes_to_the_same_result(tiny_data, tmp_path):
-    reference = tiny_config(tiny_data, tmp_path / "ref", epochs=4, batches_per_epoch=40)
-    train(reference, progress=False)
+def test_killed_run_resumes_to_the_same_result(tiny_config, tmp_path):
+    reference = tiny_config(runs_dir=tmp_path / "ref", epochs=4, batches_per_epoch=40)
+    fit(reference, progress=False)
 
-    runs = tmp_path / "killed"
-    script = RESUME_SCRIPT.format(tests=os.path.dirname(__file__), data=str(tiny_data), runs=str(runs))
+    resumed = tiny_config(runs_dir=tmp_path / "killed", epochs=4, batches_per_epoch=40, resume=True)
+    script = RESUME_SCRIPT.format(config=json.dumps(asdict(resumed)))
     proc = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    first_epoch = runs / "run" / "checkpoints" / "phase1" / "last.pt"  # written after epoch 1 finishes
+    first_epoch = RunFolder(resumed.run_dir).last_checkpoint(1)  # written after epoch 1 finishes
     deadline = time.time() + 300
     while not first_epoch.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    last = torch.load(runs / "run/checkpoints/phase1/last.pt", weights_only=True)
+    last = torch.load(first_epoch, weights_only=True)
     assert last["epoch"] < 4, "the run finished before it could be killed"
 
-    resumed = tiny_config(tiny_data, runs, epochs=4, batches_per_epoch=40, resume=True)
-    train(resumed, progress=False)
+    fit(resumed, progress=False)
     a = pd.read_csv(reference.run_dir / "losses.csv").drop(columns=["seconds"])
     b = pd.read_csv(resumed.run_dir / "losses.csv").drop(columns=["seconds"])
     assert (
@@ -162,47 +176,43 @@ def _resnet18_weights(path, seed):
         torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
 
 
-def test_changed_encoder_weights_are_refused(tiny_data, tmp_path):
+def test_changed_encoder_weights_are_refused(tiny_config, tmp_path):
     weights = tmp_path / "scene.pth"
     _resnet18_weights(weights, seed=1)
-    cfg = tiny_config(tiny_data, tmp_path / "runs", batches_per_epoch=4, scene_weights=f"places365:{weights}")
-    train(cfg, progress=False)
+    cfg = tiny_config(batches_per_epoch=4, scene_weights=f"places365:{weights}")
+    fit(cfg, progress=False)
     Predictor.from_run(cfg.run_dir)  # same weights: accepted
     _resnet18_weights(weights, seed=2)  # the file changes after training
     with pytest.raises(EncoderFingerprintError, match="was trained with"):
         Predictor.from_run(cfg.run_dir)
     with pytest.raises(EncoderFingerprintError, match="was trained with"):
-        train(replace(cfg, epochs=2, resume=True), progress=False)
+        fit(replace(cfg, epochs=2, resume=True), progress=False)
 
 
-def test_unfrozen_encoder_is_trained_saved_and_restored(tiny_data, tmp_path):
-    with pytest.raises(ValueError, match="seed-literal"):
-        Trainer(tiny_config(tiny_data, tmp_path / "a", freeze_scene=False), progress=False)
-    cfg = tiny_config(
-        tiny_data, tmp_path / "runs", freeze_scene=False, feature_cache=False, batches_per_epoch=2
-    )
-    train(cfg, progress=False)
+def test_unfrozen_encoder_is_trained_saved_and_restored(tiny_config):
+    with pytest.raises(ValueError, match="cannot be cached"):
+        tiny_config(freeze_scene=False)
+    cfg = tiny_config(freeze_scene=False, feature_cache=False, batches_per_epoch=2)
+    fit(cfg, progress=False)
     state = torch.load(cfg.run_dir / "checkpoints/phase1/phase1_best.pt", weights_only=True)["model_state"]
-    initial = Trainer(replace(cfg, run_name="fresh"), progress=False).model.state_dict()
+    initial = build_training(replace(cfg, run_name="fresh"), progress=False).model.state_dict()
     scene_keys = [k for k in state if k.startswith("encoders.scene.")]
     assert scene_keys and not any(k.startswith("encoders.clip.") for k in state)  # only the unfrozen one
     assert any(not torch.equal(state[k], initial[k]) for k in scene_keys)  # it was trained
     # the predictor restores the trained scene CNN: it reproduces the validation predictions
     val = pd.read_csv(cfg.run_dir / "val_predictions_best.csv")
-    pred = evaluate_run(cfg.run_dir)["predictions"]
+    pred = evaluate_run(cfg.run_dir).predictions
     np.testing.assert_allclose(pred["pred_lat"], val["pred_lat"], atol=1e-4)
     np.testing.assert_allclose(pred["pred_lon"], val["pred_lon"], atol=1e-4)
 
 
-def test_unreadable_feature_cache_is_rebuilt(tiny_data, tmp_path):
-    first = Trainer(tiny_config(tiny_data, tmp_path / "runs", run_name="a"), progress=False)
-    first.prepare_features()
-    for path in (tmp_path / "runs" / "cache").glob("*.pt"):
+def test_unreadable_feature_cache_is_rebuilt(tiny_config):
+    first = build_training(tiny_config(run_name="a"), progress=False)
+    for path in (first.folder.root.parent / "cache").glob("*.pt"):
         path.write_bytes(path.read_bytes()[:100])  # truncated, as by a full disk
-    second = Trainer(tiny_config(tiny_data, tmp_path / "runs", run_name="b"), progress=False)
-    second.prepare_features()
-    assert "unreadable" in (second.run_dir / "log.txt").read_text()
-    torch.testing.assert_close(first.train_features["clip"], second.train_features["clip"])
+    second = build_training(tiny_config(run_name="b"), progress=False)
+    assert "unreadable" in second.folder.log.read_text()
+    torch.testing.assert_close(first.source.train["clip"], second.source.train["clip"])
 
 
 EXTRACT_SCRIPT = """
@@ -256,29 +266,26 @@ def test_killed_feature_extraction_resumes_from_its_shards(tiny_data, tmp_path):
         torch.testing.assert_close(resumed[name], reference[name], atol=2e-3, rtol=2e-3)
 
 
-def _run_steps(trainer, n, seed=None):
+def _run_steps(t, n, seed=None):
     if seed is not None:
         torch.manual_seed(seed)  # dropout
     generator = torch.Generator().manual_seed(0 if seed is None else seed)  # view choice
-    batches = torch.as_tensor(trainer.sampler.epoch_batches(1))
+    batches = torch.as_tensor(t.sampler.epoch_batches(1))
     for idx in batches[:n]:
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer._step(*trainer._features_for(idx, generator), idx, torch.tensor(1.0))
+        t.optimizer.zero_grad(set_to_none=True)
+        t.stepper.step(idx, *t.source.gather(idx, generator), torch.tensor(1.0))
 
 
 def _optimizer_tensors(optimizer):
     return [v.clone() for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
 
 
-def test_graph_warm_up_snapshot_leaves_no_trace(tiny_data, tmp_path):
-    # the CUDA-graph path runs warm-up steps before capture and undoes them with this snapshot
-    def trainer(name):
-        t = Trainer(tiny_config(tiny_data, tmp_path / "runs", run_name=name, cache_views=1), progress=False)
-        t.prepare_features()
-        t.model.train()
-        return t
+def test_graph_warm_up_snapshot_leaves_no_trace(tiny_config):
+    # the CUDA-graph stepper runs warm-up steps before capture and undoes them with this snapshot
+    def training(name):
+        return build_training(tiny_config(run_name=name, cache_views=1), progress=False)
 
-    warmed, plain = trainer("warmed"), trainer("plain")
+    warmed, plain = training("warmed"), training("plain")
     snapshot = TrainingStateSnapshot(warmed.optimizer)  # a fresh run: no optimizer state yet
     _run_steps(warmed, 3)
     snapshot.restore()

@@ -1,0 +1,138 @@
+"""`TrainConfig`: every setting of a training run, in one dataclass.
+
+A run folder's `config.json` holds exactly `asdict(TrainConfig)`, so `TrainConfig.from_dict` reads it back.
+Facts derived while the run starts (device, encoder fingerprint, cell signature, versions) are written
+to `run_info.json` instead (see `runfolder.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .losses import LossWeights
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data_dir: str = "data/demo"
+    images_root: str | None = None
+    # run folder
+    run_name: str = "phase1"
+    runs_dir: str = "runs"
+    resume: bool = False
+    overwrite: bool = False
+    phase: int = 1  # 0: province pre-training (projections, gate, province head), 1: full hierarchy
+    # optimisation (the specification's defaults)
+    epochs: int = 30
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 1e-5
+    temperature: float = 1.0
+    batches_per_epoch: int = 1300
+    loss_province: float = 0.5
+    loss_geocell: float = 1.0
+    loss_offset: float = 1.0
+    loss_aux: float = 0.1
+    beta: float = 0.999
+    offset_ramp_epochs: int = 5
+    aux_scale_km: float = 100.0
+    # model
+    encoder: str = "tiny-random"  # preset name from geoloc_lib.encoders.ENCODER_PRESETS
+    clip_pretrained: str | None = None  # overrides the preset's weights
+    scene_weights: str | None = None
+    freeze_clip: bool = True
+    freeze_scene: bool = True
+    phase0_checkpoint: str | None = None
+    proj_dim: int = 512
+    geocell_hidden: int = 512
+    small_geocell_hidden: int = 256
+    dropout: float = 0.1
+    # speed
+    feature_cache: bool = True  # False: images go through the encoders at every step
+    cache_views: int = 4
+    cache_dir: str = "runs/feature_cache"
+    cache_dtype: str = "float16"
+    cuda_graph: bool = True  # capture the cached-feature step as one CUDA graph on CUDA
+    eval_batch_size: int = 256
+    num_workers: int = 2
+    device: str = "auto"  # auto: CUDA, then MPS, then CPU
+    seed: int = 0
+    allow_missing_provinces: bool = False
+    top_provinces: int = 2
+    top_cells: int = 5
+
+    def __post_init__(self):
+        problems = []
+        if self.run_name.strip() in ("", ".", ".."):
+            problems.append(f"run_name {self.run_name!r} must name a folder (it is deleted on overwrite)")
+        if self.phase not in (0, 1):
+            problems.append(f"phase must be 0 or 1, not {self.phase}")
+        counts = ("epochs", "batch_size", "batches_per_epoch", "cache_views", "eval_batch_size")
+        widths = ("top_provinces", "top_cells", "offset_ramp_epochs", "proj_dim", "geocell_hidden")
+        for name in counts + widths:
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not (self.lr > 0 and self.temperature > 0 and self.aux_scale_km > 0):
+            problems.append("lr, temperature and aux_scale_km must be positive")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), not {self.dropout}")
+        if not 0 <= self.beta < 1:
+            problems.append(f"beta must be in [0, 1), not {self.beta}")
+        if self.cache_dtype not in ("float16", "bfloat16", "float32"):
+            problems.append(f"cache_dtype must be float16, bfloat16 or float32, not {self.cache_dtype!r}")
+        if not (self.freeze_clip and self.freeze_scene) and self.feature_cache:
+            problems.append(
+                "an unfrozen encoder changes its features at every step, so they cannot be cached: "
+                "set feature_cache=False"
+            )
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.run_name
+
+    @property
+    def loss_weights(self) -> LossWeights:
+        if self.phase == 0:
+            return LossWeights(province=1.0, geocell=0.0, offset=0.0, aux=0.0)
+        return LossWeights(self.loss_province, self.loss_geocell, self.loss_offset, self.loss_aux)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}")
+        return cls(**values)
+
+    @classmethod
+    def from_parameters(cls, namespace: dict, **overrides) -> TrainConfig:
+        """The config of a notebook: every name in `namespace` that is a config field, then `overrides`.
+
+        Notebook parameters are papermill literals, so "" stands for None in the optional fields.
+        """
+        optional = {f.name for f in fields(cls) if f.default is None}
+        values = {
+            f.name: None if f.name in optional and namespace[f.name] == "" else namespace[f.name]
+            for f in fields(cls)
+            if f.name in namespace
+        }
+        return cls.from_dict(values | overrides)
+
+
+# Fields that may differ between a run and its resumption; anything else must match.
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "resume", "overwrite", "num_workers", "device", "cuda_graph", "eval_batch_size"}
+)
+
+
+def resume_differences(saved: dict, now: TrainConfig) -> dict:
+    """{field: (saved, now)} of the fields that may not change when a run is resumed."""
+    return {
+        f.name: (saved.get(f.name), getattr(now, f.name))
+        for f in fields(now)
+        if f.name not in RESUMABLE_CHANGES and saved.get(f.name) != getattr(now, f.name)
+    }

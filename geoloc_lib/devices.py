@@ -1,0 +1,34 @@
+"""Which device to run on, and the mixed-precision context that goes with it."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """`auto`: CUDA, then Apple MPS, then the CPU; any other name is taken as given."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA, full precision elsewhere.
+
+    The autocast weight cache is off: cached casts and CUDA-graph capture do not mix (pytorch#71631).
+    """
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that a wall-clock reading covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

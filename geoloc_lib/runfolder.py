@@ -1,0 +1,158 @@
+"""The run folder: every file of a run named in one place, with its saving and loading.
+
+    runs/<run_name>/
+        config.json                         exactly the TrainConfig (TrainConfig.from_dict reads it back)
+        run_info.json                       derived facts: device, encoder fingerprint, cells, versions
+        log.txt                             the human-readable training log
+        losses.csv                          one row per epoch and split (LOSSES_CSV_COLUMNS)
+        checkpoints/phase{p}/phase{p}_epoch_{e}.pt, phase{p}_best.pt, last.pt
+        val_predictions.csv, val_predictions_best.csv
+        evaluation/  maps/  figures/
+
+Both phases use the same names, so a Phase 0 run and a Phase 1 run are found the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from .checkpoints import atomic_torch_save, atomic_write_text, load_checkpoint, write_json
+from .config import TrainConfig
+from .losses import LOSS_TERMS
+from .metrics import EXTRA_METRIC_COLUMNS, SEED_METRIC_COLUMNS
+
+# The specification's columns first, in its order; everything else after them.
+LOSS_COLUMNS = [f"loss_{term}" for term in LOSS_TERMS]
+LOSSES_CSV_COLUMNS = [
+    "epoch",
+    "split",
+    *LOSS_COLUMNS,
+    *SEED_METRIC_COLUMNS,
+    "offset_weight",
+    *EXTRA_METRIC_COLUMNS,
+    "seconds",
+]
+
+
+class RunFolder:
+    """Paths and files of one run folder."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> RunFolder:
+        return cls(cfg.run_dir)
+
+    config = property(lambda self: self.root / "config.json")
+    run_info = property(lambda self: self.root / "run_info.json")
+    log = property(lambda self: self.root / "log.txt")
+    losses = property(lambda self: self.root / "losses.csv")
+    val_predictions = property(lambda self: self.root / "val_predictions.csv")
+    val_predictions_best = property(lambda self: self.root / "val_predictions_best.csv")
+    evaluation = property(lambda self: self.root / "evaluation")
+    maps = property(lambda self: self.root / "maps")
+    figures = property(lambda self: self.root / "figures")
+
+    def checkpoints(self, phase: int) -> Path:
+        return self.root / "checkpoints" / f"phase{phase}"
+
+    def epoch_checkpoint(self, phase: int, epoch: int) -> Path:
+        return self.checkpoints(phase) / f"phase{phase}_epoch_{epoch}.pt"
+
+    def best_checkpoint(self, phase: int) -> Path:
+        return self.checkpoints(phase) / f"phase{phase}_best.pt"
+
+    def last_checkpoint(self, phase: int) -> Path:
+        return self.checkpoints(phase) / "last.pt"
+
+    def checkpoint(self, phase: int, name: str = "best") -> Path:
+        """`best`, `last`, or a file name inside this phase's checkpoint folder."""
+        if name == "best":
+            return self.best_checkpoint(phase)
+        if name == "last":
+            return self.last_checkpoint(phase)
+        return self.checkpoints(phase) / name
+
+    # ------------------------------------------------------------------ config and facts
+    def write_config(self, cfg: TrainConfig) -> None:
+        write_json(self.config, asdict(cfg))
+
+    def read_config(self) -> TrainConfig:
+        if not self.config.is_file():
+            raise FileNotFoundError(f"{self.root} is not a run folder: it has no config.json")
+        return TrainConfig.from_dict(json.loads(self.config.read_text()))
+
+    def write_run_info(self, info: dict) -> None:
+        write_json(self.run_info, info)
+
+    # ------------------------------------------------------------------ losses.csv
+    def append_losses(self, rows: list[dict]) -> None:
+        new = not self.losses.exists()
+        with open(self.losses, "a", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=LOSSES_CSV_COLUMNS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(
+                {k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows
+            )
+
+    def truncate_losses(self, last_epoch: int) -> None:
+        """Keep only the rows of finished epochs, so a resumed run neither repeats nor loses a row."""
+        if not self.losses.exists():
+            return
+        if last_epoch == 0:
+            self.losses.unlink()
+            return
+        frame = pd.read_csv(self.losses)
+        kept = frame[frame["epoch"] <= last_epoch]
+        if len(kept) != len(frame):
+            atomic_write_text(self.losses, kept.to_csv(index=False, float_format="%.6f"))
+
+    def read_losses(self) -> pd.DataFrame:
+        return pd.read_csv(self.losses)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_epoch(self, phase: int, epoch: int, payload: dict, improved: bool) -> None:
+        """Epoch checkpoint, best checkpoint when it improved, then last.pt: the resume point."""
+        atomic_torch_save(payload, self.epoch_checkpoint(phase, epoch))
+        if improved:
+            atomic_torch_save(payload, self.best_checkpoint(phase))
+        atomic_torch_save(payload, self.last_checkpoint(phase))
+
+    def load_checkpoint(self, phase: int, name: str = "best") -> dict:
+        return load_checkpoint(self.checkpoint(phase, name))
+
+    # ------------------------------------------------------------------ log
+    def logger(self) -> logging.Logger:
+        """A logger that writes plain lines to stdout and to log.txt."""
+        logger = logging.getLogger(f"geoloc.run.{self.root.resolve()}")
+        for handler in logger.handlers:
+            handler.close()
+        logger.handlers.clear()
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        for handler in (
+            logging.StreamHandler(sys.stdout),
+            logging.FileHandler(self.log, encoding="utf-8"),
+        ):
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+        return logger
+
+
+def latest_run(runs_dir: str | Path = "runs", phase: int = 1) -> RunFolder:
+    """The most recently modified run folder that holds a best checkpoint of `phase`."""
+    pattern = f"*/checkpoints/phase{phase}/phase{phase}_best.pt"
+    candidates = sorted(Path(runs_dir).glob(pattern), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        notebook = "03_train_phase1" if phase == 1 else "02b_train_phase0"
+        raise FileNotFoundError(f"no finished Phase {phase} run under {runs_dir}/; run {notebook} first")
+    return RunFolder(candidates[-1].parents[2])
