@@ -28,11 +28,9 @@ class CellTable(nn.Module):
         province = cells["province_id"].to_numpy(np.int64)
         n_cells = np.bincount(province, minlength=prov.NUM_PROVINCES)
         self.max_cells = int(n_cells.max())
-        local = np.zeros(len(cells), dtype=np.int64)
         local_to_flat = np.zeros((prov.NUM_PROVINCES, self.max_cells), dtype=np.int64)
         for p in range(prov.NUM_PROVINCES):
             flat = np.flatnonzero(province == p)
-            local[flat] = np.arange(len(flat))
             local_to_flat[p, : len(flat)] = flat
         ids = cells["cell_id"].to_numpy(np.int64)
         order = np.argsort(ids)
@@ -48,7 +46,6 @@ class CellTable(nn.Module):
         buffer("sorted_to_flat", order, torch.int64)  # [N]
         buffer("cell_ids", ids, torch.int64)  # [N] flat -> global id
         buffer("province", province, torch.int64)  # [N]
-        buffer("local", local, torch.int64)  # [N]
         buffer("local_to_flat", local_to_flat, torch.int64)  # [P, Cmax] (0 where padded)
         buffer("cell_mask", np.arange(self.max_cells)[None, :] < n_cells[:, None], torch.bool)  # [P, Cmax]
         buffer("n_cells", n_cells, torch.int64)  # [P]

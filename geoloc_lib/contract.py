@@ -1,4 +1,4 @@
-"""Loading and validating the data contract (DESIGN.md section 3).
+"""Loading and validating the data contract (docs/design.md, "Data contract").
 
 Every check that fails raises `DataContractError` naming the file, the offending rows (the first few
 and the count) and what to do about it. Nothing is dropped silently.
@@ -82,7 +82,7 @@ def _require_numeric(df: pd.DataFrame, path: Path, column: str) -> None:
 def _normalise_provinces(df: pd.DataFrame, path: Path) -> None:
     """Map every province spelling to its canonical name and check province_id agrees with it."""
     spellings = df["province"].fillna("")
-    lookup = {s: prov.try_lookup(s) for s in spellings.unique()}  # one lookup per spelling, not per row
+    lookup = {s: prov.try_lookup(s) for s in spellings.unique()}
     found = spellings.map(lookup)
     unknown = df[found.isna()]
     if len(unknown):
@@ -164,7 +164,7 @@ def load_cell_metadata(path: str | os.PathLike) -> pd.DataFrame:
         _fail(path, "neighbor_cell_ids names unknown cells", bad, "rebuild the geocells")
     df["neighbor_cell_ids"] = neighbors.map(lambda ids: ",".join(map(str, ids)))
     if "n_samples" not in df.columns:
-        df["n_samples"] = pd.NA  # older metadata (the original system's) has no counts
+        df["n_samples"] = pd.NA  # metadata from other tools may have no counts
     return df.sort_values(["province_id", "cell_id"]).reset_index(drop=True)
 
 

@@ -35,7 +35,7 @@ class PhotoDataset(torch.utils.data.Dataset):
 
     With `views` and `seed` set, item k*N + i is view k of photo i, and its random augmentation is
     seeded from (seed, k, i): the same view is reproduced exactly, which lets the cached-feature path
-    and the seed-literal path be compared on identical inputs.
+    and the image path be compared on identical inputs.
     """
 
     def __init__(self, split: pd.DataFrame, transform, views: int = 1, seed: int | None = None):

@@ -31,7 +31,7 @@ from .geo import KM_PER_DEG_LAT, PAKISTAN_BBOX
 from .geocells import GeocellConfig, assign_cells, build_geocells
 
 PLACES_CSV = Path(__file__).resolve().parent / "resources" / "places_pk.csv"
-# Real photo counts of the original dataset (DESIGN.md section 2), in province-id order.
+# Photo counts per province of the GEOPAK dataset (docs/design.md), in province-id order.
 REAL_PROVINCE_COUNTS = (65221, 8459, 5344, 4410, 2379, 3627, 1075)
 
 # Ground colour (RGB 0..1) of each province's typical terrain, and a secondary colour mixed in by region.

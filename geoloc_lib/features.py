@@ -1,4 +1,4 @@
-"""Feature cache for frozen encoders (DESIGN.md section 4).
+"""Feature cache for frozen encoders (docs/design.md, "Feature cache").
 
 With both encoders frozen, training needs only their outputs. We compute CLIP and scene features once
 for K augmented views of every training photo and for the clean validation photo, store them in fp16,
@@ -9,7 +9,6 @@ reused.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import atomic_torch_save
 from .datasets import PhotoDataset
+from .devices import autocast_for
 from .encoders import DualEncoder
 
 
@@ -63,6 +63,12 @@ def _load_parts(parts_dir: Path, clip: torch.Tensor, scene: torch.Tensor, log) -
     return done
 
 
+def _save_shard(parts_dir: Path, clip: torch.Tensor, scene: torch.Tensor, start: int, end: int) -> None:
+    """Rows start..end of an extraction in progress, named by their zero-padded start row."""
+    shard = {"start": start, "clip": clip[start:end].clone(), "scene": scene[start:end].clone()}
+    atomic_torch_save(shard, parts_dir / f"{start:012d}.pt")
+
+
 @torch.no_grad()
 def extract_features(
     encoders: DualEncoder,
@@ -100,28 +106,20 @@ def extract_features(
     )
     encoders.eval().to(device)
     start, flushed, last_flush = done, done, time.monotonic()
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
     # The progress bar is updated by hand and never holds the worker iterator: a notebook's tqdm
     # outlives the loop, and a live iterator inherited by the next DataLoader's forked workers makes
     # them print "can only test a child process" tracebacks when they exit.
     batches = iter(loader)
     with tqdm(total=len(dataset), initial=done, desc=desc, unit="img") as bar:
         for images, _ in batches:
-            with autocast:
+            with autocast_for(device):
                 c, s = encoders(images.to(device, non_blocking=True))  # [b, Dc], [b, Ds]
             clip[start : start + len(images)] = c.float().to("cpu", dtype)
             scene[start : start + len(images)] = s.float().to("cpu", dtype)
             start += len(images)
             bar.update(len(images))
             if parts_dir is not None and time.monotonic() - last_flush >= flush_seconds:
-                shard = {
-                    "start": flushed,
-                    "clip": clip[flushed:start].clone(),
-                    "scene": scene[flushed:start].clone(),
-                }
-                atomic_torch_save(shard, parts_dir / f"{flushed:012d}.pt")
+                _save_shard(parts_dir, clip, scene, flushed, start)
                 flushed, last_flush = start, time.monotonic()
     del batches  # shuts its workers down now, before any later fork
     return {"clip": clip.view(views, n, clip_dim), "scene": scene.view(views, n, scene_dim)}

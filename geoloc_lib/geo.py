@@ -36,11 +36,6 @@ def haversine_km(lat1, lon1, lat2, lon2):
     return 2 * EARTH_RADIUS_KM * xp.arcsin(xp.sqrt(a))
 
 
-def pairwise_haversine_km(lat_a, lon_a, lat_b, lon_b):
-    """[len(a), len(b)] distance matrix."""
-    return haversine_km(lat_a[:, None], lon_a[:, None], lat_b[None, :], lon_b[None, :])
-
-
 def km_to_deg(km, lat_deg):
     """(dlat, dlon) in degrees that correspond to `km` north-south and east-west at latitude `lat_deg`."""
     xp = _xp(km)

@@ -27,7 +27,7 @@ from sklearn.cluster import HDBSCAN, KMeans
 from sklearn.neighbors import BallTree, NearestNeighbors
 
 from . import provinces as prov
-from .geo import haversine_km, project_local_km, unproject_local_km
+from .geo import project_local_km, unproject_local_km
 
 RADIUS_QUANTILE = 0.95
 MIN_RADIUS_KM = 1.0
@@ -55,7 +55,7 @@ def _centres(xy: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 
 def _radii(xy: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
     dist = np.linalg.norm(xy - centres[labels], axis=1)
-    # one grouped pass instead of a mask over every point per cell; empty cells get the floor
+    # one grouped pass over all points; empty cells get the floor
     quantiles = pd.Series(dist).groupby(labels).quantile(RADIUS_QUANTILE)
     radii = quantiles.reindex(range(len(centres)), fill_value=MIN_RADIUS_KM).to_numpy(float)
     return np.maximum(radii, MIN_RADIUS_KM)
@@ -180,10 +180,3 @@ def assign_cells(split: pd.DataFrame, cells: pd.DataFrame) -> np.ndarray:
         _, idx = tree.query(np.deg2rad(part[["latitude", "longitude"]].to_numpy(float)), k=1)
         out[split.index.get_indexer(part.index)] = own["cell_id"].to_numpy()[idx[:, 0]]
     return out
-
-
-def cell_distance_matrix_km(cells: pd.DataFrame) -> np.ndarray:
-    """[N, N] great-circle distances between all cell centres, in metadata row order."""
-    lat = cells["center_lat"].to_numpy(float)
-    lon = cells["center_lon"].to_numpy(float)
-    return haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :])

@@ -1,13 +1,12 @@
 """The seven provinces of Pakistan: one table that every other module reads.
 
-Ids and order follow the original system's CSV column order (DESIGN.md section 2):
+Ids and order follow the column order of GEOPAK's CSVs (docs/design.md):
 0 Sindh, 1 Punjab, 2 Khyber Pakhtunkhwa, 3 ICT, 4 Gilgit-Baltistan, 5 Balochistan, 6 Azad Kashmir.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -58,7 +57,6 @@ PROVINCES: tuple[Province, ...] = (
 
 NUM_PROVINCES = len(PROVINCES)
 PROVINCE_NAMES: tuple[str, ...] = tuple(p.name for p in PROVINCES)
-PROVINCE_KEYS: tuple[str, ...] = tuple(p.key for p in PROVINCES)
 
 
 def _normalise(text: str) -> str:
@@ -90,10 +88,6 @@ def lookup(name: str) -> Province:
 
 def try_lookup(name: str) -> Province | None:
     return _LOOKUP.get(_normalise(name))
-
-
-def canonical_names(names: Iterable[str]) -> list[str]:
-    return [lookup(n).name for n in names]
 
 
 def by_id(province_id: int) -> Province:

@@ -6,11 +6,10 @@ other batch sizes scale the shares with largest-remainder rounding, so the batch
 Within a province, photos are drawn as successive random permutations: every photo is used once
 before any repeats, and small provinces cycle (they are drawn "with replacement" across the epoch,
 never twice in a row by accident). The order of epoch `e` depends only on (seed, e), so a resumed run
-sees the same batches as an uninterrupted one, and consecutive epochs differ (the original system
-drew the same batches every epoch).
+sees the same batches as an uninterrupted one, and consecutive epochs differ.
 
-A province with no training photos: `missing="redistribute"` (default) gives its share to the other
-provinces in proportion and warns; `missing="error"` raises.
+A province with no training photos (allowed only with `allow_missing_provinces`, see contract.py)
+gives its share to the other provinces in proportion, with a warning.
 """
 
 from __future__ import annotations
@@ -44,10 +43,7 @@ class ProvinceBalancedBatchSampler(torch.utils.data.Sampler):
         batch_size: int = 64,
         batches_per_epoch: int = 1300,
         seed: int = 0,
-        missing: str = "redistribute",
     ):
-        if missing not in ("redistribute", "error"):
-            raise ValueError("missing must be 'redistribute' or 'error'")
         self.province_ids = np.asarray(province_ids, dtype=np.int64)
         self.batch_size = batch_size
         self.batches_per_epoch = batches_per_epoch
@@ -59,10 +55,10 @@ class ProvinceBalancedBatchSampler(torch.utils.data.Sampler):
         if len(absent) == len(prov.PROVINCES):
             raise ValueError("the sampler got no photos at all")
         if absent:
-            message = f"no training photos for {absent}"
-            if missing == "error":
-                raise ValueError(message + "; add photos for them or use missing='redistribute'")
-            warnings.warn(message + "; their batch share goes to the other provinces", stacklevel=2)
+            warnings.warn(
+                f"no training photos for {absent}; their batch share goes to the other provinces",
+                stacklevel=2,
+            )
             shares = np.where([len(m) > 0 for m in self.members], shares, 0.0)
         self.counts = batch_composition(batch_size, shares)
 
