@@ -9,6 +9,7 @@ from sklearn.neighbors import BallTree
 
 from . import provinces as prov
 from .geo import EARTH_RADIUS_KM
+from .losses import LOSS_TERMS
 from .maps import PROVINCE_COLORS
 from .metrics import ACCURACY_RADII_KM
 
@@ -54,13 +55,12 @@ def sampler_share_plot(shares: pd.DataFrame, target: pd.Series):
 
 
 def loss_curves(losses: pd.DataFrame):
-    terms = ["loss_total", "loss_province", "loss_geocell", "loss_offset", "loss_aux"]
-    fig, axes = plt.subplots(1, len(terms), figsize=(16, 3.2))
-    for ax, term in zip(axes, terms, strict=True):
+    fig, axes = plt.subplots(1, len(LOSS_TERMS), figsize=(16, 3.2))
+    for ax, term in zip(axes, LOSS_TERMS, strict=True):
         for split, style in (("train", "-"), ("val", "--")):
             part = losses[losses["split"] == split]
-            ax.plot(part["epoch"], part[term], style, marker="o", ms=3, label=split)
-        ax.set_title(term.removeprefix("loss_"))
+            ax.plot(part["epoch"], part[f"loss_{term}"], style, marker="o", ms=3, label=split)
+        ax.set_title(term)
         ax.set_xlabel("epoch")
     axes[0].legend()
     fig.tight_layout()
