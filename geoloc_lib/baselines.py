@@ -1,18 +1,111 @@
-"""Baselines that use nothing but the training labels, to put every model number in context."""
+"""The baseline ladder: the simplest predictors that use the same data and features as the model.
+
+Every rung sees the model's training rows and the same clean frozen features (`features.clean_features`),
+and is scored with the project's own metrics, so a model number can be read against them:
+
+- constant: always the centre (mean coordinate) of the most common training province;
+- 1-NN: the coordinate of the most similar training photo (cosine similarity of standardised features);
+- 5-NN: the geometric median of the five most similar training photos;
+- logistic regression: a linear cell classifier, its regularisation chosen by cross-validation on the
+  training rows alone, predicting the centre of its cell.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegressionCV
+from sklearn.model_selection import KFold
+from sklearn.preprocessing import StandardScaler
 
-from . import provinces as prov
-from .geo import haversine_km
-from .metrics import error_summary
+from .geo import geometric_median
+from .metrics import SUMMARY_METRICS, prediction_metrics, predictions_frame
+
+LOGISTIC_CS = (0.01, 0.1, 1.0)  # inverse regularisation strengths tried by cross-validation
+LOGISTIC_FOLDS = 3
 
 
-def constant_baseline(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
-    """Always guess the centre (mean coordinate) of the most common training province."""
+def feature_matrix(features: dict[str, torch.Tensor]) -> np.ndarray:
+    """{"clip": [N, Dc], "scene": [N, Ds]} -> [N, Dc + Ds] float32."""
+    return torch.cat([features["clip"].float(), features["scene"].float()], 1).numpy()
+
+
+def constant_prediction(train: pd.DataFrame, n: int) -> dict[str, np.ndarray]:
     top = train["province_id"].value_counts().idxmax()
-    lat = float(train.loc[train["province_id"] == top, "latitude"].mean())
-    lon = float(train.loc[train["province_id"] == top, "longitude"].mean())
-    errors = haversine_km(test["latitude"].to_numpy(), test["longitude"].to_numpy(), lat, lon)
-    return {"guess": f"centre of {prov.by_id(top).name} ({lat:.2f}, {lon:.2f})", **error_summary(errors)}
+    own = train[train["province_id"] == top]
+    return {
+        "province": np.full(n, top),
+        "lat": np.full(n, own["latitude"].mean()),
+        "lon": np.full(n, own["longitude"].mean()),
+    }
+
+
+def nearest_neighbours(train_x: np.ndarray, x: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
+    """[N, k] rows of the k training photos most similar to each query (cosine of standardised features)."""
+    scaler = StandardScaler().fit(train_x)
+
+    def unit(a):
+        a = scaler.transform(a)
+        return a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
+
+    keys = unit(train_x)
+    queries = unit(x)
+    out = [np.argsort(-(queries[i : i + chunk] @ keys.T), axis=1)[:, :k] for i in range(0, len(x), chunk)]
+    return np.concatenate(out)
+
+
+def knn_prediction(train: pd.DataFrame, neighbours: np.ndarray) -> dict[str, np.ndarray]:
+    """1 neighbour: its coordinate; more: the geometric median of theirs. Province: the nearest one's."""
+    lat = train["latitude"].to_numpy(float)[neighbours]  # [N, k]
+    lon = train["longitude"].to_numpy(float)[neighbours]
+    if neighbours.shape[1] > 1:
+        lat, lon = geometric_median(lat, lon)
+    else:
+        lat, lon = lat[:, 0], lon[:, 0]
+    return {"province": train["province_id"].to_numpy()[neighbours[:, 0]], "lat": lat, "lon": lon}
+
+
+def logistic_cell_prediction(
+    train_x: np.ndarray, train: pd.DataFrame, x: np.ndarray, cells: pd.DataFrame, seed: int = 0
+) -> tuple[dict[str, np.ndarray], float]:
+    """The centre of the cell a cross-validated multinomial logistic regression picks; and its C."""
+    scaler = StandardScaler().fit(train_x)
+    # plain shuffled folds: a cell can have fewer photos than there are folds, which stratifying refuses
+    folds = KFold(LOGISTIC_FOLDS, shuffle=True, random_state=seed)
+    model = LogisticRegressionCV(Cs=list(LOGISTIC_CS), cv=folds, max_iter=500, random_state=seed)
+    model.fit(scaler.transform(train_x), train["cell_id"].to_numpy())
+    cell = model.predict(scaler.transform(x))
+    row = cells.set_index("cell_id").loc[cell]
+    prediction = {
+        "province": row["province_id"].to_numpy(),
+        "lat": row["center_lat"].to_numpy(float),
+        "lon": row["center_lon"].to_numpy(float),
+        "cell_id": cell,
+    }
+    return prediction, float(model.C_[0])
+
+
+def baseline_ladder(
+    train_features: dict[str, torch.Tensor],
+    train: pd.DataFrame,
+    features: dict[str, torch.Tensor],
+    split: pd.DataFrame,
+    cells: pd.DataFrame,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per baseline (index: its name) with SUMMARY_METRICS, scored on `split`."""
+    train_x, x = feature_matrix(train_features), feature_matrix(features)
+    neighbours = nearest_neighbours(train_x, x, k=5)
+    logistic, c = logistic_cell_prediction(train_x, train, x, cells, seed)
+    predictions = {
+        "constant (centre of the largest province)": constant_prediction(train, len(split)),
+        "1-NN (nearest training photo)": knn_prediction(train, neighbours[:, :1]),
+        "5-NN (geometric median)": knn_prediction(train, neighbours),
+        f"logistic regression -> cell centre (C={c:g})": logistic,
+    }
+    rows = {
+        name: prediction_metrics(predictions_frame(split, predicted))
+        for name, predicted in predictions.items()
+    }
+    return pd.DataFrame(rows).T[SUMMARY_METRICS]

@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .contract import GeoDataset, load_dataset
+from .decoding import DecodeConfig
 from .losses import LossWeights
+from .metrics import DECODE_MODES
 
 
 @dataclass
@@ -18,6 +21,9 @@ class TrainConfig:
     # data
     data_dir: str = "data/demo"
     images_root: str | None = None
+    val_fraction: float = 0.1  # share of train.csv held out for validation (best epoch, decoding choices)
+    val_block_km: float = 10.0  # validation takes whole location blocks of this size: no place on both sides
+    val_seed: int = 0  # which blocks; fixed across training seeds so that seeds compare on one split
     # run folder
     run_name: str = "phase1"
     runs_dir: str = "runs"
@@ -60,6 +66,11 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA, then MPS, then CPU
     seed: int = 0
     allow_missing_provinces: bool = False
+    # decoding (see decoding.py)
+    decode_mode: str = "hierarchical"  # hierarchical, joint or mixture
+    prior_correction: float = (
+        0.0  # logit adjustment of the province head: 0 off, 1 undoes the sampler's prior
+    )
     top_provinces: int = 2
     top_cells: int = 5
 
@@ -78,6 +89,11 @@ class TrainConfig:
             problems.append("lr, temperature and aux_scale_km must be positive")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), not {self.dropout}")
+        if not 0 < self.val_fraction <= 0.5 or self.val_block_km <= 0:
+            problems.append(
+                f"val_fraction must be in (0, 0.5] and val_block_km positive, not {self.val_fraction}, "
+                f"{self.val_block_km}"
+            )
         if not 0 <= self.beta < 1:
             problems.append(f"beta must be in [0, 1), not {self.beta}")
         if self.cache_dtype not in ("float16", "bfloat16", "float32"):
@@ -87,12 +103,23 @@ class TrainConfig:
                 "an unfrozen encoder changes its features at every step, so they cannot be cached: "
                 "set feature_cache=False"
             )
+        if self.decode_mode not in DECODE_MODES:
+            problems.append(f"decode_mode must be one of {DECODE_MODES}, not {self.decode_mode!r}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 
     @property
+    def decode_config(self) -> DecodeConfig:
+        return DecodeConfig(self.decode_mode, self.top_provinces, self.top_cells, self.prior_correction)
+
+    @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.run_name
+
+    def load_data(self, image_check: str = "exists") -> GeoDataset:
+        """The run's data folder, validated, with its validation split carved out of train."""
+        data = load_dataset(self.data_dir, self.images_root, image_check, self.allow_missing_provinces)
+        return data.with_validation(self.val_fraction, self.val_block_km, self.val_seed)
 
     @property
     def loss_weights(self) -> LossWeights:

@@ -7,7 +7,7 @@ and the count) and what to do about it. Nothing is dropped silently.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from . import provinces as prov
 from .geo import BBOX_MARGIN_DEG, PAKISTAN_BBOX, inside_pakistan_bbox
+from .splits import location_split
 
 SPLIT_COLUMNS = ("id", "image", "latitude", "longitude", "province", "province_id", "cell_id")
 CELL_COLUMNS = (
@@ -260,12 +261,24 @@ def _check_cells(df: pd.DataFrame, path: Path, cells: pd.DataFrame) -> None:
 
 @dataclass
 class GeoDataset:
-    """The validated train split, test split and cell metadata of one data directory."""
+    """The validated train split, test split and cell metadata of one data directory.
+
+    `val` is empty until `with_validation` carves a validation split out of train.
+    """
 
     train: pd.DataFrame
     test: pd.DataFrame
     cells: pd.DataFrame
     data_dir: Path
+    val: pd.DataFrame | None = None
+
+    def with_validation(self, fraction: float, block_km: float, seed: int) -> GeoDataset:
+        """The same data with about `fraction` of train held out as `val`, whole location blocks at a time.
+
+        Choices (best epoch, decoding, tuning) are made on `val`; `test` is kept for the final report.
+        """
+        train, val = location_split(self.train, fraction, block_km, seed)
+        return replace(self, train=train, val=val)
 
 
 def check_train_covers_provinces(train: pd.DataFrame, path, allow_missing: bool = False) -> list[str]:

@@ -14,15 +14,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .datasets import label_tensors
-from .decoding import DecodeConfig, decode
+from .decoding import Decoder
 from .devices import autocast_for
 from .losses import LOSS_TERMS, GeolocLoss
-from .metrics import predictions_frame
+from .metrics import DECODE_MODES, PREDICTION_COLUMNS, predictions_frame
 from .model import GeolocModel
 from .sources import Batch
 
 # decoded outputs that go into the predictions table
-TABLE_FIELDS = ("province", "lat", "lon", "mix_lat", "mix_lon", "cell_id", "province_prob")
+TABLE_FIELDS = (
+    *PREDICTION_COLUMNS,
+    *[f"{mode}_{field}" for mode in DECODE_MODES for field in ("lat", "lon", "province")],
+)
 
 
 @dataclass
@@ -36,7 +39,7 @@ def evaluate(
     model: GeolocModel,
     batches: Iterable[Batch],
     split: pd.DataFrame,
-    decoding: DecodeConfig,
+    decoder: Decoder,
     loss_fn: GeolocLoss | None = None,
     offset_weight: float = 1.0,
     progress: bool = True,
@@ -58,7 +61,7 @@ def evaluate(
             if loss_fn is not None:
                 terms = loss_fn(out, province, labels["lat"][idx], labels["lon"][idx], offset_weight)
                 loss_sums += torch.stack([terms[k].float() for k in LOSS_TERMS]) * len(idx)
-            pred = decode(model.heads, out, decoding)
+            pred = decoder(model.heads, out)
             for k in TABLE_FIELDS:
                 columns[k].append(pred[k].cpu())
             columns["row"].append(idx.cpu())

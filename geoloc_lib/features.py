@@ -1,10 +1,10 @@
 """Feature cache for frozen encoders (docs/design.md, "Feature cache").
 
-With both encoders frozen, training needs only their outputs. We compute CLIP and scene features once
-for K augmented views of every training photo and for the clean validation photo, store them in fp16,
-and train on them. The cache key covers the encoder config and a hash of every weight, the transform
-settings, the image list (paths, sizes, modification times), K and the seed, so a stale cache is never
-reused.
+With both encoders frozen, training needs only their outputs. `augmented_features` encodes K augmented
+views of every training photo, `clean_features` the plain photo (validation, test, the baselines and
+retrieval); both store the result (fp16 by default) under `cfg.cache_dir`. The cache key covers the
+encoder config and a hash of every weight, the transform settings, the image list (paths, sizes,
+modification times), K and the seed, so a stale cache is never reused.
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoints import atomic_torch_save
+from .config import TrainConfig
 from .datasets import PhotoDataset
-from .devices import autocast_for
+from .devices import autocast_for, select_device
 from .encoders import DualEncoder
+from .factory import encoder_config_of
+from .transforms import AugmentConfig, eval_transform, train_transform
 
 
 def image_list_digest(split: pd.DataFrame) -> str:
@@ -147,3 +150,69 @@ def load_or_extract(
     shutil.rmtree(parts_dir, ignore_errors=True)
     log(f"feature cache written: {path}")
     return features
+
+
+def _cached(
+    cfg: TrainConfig, encoders, fingerprint, split, transform, transform_desc, views, seed, device, log
+):
+    dtype = getattr(torch, cfg.cache_dtype)
+    return load_or_extract(
+        cfg.cache_dir,
+        cache_key(fingerprint, split, transform_desc, views, seed, dtype),
+        log=log,
+        encoders=encoders,
+        split=split,
+        transform=transform,
+        views=views,
+        seed=seed,
+        device=device,
+        batch_size=cfg.eval_batch_size,
+        num_workers=cfg.num_workers,
+        dtype=dtype,
+        desc=f"{'augmented' if 'train' in transform_desc else 'clean'} features",
+    )
+
+
+def augmented_features(
+    cfg: TrainConfig, encoders: DualEncoder, fingerprint: str, split: pd.DataFrame, augment: AugmentConfig,
+    device: torch.device, log=print,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """`cfg.cache_views` augmented views of every photo: {"clip": [V, N, Dc], "scene": [V, N, Ds]}."""
+    size = encoders.image_size
+    transform_desc = {"train": augment.describe(), "size": size}
+    transform = train_transform(size, augment)
+    return _cached(
+        cfg, encoders, fingerprint, split, transform, transform_desc, cfg.cache_views, cfg.seed, device, log
+    )
+
+
+def clean_features(
+    cfg: TrainConfig,
+    split: pd.DataFrame,
+    encoders: DualEncoder | None = None,
+    fingerprint: str | None = None,
+    device: torch.device | None = None,
+    log=print,
+) -> dict[str, torch.Tensor]:
+    """The frozen encoders' outputs of every photo of `split`, without augmentation, from the cache.
+
+    {"clip": [N, Dc], "scene": [N, Ds]} on the CPU in `cfg.cache_dtype`. The encoders are built from
+    `cfg` unless given; whatever is not cached yet is extracted and cached.
+    """
+    encoders = encoders or DualEncoder(encoder_config_of(cfg))
+    fingerprint = fingerprint or encoders.fingerprint()
+    device = device or select_device(cfg.device)
+    size = encoders.image_size
+    features = _cached(
+        cfg,
+        encoders,
+        fingerprint,
+        split,
+        eval_transform(size),
+        {"eval": True, "size": size},
+        1,
+        0,
+        device,
+        log,
+    )
+    return {k: v[0] for k, v in features.items()}

@@ -27,9 +27,9 @@ from . import provinces as prov
 from .cells import CellTable
 from .checkpoints import to_plain
 from .config import TrainConfig, resume_differences
-from .contract import GeoDataset, load_dataset
+from .contract import GeoDataset
 from .datasets import label_tensors
-from .decoding import DecodeConfig
+from .decoding import Decoder, province_prior_shift
 from .devices import select_device
 from .encoders import verify_fingerprint
 from .evaluation import Evaluation, evaluate
@@ -40,7 +40,14 @@ from .factory import (
     model_for_training,
     trainable_parameters,
 )
-from .losses import LOSS_LABELS, LOSS_TERMS, GeolocLoss, offset_ramp, province_weights_from_split
+from .losses import (
+    LOSS_LABELS,
+    LOSS_TERMS,
+    GeolocLoss,
+    offset_ramp,
+    province_counts,
+    province_weights_from_split,
+)
 from .metrics import PROVINCE_ACCURACY_COLUMNS, prediction_metrics, predictions_frame
 from .model import GeolocModel
 from .runfolder import RunFolder
@@ -71,7 +78,7 @@ class Training:
     optimizer: torch.optim.Optimizer
     source: CachedFeatures | EncodedImages
     stepper: EagerStepper | GraphStepper
-    decoding: DecodeConfig
+    decoder: Decoder
     frozen_fingerprint: str | None  # fingerprint of frozen encoders (None: one is trained)
     progress: bool = True
     start_epoch: int = 1
@@ -127,10 +134,10 @@ def _feature_source(cfg, model, fingerprint, data, device, log) -> CachedFeature
     augment = AugmentConfig()
     if cfg.feature_cache:
         return CachedFeatures.prepare(
-            cfg, model.encoders, fingerprint, data.train, data.test, augment, device, log
+            cfg, model.encoders, fingerprint, data.train, data.val, augment, device, log
         )
     return EncodedImages(
-        model.encoders, device, data.test, cfg.eval_batch_size, cfg.num_workers, data.train, augment
+        model.encoders, device, data.val, cfg.eval_batch_size, cfg.num_workers, data.train, augment
     )
 
 
@@ -158,7 +165,7 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     log = folder.logger()
     device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)  # head initialisation
-    data = load_dataset(cfg.data_dir, cfg.images_root, "exists", cfg.allow_missing_provinces)
+    data = cfg.load_data()
     model = model_for_training(cfg, CellTable(data.cells)).to(device)
     frozen_fingerprint = model.encoders.fingerprint() if model.encoders.frozen else None
     loss_fn = GeolocLoss(
@@ -175,23 +182,27 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     elif cfg.phase0_checkpoint and cfg.phase == 1:
         log.info(load_phase0_weights(model, cfg.phase0_checkpoint).summary())
     log.info(
-        f"Phase {cfg.phase} on {device}: {len(data.train)} train / {len(data.test)} val photos, "
+        f"Phase {cfg.phase} on {device}: {len(data.train)} train / {len(data.val)} validation photos "
+        f"(whole {cfg.val_block_km:g} km blocks of train.csv; test.csv is not read), "
         f"{model.cells.num_cells} cells, "
         f"{'cached features' if cfg.feature_cache else 'images through the encoders at every step'}"
     )
     fingerprint = frozen_fingerprint or model.encoders.fingerprint()
     source = _feature_source(cfg, model, fingerprint, data, device, log.info)
-    decoding = DecodeConfig(cfg.top_provinces, cfg.top_cells)
-    step = TrainStep(model, loss_fn, optimizer, label_tensors(data.train, device), decoding, device)
+    sampler = ProvinceBalancedBatchSampler(
+        data.train["province_id"].to_numpy(), cfg.batch_size, cfg.batches_per_epoch, cfg.seed
+    )
+    shift = province_prior_shift(
+        province_counts(data.train["province_id"]), sampler.counts, loss_fn.province_weights.cpu()
+    )
+    decoder = Decoder(cfg.decode_config, torch.tensor(shift, dtype=torch.float32, device=device))
+    step = TrainStep(model, loss_fn, optimizer, label_tensors(data.train, device), decoder, device)
     model.train()  # a captured graph keeps the mode it was captured in
     stepper = select_stepper(step, source, cfg.batch_size, use_graph, log.info)
     if isinstance(stepper, GraphStepper):
         log.info("the cached-feature step runs as one CUDA graph")
-    sampler = ProvinceBalancedBatchSampler(
-        data.train["province_id"].to_numpy(), cfg.batch_size, cfg.batches_per_epoch, cfg.seed
-    )
     return Training(
-        cfg, folder, log, device, data, model, loss_fn, sampler, optimizer, source, stepper, decoding,
+        cfg, folder, log, device, data, model, loss_fn, sampler, optimizer, source, stepper, decoder,
         frozen_fingerprint, progress, *progress_so_far,
     )  # fmt: skip
 
@@ -251,7 +262,7 @@ def validate(t: Training, epoch: int) -> Evaluation:
     """Validation: predictions without labels, and the loss terms with the true cells."""
     ramp = offset_ramp(epoch, t.cfg.offset_ramp_epochs)
     return evaluate(
-        t.model, t.source.eval_batches(), t.data.test, t.decoding, t.loss_fn, ramp, progress=t.progress
+        t.model, t.source.eval_batches(), t.data.val, t.decoder, t.loss_fn, ramp, progress=t.progress
     )
 
 
@@ -281,6 +292,7 @@ def _checkpoint_payload(t: Training, epoch: int, rows: dict) -> dict:
             "encoder_config": asdict(t.model.encoders.config),
             "cells": t.model.cells.signature(),
             "encoder_fingerprint": t.encoder_fingerprint(),
+            "prior_shift": t.decoder.prior_shift.tolist(),
         }
     )
     return plain | {"optimizer_state": t.optimizer.state_dict()}

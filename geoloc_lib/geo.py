@@ -36,6 +36,23 @@ def haversine_km(lat1, lon1, lat2, lon2):
     return 2 * EARTH_RADIUS_KM * xp.arcsin(xp.sqrt(a))
 
 
+def geometric_median(lat, lon, weights=None, iterations: int = 100):
+    """The point that minimises the (weighted) sum of distances to K points: [..., K] -> [...] (lat, lon).
+
+    Weiszfeld's iteration on unit vectors (chord distance, which orders points like great-circle
+    distance), started from the weighted mean; numpy arrays, vectorised over the leading dimensions.
+    """
+    lat, lon = np.deg2rad(np.asarray(lat, float)), np.deg2rad(np.asarray(lon, float))
+    xyz = np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], -1)  # [..., K, 3]
+    w = np.ones(lat.shape) if weights is None else np.asarray(weights, float)  # [..., K]
+    m = (w[..., None] * xyz).sum(-2) / w.sum(-1, keepdims=True)  # [..., 3]
+    for _ in range(iterations):
+        coef = w / np.linalg.norm(xyz - m[..., None, :], axis=-1).clip(1e-12)  # [..., K]
+        m = (coef[..., None] * xyz).sum(-2) / coef.sum(-1, keepdims=True)
+    m = m / np.linalg.norm(m, axis=-1, keepdims=True)
+    return np.rad2deg(np.arcsin(m[..., 2])), np.rad2deg(np.arctan2(m[..., 1], m[..., 0]))
+
+
 def km_to_deg(km, lat_deg):
     """(dlat, dlon) in degrees that correspond to `km` north-south and east-west at latitude `lat_deg`."""
     xp = _xp(km)

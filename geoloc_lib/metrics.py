@@ -4,7 +4,8 @@ Error columns:
 - end-to-end (`median_error_km`, ...): the model's own province, cell and offset, no labels fed.
 - oracle-cell (`oracle_*`): the true cell's centre + the predicted offset. It measures the offset
   head alone and is not a geolocation result.
-- mixture (`mixture_*`): the probability-weighted mean of the hypotheses.
+- per decoding mode (`hierarchical_*`, `joint_*`, `mixture_*`): the same photos decoded each way
+  (see decoding.py); the unprefixed columns are the run's chosen mode.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .geo import haversine_km
 ACCURACY_RADII_KM = (1, 25, 200, 750)
 GEOSCORE_SCALE_KM = 1492.7
 ERROR_STATS = ("median", "mean", "p90")
+DECODE_MODES = ("hierarchical", "joint", "mixture")  # see decoding.py
 
 
 def error_columns(prefix: str = "") -> list[str]:
@@ -32,7 +34,7 @@ PROVINCE_ACCURACY_COLUMNS = [f"{p.key}_acc" for p in prov.PROVINCES]
 SEED_METRIC_COLUMNS = [*error_columns(), *PROVINCE_ACCURACY_COLUMNS]
 EXTRA_METRIC_COLUMNS = [
     *error_columns("oracle_"),
-    *error_columns("mixture_"),
+    *[column for mode in DECODE_MODES for column in error_columns(f"{mode}_")],
     *ACCURACY_COLUMNS,
     "geoscore",
     "province_acc",
@@ -94,12 +96,21 @@ def confusion_matrix(true_ids, pred_ids) -> pd.DataFrame:
 def prediction_metrics(pred: pd.DataFrame) -> dict[str, float]:
     """All per-split metrics from a predictions table (see `predictions_frame`)."""
     out = error_summary(pred["error_km"])
-    if "oracle_error_km" in pred:
-        out.update(error_summary(pred["oracle_error_km"], prefix="oracle_"))
-    if "mix_error_km" in pred:
-        out.update(error_summary(pred["mix_error_km"], prefix="mixture_"))
+    for name in ("oracle", *DECODE_MODES):
+        if f"{name}_error_km" in pred:
+            out.update(error_summary(pred[f"{name}_error_km"], prefix=f"{name}_"))
     out.update(province_accuracy(pred["province_id"], pred["pred_province_id"]))
     return out
+
+
+def mode_view(pred: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """The predictions table as if `mode` had been the chosen decoding mode."""
+    return pred.assign(
+        pred_lat=pred[f"{mode}_lat"],
+        pred_lon=pred[f"{mode}_lon"],
+        error_km=pred[f"{mode}_error_km"],
+        pred_province_id=pred[f"{mode}_province_id"],
+    )
 
 
 def per_province_table(pred: pd.DataFrame) -> pd.DataFrame:
@@ -122,23 +133,24 @@ def per_province_table(pred: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("province")
 
 
-# Named model outputs -> predictions-table columns. `province`, `lat` and `lon` are always given.
+# Named predictions -> predictions-table columns; `province`, `lat` and `lon` are always given.
 PREDICTION_COLUMNS = {
     "province": "pred_province_id",
     "lat": "pred_lat",
     "lon": "pred_lon",
     "cell_id": "pred_cell_id",
     "province_prob": "pred_province_prob",
-    "mix_lat": "mix_lat",
-    "mix_lon": "mix_lon",
+    "cell_prob": "pred_cell_prob",
 }
+# Other predictions compared against the chosen one: the oracle coordinate and each decoding mode.
+ALTERNATIVES = ("oracle", *DECODE_MODES)
 
 
 def predictions_frame(split: pd.DataFrame, predicted: Mapping[str, np.ndarray]) -> pd.DataFrame:
     """One row per photo: the truth, then every prediction in `predicted` and its error.
 
-    `predicted` holds `province`, `lat`, `lon` and optionally `cell_id`, `province_prob`,
-    `mix_lat`/`mix_lon` (the mixture) and `oracle_lat`/`oracle_lon` (true cell + offset).
+    `predicted` holds the keys of PREDICTION_COLUMNS, and for each alternative name of ALTERNATIVES
+    that it covers `{name}_lat`, `{name}_lon` (and for decoding modes `{name}_province`).
     """
     true_lat, true_lon = split["latitude"].to_numpy(float), split["longitude"].to_numpy(float)
     names = np.array(prov.PROVINCE_NAMES)
@@ -157,13 +169,15 @@ def predictions_frame(split: pd.DataFrame, predicted: Mapping[str, np.ndarray]) 
             frame[column] = np.asarray(predicted[key])
     frame["pred_province_id"] = frame["pred_province_id"].astype(int)
     frame["pred_province"] = names[frame["pred_province_id"].to_numpy()]
-    for prefix, (lat, lon) in {
-        "": ("lat", "lon"),
-        "oracle_": ("oracle_lat", "oracle_lon"),
-        "mix_": ("mix_lat", "mix_lon"),
-    }.items():
-        if lat in predicted:
-            frame[f"{prefix}error_km"] = haversine_km(
-                true_lat, true_lon, np.asarray(predicted[lat], float), np.asarray(predicted[lon], float)
-            )
+
+    def error(lat, lon):
+        return haversine_km(true_lat, true_lon, np.asarray(lat, float), np.asarray(lon, float))
+
+    frame["error_km"] = error(predicted["lat"], predicted["lon"])
+    for name in ALTERNATIVES:
+        if f"{name}_lat" in predicted:
+            frame[f"{name}_lat"], frame[f"{name}_lon"] = predicted[f"{name}_lat"], predicted[f"{name}_lon"]
+            frame[f"{name}_error_km"] = error(predicted[f"{name}_lat"], predicted[f"{name}_lon"])
+        if f"{name}_province" in predicted:
+            frame[f"{name}_province_id"] = np.asarray(predicted[f"{name}_province"]).astype(int)
     return frame

@@ -11,7 +11,7 @@ from . import provinces as prov
 from .geo import EARTH_RADIUS_KM
 from .losses import LOSS_TERMS
 from .maps import PROVINCE_COLORS
-from .metrics import ACCURACY_RADII_KM
+from .metrics import ACCURACY_RADII_KM, DECODE_MODES
 
 
 def province_balance_plot(balance: pd.DataFrame):
@@ -126,13 +126,14 @@ def error_cdf_plot(pred: pd.DataFrame):
     return fig
 
 
-def accuracy_within_plot(pred: pd.DataFrame, columns=("error_km", "mix_error_km")):
+def accuracy_within_plot(pred: pd.DataFrame):
+    """Share of photos within each distance, one line per decoding mode."""
     radii = np.logspace(0, np.log10(2000), 60)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for column in columns:
-        if column in pred:
-            e = pred[column].to_numpy()
-            ax.plot(radii, [100 * np.mean(e <= r) for r in radii], label=column)
+    for mode in DECODE_MODES:
+        if f"{mode}_error_km" in pred:
+            e = pred[f"{mode}_error_km"].to_numpy()
+            ax.plot(radii, [100 * np.mean(e <= r) for r in radii], label=f"{mode} decoding")
     for r in ACCURACY_RADII_KM:
         ax.axvline(r, color="grey", lw=0.5, ls=":")
     ax.set_xscale("log")

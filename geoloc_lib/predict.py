@@ -2,8 +2,8 @@
 
     python -m geoloc_lib.predict RUN_DIR IMAGE [IMAGE ...] [--mode mixture] [--csv out.csv]
 
-Two ways of turning the top-2 provinces x top-5 cells hypotheses into one coordinate:
-`argmax` (the single most probable hypothesis) and `mixture` (their probability-weighted mean).
+The hypotheses (top provinces x top cells) become one coordinate by the run's decoding mode
+(hierarchical, joint or mixture; see decoding.py), or by `--mode`.
 """
 
 from __future__ import annotations
@@ -22,28 +22,34 @@ from tqdm.auto import tqdm
 from . import provinces as prov
 from .cells import CellTable
 from .checkpoints import load_checkpoint, write_json
-from .contract import GeoDataset, load_cell_metadata, load_dataset, load_split
+from .config import TrainConfig
+from .contract import GeoDataset, load_cell_metadata, load_split
 from .datasets import open_rgb
-from .decoding import DecodeConfig, decode
+from .decoding import Decoder
 from .devices import select_device
 from .evaluation import evaluate
 from .factory import model_from_checkpoint
-from .metrics import SUMMARY_METRICS, confusion_matrix, per_province_table, prediction_metrics
+from .metrics import (
+    DECODE_MODES,
+    SUMMARY_METRICS,
+    confusion_matrix,
+    mode_view,
+    per_province_table,
+    prediction_metrics,
+)
 from .model import GeolocModel
 from .runfolder import RunFolder
 from .sources import EncodedImages
 from .transforms import eval_transform
 
-MODES = ("argmax", "mixture")
-
 
 class Predictor:
     """A trained Phase 1 model on a device, with the decoding its run was trained with."""
 
-    def __init__(self, model: GeolocModel, device: torch.device, decoding: DecodeConfig | None = None):
+    def __init__(self, model: GeolocModel, device: torch.device, decoder: Decoder):
         self.model = model.to(device).eval()
         self.device = device
-        self.decoding = decoding or DecodeConfig()
+        self.decoder = decoder
         self.transform = eval_transform(model.encoders.image_size)
 
     @classmethod
@@ -54,8 +60,10 @@ class Predictor:
         checkpoint = load_checkpoint(checkpoint_path)
         cells = CellTable(load_cell_metadata(cell_metadata_path))
         model = model_from_checkpoint(checkpoint, cells, str(checkpoint_path))
-        cfg = checkpoint["config"]
-        return cls(model, select_device(device), DecodeConfig(cfg["top_provinces"], cfg["top_cells"]))
+        decoder = Decoder(
+            TrainConfig.from_dict(checkpoint["config"]).decode_config, torch.tensor(checkpoint["prior_shift"])
+        )
+        return cls(model, select_device(device), decoder)
 
     @classmethod
     def from_run(
@@ -70,51 +78,54 @@ class Predictor:
     @torch.no_grad()
     def _predict_batch(self, images: list) -> dict[str, np.ndarray]:
         batch = torch.stack([self.transform(_as_image(x)) for x in images]).to(self.device)  # [B, 3, H, W]
-        pred = decode(self.model.heads, self.model(batch), self.decoding)
+        pred = self.decoder(self.model.heads, self.model(batch))
         return {
             k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy() for k, v in pred.items()
         }
 
-    def predict(self, images: list, batch_size: int = 64, mode: str = "argmax") -> pd.DataFrame:
-        """One row per image: lat/lon of `mode`, both modes' coordinates, province and the hypotheses."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}")
+    def predict(self, images: list, batch_size: int = 64, mode: str | None = None) -> pd.DataFrame:
+        """One row per image: the coordinate and province of `mode` (default: the run's), every mode's
+        coordinate, and the hypotheses (province, cell, probability, coordinate) with probability."""
+        mode = mode or self.decoder.config.mode
+        if mode not in DECODE_MODES:
+            raise ValueError(f"mode must be one of {DECODE_MODES}, not {mode!r}")
         images = list(images)
         starts = range(0, len(images), batch_size)
         parts = [
             self._predict_batch(images[i : i + batch_size]) for i in tqdm(starts, desc="predict", leave=False)
         ]
         cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        prefix = "mix_" if mode == "mixture" else ""
+        names = np.array(prov.PROVINCE_NAMES)
         frame = pd.DataFrame(
             {
                 "image": [
                     f"<image {i}>" if isinstance(x, Image.Image) else str(x) for i, x in enumerate(images)
                 ],
-                "lat": cat[f"{prefix}lat"],
-                "lon": cat[f"{prefix}lon"],
-                "province": np.array(prov.PROVINCE_NAMES)[cat["province"]],
-                "province_prob": cat["province_prob"],
-                "argmax_lat": cat["lat"],
-                "argmax_lon": cat["lon"],
-                "mixture_lat": cat["mix_lat"],
-                "mixture_lon": cat["mix_lon"],
-                "cell_id": cat["cell_id"],
+                "lat": cat[f"{mode}_lat"],
+                "lon": cat[f"{mode}_lon"],
+                "province": names[cat[f"{mode}_province"]],
+                **{f"{m}_{field}": cat[f"{m}_{field}"] for m in DECODE_MODES for field in ("lat", "lon")},
             }
         )
         frame["hypotheses"] = [
             [
                 {
-                    "province": prov.by_id(p).name,
+                    "province": names[p],
                     "cell_id": int(c),
                     "prob": float(pr),
                     "lat": float(xy[0]),
                     "lon": float(xy[1]),
                 }
-                for p, c, pr, xy in zip(hp, hc, hpr, hxy, strict=True)
+                for p, c, pr, xy, ok in zip(*row, strict=True)
+                if ok
             ]
-            for hp, hc, hpr, hxy in zip(
-                cat["hyp_province"], cat["hyp_cell_id"], cat["hyp_prob"], cat["hyp_coords"], strict=True
+            for row in zip(
+                cat["hyp_province"],
+                cat["hyp_cell_id"],
+                cat["hyp_prob"],
+                cat["hyp_coords"],
+                cat["hyp_valid"],
+                strict=True,
             )
         ]
         return frame
@@ -122,7 +133,7 @@ class Predictor:
     def evaluate(self, split: pd.DataFrame, batch_size: int = 64, num_workers: int = 2) -> pd.DataFrame:
         """Predictions table of a validated, labelled split (see `evaluation.evaluate`)."""
         images = EncodedImages(self.model.encoders, self.device, split, batch_size, num_workers)
-        return evaluate(self.model, images.eval_batches(), split, self.decoding).predictions
+        return evaluate(self.model, images.eval_batches(), split, self.decoder).predictions
 
 
 def _as_image(item) -> Image.Image:
@@ -136,7 +147,7 @@ class RunEvaluation:
     tables: dict[str, pd.DataFrame]  # predictions, summary, per_province, confusion
     dataset: GeoDataset  # the run's data folder: cells, train and test splits
     split: pd.DataFrame  # the evaluated split
-    split_csv: Path  # where it was read from
+    split_name: str  # "test", "val", or the CSV it was read from
 
     @property
     def predictions(self) -> pd.DataFrame:
@@ -145,24 +156,28 @@ class RunEvaluation:
 
 def evaluate_run(
     run_dir: str | os.PathLike,
-    split_csv: str | os.PathLike | None = None,
+    split: str | os.PathLike = "test",
     checkpoint: str = "best",
     device: str = "auto",
     out_dir: str | os.PathLike | None = None,
     num_workers: int = 2,
 ) -> RunEvaluation:
-    """Evaluate a run on a labelled CSV (default: its data folder's test.csv) and write the tables.
+    """Evaluate a run on `split` and write the tables into `out_dir` (default RUN_DIR/evaluation).
 
-    Writes predictions.csv, summary.csv (argmax and mixture), per_province.csv and confusion.csv into
-    `out_dir` (default RUN_DIR/evaluation).
+    `split`: "test" (the data folder's test.csv, the final report), "val" (the validation split the run
+    made its choices on), or the path of another labelled CSV. Writes predictions.csv, summary.csv (every
+    decoding mode), per_province.csv and confusion.csv.
     """
     folder = RunFolder(run_dir)
     cfg = folder.read_config()
     predictor = Predictor.from_run(run_dir, checkpoint, device)
-    dataset = load_dataset(cfg.data_dir, cfg.images_root, "exists", cfg.allow_missing_provinces)
-    split = dataset.test if split_csv is None else load_split(split_csv, dataset.cells, cfg.images_root)
-    split_csv = Path(split_csv or Path(cfg.data_dir) / "test.csv")
-    pred = predictor.evaluate(split, num_workers=num_workers)
+    dataset = cfg.load_data()
+    split_name = str(split)
+    if split_name in ("test", "val"):
+        rows = getattr(dataset, split_name)
+    else:
+        rows = load_split(split, dataset.cells, cfg.images_root)
+    pred = predictor.evaluate(rows, num_workers=num_workers)
     out_dir = Path(out_dir) if out_dir else folder.evaluation
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {
@@ -174,26 +189,23 @@ def evaluate_run(
     for name, table in tables.items():
         table.to_csv(out_dir / f"{name}.csv", index=name != "predictions")
     write_json(
-        out_dir / "source.json", {"run_dir": str(run_dir), "split": str(split_csv), "checkpoint": checkpoint}
+        out_dir / "source.json", {"run_dir": str(run_dir), "split": split_name, "checkpoint": checkpoint}
     )
-    return RunEvaluation(tables, dataset, split, split_csv)
+    return RunEvaluation(tables, dataset, rows, split_name)
 
 
 def summary_table(pred: pd.DataFrame) -> pd.DataFrame:
-    """Metrics of the argmax and the mixture coordinates side by side."""
-    argmax = prediction_metrics(pred)
-    mixture = prediction_metrics(pred.assign(error_km=pred["mix_error_km"]))
+    """Metrics of every decoding mode side by side (rows: SUMMARY_METRICS and the oracle median)."""
     keys = [*SUMMARY_METRICS, "oracle_median_error_km"]
-    return pd.DataFrame(
-        {"argmax": [argmax[k] for k in keys], "mixture": [mixture[k] for k in keys]}, index=keys
-    )
+    columns = {mode: prediction_metrics(mode_view(pred, mode)) for mode in DECODE_MODES}
+    return pd.DataFrame({mode: [m[k] for k in keys] for mode, m in columns.items()}, index=keys)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Predict where photos were taken with a trained run.")
     parser.add_argument("run_dir")
     parser.add_argument("images", nargs="+")
-    parser.add_argument("--mode", choices=MODES, default="argmax")
+    parser.add_argument("--mode", choices=DECODE_MODES, default=None)
     parser.add_argument(
         "--checkpoint", default="best", help="best, last, or a file name in checkpoints/phase1"
     )
@@ -204,7 +216,7 @@ def main(argv=None) -> None:
     predictor = Predictor.from_run(args.run_dir, args.checkpoint, args.device)
     frame = predictor.predict(args.images, args.batch_size, args.mode)
     with pd.option_context("display.width", 160, "display.max_colwidth", 40):
-        print(frame[["image", "lat", "lon", "province", "province_prob", "cell_id"]].to_string(index=False))
+        print(frame[["image", "lat", "lon", "province"]].to_string(index=False))
     if args.csv:
         frame.to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")

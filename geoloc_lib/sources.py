@@ -24,7 +24,7 @@ from .config import TrainConfig
 from .datasets import PhotoDataset
 from .devices import autocast_for
 from .encoders import DualEncoder
-from .features import cache_key, load_or_extract
+from .features import augmented_features, clean_features
 from .transforms import AugmentConfig, eval_transform, train_transform
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # idx [B], clip [B, Dc], scene [B, Ds]
@@ -36,7 +36,7 @@ def _chunks(n: int, size: int, device: torch.device) -> Iterator[torch.Tensor]:
 
 
 class CachedFeatures:
-    """Encoder outputs held on the device: train {"clip": [V, N, Dc], "scene": [V, N, Ds]}, eval [1, M, D]."""
+    """Encoder outputs held on the device: train {"clip": [V, N, Dc], "scene": [V, N, Ds]}, eval [M, D]."""
 
     def __init__(
         self, train: dict[str, torch.Tensor], evaluation: dict[str, torch.Tensor], eval_batch_size: int
@@ -58,39 +58,10 @@ class CachedFeatures:
         log: Callable[[str], None] = print,
     ) -> CachedFeatures:
         """Read the features from `cfg.cache_dir`, extracting whatever is not cached yet."""
-        dtype = getattr(torch, cfg.cache_dtype)
-        size = encoders.image_size
-        common = {
-            "encoders": encoders,
-            "device": device,
-            "batch_size": cfg.eval_batch_size,
-            "num_workers": cfg.num_workers,
-            "dtype": dtype,
-            "log": log,
-        }
-        train_desc = {"train": augment.describe(), "size": size}
-        train = load_or_extract(
-            cfg.cache_dir,
-            cache_key(fingerprint, train_split, train_desc, cfg.cache_views, cfg.seed, dtype),
-            split=train_split,
-            transform=train_transform(size, augment),
-            views=cfg.cache_views,
-            seed=cfg.seed,
-            desc="train features",
-            **common,
-        )
-        evaluation = load_or_extract(
-            cfg.cache_dir,
-            cache_key(fingerprint, eval_split, {"eval": True, "size": size}, 1, 0, dtype),
-            split=eval_split,
-            transform=eval_transform(size),
-            views=1,
-            seed=0,
-            desc="val features",
-            **common,
-        )
-        train = {k: v.to(device) for k, v in train.items()}
-        evaluation = {k: v.to(device) for k, v in evaluation.items()}
+        train = augmented_features(cfg, encoders, fingerprint, train_split, augment, device, log)
+        evaluation = clean_features(cfg, eval_split, encoders, fingerprint, device, log)
+        train = {k: v.to(device) for k, v in train.items()}  # [V, N, D]
+        evaluation = {k: v.to(device) for k, v in evaluation.items()}  # [M, D]
         return cls(train, evaluation, cfg.eval_batch_size)
 
     @property
@@ -113,9 +84,9 @@ class CachedFeatures:
             yield idx, *self.gather(idx, generator)
 
     def eval_batches(self) -> Iterator[Batch]:
-        n = self.evaluation["clip"].shape[1]
+        n = self.evaluation["clip"].shape[0]
         for idx in _chunks(n, self.eval_batch_size, self.evaluation["clip"].device):
-            yield idx, self.evaluation["clip"][0, idx].float(), self.evaluation["scene"][0, idx].float()
+            yield idx, self.evaluation["clip"][idx].float(), self.evaluation["scene"][idx].float()
 
 
 class EncodedImages:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .decoding import DecodeConfig, decode
+from .decoding import Decoder
 from .devices import autocast_for
 from .losses import LOSS_TERMS, GeolocLoss
 from .model import GeolocModel
@@ -33,14 +33,14 @@ class TrainStep:
         loss_fn: GeolocLoss,
         optimizer: torch.optim.Optimizer,
         labels: dict[str, torch.Tensor],
-        decoding: DecodeConfig,
+        decoder: Decoder,
         device: torch.device,
     ):
         self.model = model
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.labels = labels  # "province", "cell", "lat", "lon": [N] for the whole training split
-        self.decoding = decoding
+        self.decoder = decoder
         self.device = device
 
     def __call__(
@@ -53,7 +53,7 @@ class TrainStep:
         losses["total"].backward()
         self.optimizer.step()
         with torch.no_grad():
-            pred = decode(self.model.heads, out, self.decoding)
+            pred = self.decoder(self.model.heads, out)
             oracle = out["oracle_coords"].detach().float()
         return {
             "terms": torch.stack([losses[k].detach().float() for k in LOSS_TERMS]),  # [T]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from geoloc_lib.cells import CellTable
-from geoloc_lib.decoding import DecodeConfig, decode
+from geoloc_lib.decoding import DecodeConfig, decode, province_prior_shift
 from geoloc_lib.encoders import ENCODER_PRESETS, DualEncoder, EncoderConfig, EncoderWeightsError
 from geoloc_lib.factory import create_phase1_model, load_phase0_weights
 from geoloc_lib.geo import haversine_km
@@ -169,8 +169,61 @@ def test_inference_without_labels():
     assert (pred["hyp_prob"] >= 0).all() and (pred["hyp_prob"].sum(1) <= 1 + 1e-5).all()
     assert set(pred["cell_id"].tolist()) <= set(_cells()["cell_id"])
     own = model.cells.province[model.cells.flat_index(pred["hyp_cell_id"])]
-    assert (own == pred["hyp_province"]).all()  # every hypothesis' cell belongs to its province
+    assert (own == pred["hyp_province"])[
+        pred["hyp_valid"]
+    ].all()  # every hypothesis' cell belongs to its province
     assert ((pred["lat"] > 23) & (pred["lat"] < 38) & (pred["lon"] > 60) & (pred["lon"] < 79)).all()
+
+
+@pytest.mark.parametrize("mode", ["hierarchical", "joint", "mixture"])
+def test_decoding_reports_the_province_of_the_predicted_cell(mode):
+    model = _model().eval()
+    torch.manual_seed(3)
+    out = model.heads(torch.randn(64, 64), torch.randn(64, 512))
+    out["province_logits"] = torch.randn(64, 7) * 3  # spread the province choice over all seven
+    pred = decode(model.heads, out, DecodeConfig(mode=mode, top_provinces=3, top_cells=5))
+    cells = model.cells
+    assert (cells.province[cells.flat_index(pred["cell_id"])] == pred["province"]).all()
+    # padding: Sindh has 3 cells and the other provinces 1 or 2, so top_cells=5 leaves empty slots
+    hyp_province_of_cell = cells.province[cells.flat_index(pred["hyp_cell_id"])]
+    valid = pred["hyp_valid"]
+    assert (hyp_province_of_cell[valid] == pred["hyp_province"][valid]).all()
+    assert (pred["hyp_prob"][~valid] == 0).all() and valid.sum(1).max() <= 3 + 2 + 2
+    n_valid = valid.view(64, 3, -1).sum(-1)  # hypotheses per top province = its number of cells
+    top = pred["province_probs"].topk(3, -1).indices
+    assert (n_valid == cells.n_cells[top]).all()
+
+
+def test_hierarchical_decoding_stays_in_the_most_probable_province():
+    model = _model().eval()
+    out = model.heads(torch.randn(4, 64), torch.randn(4, 512))
+    out["province_logits"] = torch.tensor([[2.0, 1.9, -9, -9, -9, -9, -9]]).repeat(4, 1)  # Sindh, just
+    out["geocell_logits"] = torch.full_like(out["geocell_logits"], -9.0)
+    out["geocell_logits"][:, 0, :3] = 0.0  # Sindh spreads over its 3 cells: 1/3 each
+    out["geocell_logits"][:, 1, 0] = 9.0  # Punjab is sure of its first cell
+    hierarchical = decode(model.heads, out, DecodeConfig(mode="hierarchical"))
+    joint = decode(model.heads, out, DecodeConfig(mode="joint"))
+    assert (hierarchical["province"] == 0).all() and (joint["province"] == 1).all()
+    assert (joint["cell_id"] == 30).all()  # p = 0.48 x 1.0 beats 0.52 x 1/3
+
+
+def test_prior_correction_moves_the_province_towards_the_data_prior():
+    model = _model().eval()
+    out = model.heads(torch.randn(2, 64), torch.randn(2, 512))
+    out["province_logits"] = torch.zeros(2, 7)  # indifferent under the training prior
+    # data: Sindh 70 %, the rest 5 % each; sampler: Sindh 16/64, the rest 8/64; equal loss weights
+    shift = torch.tensor(
+        province_prior_shift([70, 5, 5, 5, 5, 5, 5], [16, 8, 8, 8, 8, 8, 8], np.ones(7)), dtype=torch.float32
+    )
+    # p(y | x) scales by data prior / training prior: Sindh 0.70 / 0.25 = 2.8, the others 0.05 / 0.125 = 0.4
+    expected = torch.tensor([2.8, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4]) / 5.2
+    full = decode(model.heads, out, DecodeConfig(prior_correction=1.0), shift)
+    torch.testing.assert_close(full["province_probs"][0], expected)
+    off = decode(model.heads, out, DecodeConfig(prior_correction=0.0), shift)
+    torch.testing.assert_close(off["province_probs"][0], torch.full((7,), 1 / 7))
+    # a province with no training rows gets no probability, whatever the correction
+    shift[6] = -torch.inf
+    assert (decode(model.heads, out, DecodeConfig(), shift)["province_probs"][:, 6] == 0).all()
 
 
 def test_mixture_equals_argmax_when_one_hypothesis_holds_all_probability():
@@ -180,9 +233,9 @@ def test_mixture_equals_argmax_when_one_hypothesis_holds_all_probability():
     out["province_logits"][:, 1] = 0
     out["geocell_logits"] = out["geocell_logits"].clone()
     out["geocell_logits"][:, 1, 0] = 1e4
-    pred = decode(model.heads, out, DecodeConfig())
-    torch.testing.assert_close(pred["mix_lat"], pred["lat"])
-    torch.testing.assert_close(pred["mix_lon"], pred["lon"])
+    pred = decode(model.heads, out, DecodeConfig(mode="mixture"))
+    torch.testing.assert_close(pred["mixture_lat"], pred["joint_lat"])
+    torch.testing.assert_close(pred["mixture_lon"], pred["joint_lon"])
     assert (pred["cell_id"] == 30).all()
 
 

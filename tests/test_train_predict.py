@@ -68,16 +68,20 @@ def test_predictor_matches_training_metrics_and_rejects_other_cells(tiny_data, t
     cfg = tiny_config(epochs=1, cache_dtype="float32")
     fit(cfg, progress=False)
     val = pd.read_csv(cfg.run_dir / "val_predictions_best.csv")
-    tables = evaluate_run(cfg.run_dir).tables
+    tables = evaluate_run(cfg.run_dir, split="val").tables
     pred = tables["predictions"]
     np.testing.assert_allclose(pred["pred_lat"], val["pred_lat"], atol=1e-4)
     np.testing.assert_allclose(pred["pred_lon"], val["pred_lon"], atol=1e-4)
     np.testing.assert_allclose(pred["error_km"].median(), val["error_km"].median(), atol=0.05)
-    assert {"argmax", "mixture"} == set(tables["summary"].columns)
+    assert ["hierarchical", "joint", "mixture"] == list(tables["summary"].columns)
     single = Predictor.from_run(cfg.run_dir).predict(
         [pred_path := str(tiny_data / "images" / "pk000000.jpg")]
     )
-    assert single["image"].iloc[0] == pred_path and len(single["hypotheses"].iloc[0]) == 10
+    assert single["image"].iloc[0] == pred_path
+    hypotheses = single["hypotheses"].iloc[0]
+    cells = pd.read_csv(tiny_data / "cell_metadata.csv").set_index("cell_id")
+    assert 1 <= len(hypotheses) <= 10 and all(h["prob"] > 0 for h in hypotheses)
+    assert all(cells.loc[h["cell_id"], "province"] == h["province"] for h in hypotheses)  # no padding slots
     # a checkpoint used with other geocells fails clearly
     cells = pd.read_csv(tiny_copy / "cell_metadata.csv")
     cells.loc[0, "center_lat"] += 0.5
@@ -201,7 +205,7 @@ def test_unfrozen_encoder_is_trained_saved_and_restored(tiny_config):
     assert any(not torch.equal(state[k], initial[k]) for k in scene_keys)  # it was trained
     # the predictor restores the trained scene CNN: it reproduces the validation predictions
     val = pd.read_csv(cfg.run_dir / "val_predictions_best.csv")
-    pred = evaluate_run(cfg.run_dir).predictions
+    pred = evaluate_run(cfg.run_dir, split="val").predictions
     np.testing.assert_allclose(pred["pred_lat"], val["pred_lat"], atol=1e-4)
     np.testing.assert_allclose(pred["pred_lon"], val["pred_lon"], atol=1e-4)
 
