@@ -7,7 +7,7 @@ KERNEL := geoloc
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_RUN ?= demo
 
-.PHONY: venv demo test lab lint format bench clean-demo
+.PHONY: venv demo test lab lint format bench bench-accuracy clean-demo
 
 venv: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ format: venv
 
 bench: venv
 	$(PY) -m geoloc_lib.bench
+
+# The demo configuration over 3 seeds against the baseline ladder, on validation and test (not a test).
+bench-accuracy: venv
+	$(PY) -m geoloc_lib.bench_accuracy
 
 # Removes the demo data and runs (feature caches are keyed by image list and weights, so they are left alone).
 clean-demo:

@@ -41,6 +41,11 @@ def constant_prediction(train: pd.DataFrame, n: int) -> dict[str, np.ndarray]:
     }
 
 
+def constant_baseline(train: pd.DataFrame, split: pd.DataFrame) -> dict[str, float]:
+    """The metrics of the constant rung alone (it needs no features)."""
+    return prediction_metrics(predictions_frame(split, constant_prediction(train, len(split))))
+
+
 def nearest_neighbours(train_x: np.ndarray, x: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
     """[N, k] rows of the k training photos most similar to each query (cosine of standardised features)."""
     scaler = StandardScaler().fit(train_x)
@@ -73,7 +78,16 @@ def logistic_cell_prediction(
     scaler = StandardScaler().fit(train_x)
     # plain shuffled folds: a cell can have fewer photos than there are folds, which stratifying refuses
     folds = KFold(LOGISTIC_FOLDS, shuffle=True, random_state=seed)
-    model = LogisticRegressionCV(Cs=list(LOGISTIC_CS), cv=folds, max_iter=500, random_state=seed)
+    model = LogisticRegressionCV(
+        Cs=list(LOGISTIC_CS),
+        l1_ratios=(0.0,),  # plain L2
+        cv=folds,
+        scoring="accuracy",
+        max_iter=300,
+        tol=1e-3,
+        random_state=seed,
+        use_legacy_attributes=False,
+    )
     model.fit(scaler.transform(train_x), train["cell_id"].to_numpy())
     cell = model.predict(scaler.transform(x))
     row = cells.set_index("cell_id").loc[cell]
@@ -83,7 +97,7 @@ def logistic_cell_prediction(
         "lon": row["center_lon"].to_numpy(float),
         "cell_id": cell,
     }
-    return prediction, float(model.C_[0])
+    return prediction, float(model.C_)
 
 
 def baseline_ladder(
@@ -109,3 +123,9 @@ def baseline_ladder(
         for name, predicted in predictions.items()
     }
     return pd.DataFrame(rows).T[SUMMARY_METRICS]
+
+
+def ladder_table(model_metrics: dict[str, float], baselines: pd.DataFrame, model_name: str) -> pd.DataFrame:
+    """The model's row above the baselines' (columns SUMMARY_METRICS)."""
+    model = pd.DataFrame({model_name: {k: model_metrics[k] for k in SUMMARY_METRICS}}).T
+    return pd.concat([model, baselines])[SUMMARY_METRICS]

@@ -52,6 +52,21 @@ class CellTable(nn.Module):
         buffer("center", cells[["center_lat", "center_lon"]].to_numpy(float), torch.float32)  # [N, 2]
         buffer("radius_km", cells["radius_km"].to_numpy(float), torch.float32)  # [N]
         buffer("offset_bound_deg", np.stack([dlat, dlon], axis=1), torch.float32)  # [N, 2]
+        buffer("neighbourhood", self._neighbourhood(cells, ids), torch.bool)  # [N, N]
+
+    @staticmethod
+    def _neighbourhood(cells: pd.DataFrame, ids: np.ndarray) -> np.ndarray:
+        """[N, N] True where column j is row i itself or one of i's `neighbor_cell_ids` (flat order)."""
+        n = len(ids)
+        near = np.eye(n, dtype=bool)
+        if "neighbor_cell_ids" in cells:
+            flat_of = pd.Series(np.arange(n), index=ids)
+            lists = cells["neighbor_cell_ids"].fillna("").astype(str).str.split(",")
+            pairs = [(i, int(j)) for i, ids_i in enumerate(lists) for j in ids_i if j.strip()]
+            if pairs:
+                rows, neighbour_ids = np.array(pairs).T
+                near[rows, flat_of.loc[neighbour_ids].to_numpy()] = True
+        return near
 
     def flat_index(self, cell_ids: torch.Tensor) -> torch.Tensor:
         """Global cell ids [...] -> flat indices [...]. Ids must exist (the data contract checks this)."""

@@ -9,7 +9,9 @@ probability at all. Three ways of choosing the prediction (`DecodeConfig.mode`):
 - `joint`: the hypothesis with the largest p(province) x p(cell | province);
 - `mixture`: the probability-weighted mean of all hypotheses' coordinates (its cell is the joint one's).
 
-The reported province is always the province of the predicted cell.
+The reported province is always the province of the predicted cell. With a retrieval index
+(retrieval.py) the hierarchical and joint coordinates move to the most similar training photos inside
+the chosen cell and its neighbours.
 
 Prior correction (logit adjustment, Menon et al., ICLR 2021): the balanced sampler and the province
 weights of the loss train the province head on a class prior far from the data's. Adding
@@ -27,6 +29,7 @@ import torch
 from . import provinces as prov
 from .metrics import DECODE_MODES
 from .model import GeoHeads
+from .retrieval import RetrievalIndex
 
 
 @dataclass(frozen=True)
@@ -64,40 +67,56 @@ def _province_probabilities(heads: GeoHeads, logits: torch.Tensor, cfg: DecodeCo
     return torch.softmax(logits, -1)
 
 
+def hypotheses(heads: GeoHeads, out: dict[str, torch.Tensor], cfg: DecodeConfig, prior_shift=None) -> dict:
+    """The top provinces x top cells of each photo: flat cell [B, K], joint probability [B, K] (0 on
+    padding slots), validity [B, K], coordinates [B, K, 2], and the province probabilities [B, P]."""
+    cells = heads.cells
+    p_prov = _province_probabilities(heads, out["province_logits"], cfg, prior_shift)  # [B, P]
+    p_cell = torch.softmax(out["geocell_logits"].float(), -1)  # [B, P, C]
+    prov_prob, prov_idx = p_prov.topk(min(cfg.top_provinces, prov.NUM_PROVINCES), -1)  # [B, Kp], best first
+    cond = p_cell.gather(1, prov_idx[..., None].expand(-1, -1, p_cell.shape[-1]))  # [B, Kp, C]
+    cell_prob, local_idx = cond.topk(min(cfg.top_cells, cells.max_cells), -1)  # [B, Kp, Kc]
+    valid = (local_idx < cells.n_cells[prov_idx][..., None]) & (prov_prob[..., None] > 0)  # [B, Kp, Kc]
+    flat = cells.local_to_flat[prov_idx[..., None], local_idx].flatten(1)  # [B, K]
+    return {
+        "province_probs": p_prov,
+        "flat": flat,
+        "joint": torch.where(valid, prov_prob[..., None] * cell_prob, 0.0).flatten(1),  # [B, K]
+        "valid": valid.flatten(1),
+        "coords": cells.center[flat] + heads.offsets_for(out["fused"], flat),  # [B, K, 2]
+    }
+
+
 @torch.no_grad()
 def decode(
     heads: GeoHeads,
     out: dict[str, torch.Tensor],
     cfg: DecodeConfig,
     prior_shift: torch.Tensor | None = None,
+    retrieval: RetrievalIndex | None = None,
 ) -> dict[str, torch.Tensor]:
     """Predictions of a batch from `heads`' outputs; `prior_shift` [P] from `province_prior_shift`.
 
     `province`, `cell_id`, `lat`, `lon` are the prediction of `cfg.mode`; `{mode}_lat`, `{mode}_lon`
-    and `{mode}_province` give every mode's, so that modes can be compared on one pass.
+    and `{mode}_province` give every mode's, so that modes can be compared on one pass. With
+    `retrieval`, the hierarchical and joint coordinates are refined inside their chosen cells.
     """
-    cells = heads.cells
-    p_prov = _province_probabilities(heads, out["province_logits"], cfg, prior_shift)  # [B, P]
-    p_cell = torch.softmax(out["geocell_logits"].float(), -1)  # [B, P, C]
-    k_p = min(cfg.top_provinces, prov.NUM_PROVINCES)
-    k_c = min(cfg.top_cells, cells.max_cells)
-    prov_prob, prov_idx = p_prov.topk(k_p, -1)  # [B, Kp], most probable first
-    cond = p_cell.gather(1, prov_idx[..., None].expand(-1, -1, p_cell.shape[-1]))  # [B, Kp, C]
-    cell_prob, local_idx = cond.topk(k_c, -1)  # [B, Kp, Kc]
-    valid = (local_idx < cells.n_cells[prov_idx][..., None]) & (prov_prob[..., None] > 0)  # [B, Kp, Kc]
-    joint = torch.where(valid, prov_prob[..., None] * cell_prob, 0.0).flatten(1)  # [B, K]
-    flat = cells.local_to_flat[prov_idx[..., None], local_idx].flatten(1)  # [B, K]
-    coords = cells.center[flat] + heads.offsets_for(out["fused"], flat)  # [B, K, 2]
+    cells, h = heads.cells, hypotheses(heads, out, cfg, prior_shift)
+    flat, joint, coords = h["flat"], h["joint"], h["coords"]
     rows = torch.arange(len(flat), device=flat.device)
-    weights = joint / joint.sum(-1, keepdim=True).clamp_min(1e-12)
     best = joint.argmax(-1)  # [B]
     # hypothesis 0 is the top province's top cell; the mixture's cell is the joint choice's
     chosen = {"hierarchical": torch.zeros_like(best), "joint": best, "mixture": best}
     points = {mode: coords[rows, c] for mode, c in chosen.items()}  # [B, 2] each
+    weights = joint / joint.sum(-1, keepdim=True).clamp_min(1e-12)
     points["mixture"] = (weights[..., None] * coords).sum(1)
-    out = {
-        "province_probs": p_prov,
-        "hyp_valid": valid.flatten(1),  # [B, K] padding slots are False
+    if retrieval is not None:
+        for mode in ("hierarchical", "joint"):
+            refined, found = retrieval.refine(out["fused"], flat[rows, chosen[mode]])
+            points[mode] = torch.where(found[:, None], refined, points[mode])
+    pred = {
+        "province_probs": h["province_probs"],
+        "hyp_valid": h["valid"],  # [B, K] padding slots are False
         "hyp_cell_id": cells.cell_ids[flat],  # [B, K]
         "hyp_province": cells.province[flat],  # [B, K]
         "hyp_prob": joint,  # [B, K]
@@ -105,24 +124,28 @@ def decode(
     }
     for mode in DECODE_MODES:
         cell = flat[rows, chosen[mode]]
-        out[f"{mode}_province"] = cells.province[cell]
-        out[f"{mode}_lat"], out[f"{mode}_lon"] = points[mode][:, 0], points[mode][:, 1]
-        if mode == cfg.mode:  # the prediction
-            out["province"] = cells.province[cell]
-            out["province_prob"] = p_prov[rows, cells.province[cell]]
-            out["cell_id"] = cells.cell_ids[cell]
-            out["cell_prob"] = joint[rows, chosen[mode]]
-            out["lat"], out["lon"] = points[mode][:, 0], points[mode][:, 1]
-    return out
+        pred[f"{mode}_province"] = cells.province[cell]
+        pred[f"{mode}_lat"], pred[f"{mode}_lon"] = points[mode][:, 0], points[mode][:, 1]
+    cell = flat[rows, chosen[cfg.mode]]  # the prediction
+    pred |= {
+        "province": cells.province[cell],
+        "province_prob": h["province_probs"][rows, cells.province[cell]],
+        "cell_id": cells.cell_ids[cell],
+        "cell_prob": joint[rows, chosen[cfg.mode]],
+        "lat": points[cfg.mode][:, 0],
+        "lon": points[cfg.mode][:, 1],
+    }
+    return pred
 
 
 @dataclass
 class Decoder:
-    """A decoding configuration with the prior shift of the run it decodes for."""
+    """A decoding configuration with what it needs of the run it decodes for."""
 
     config: DecodeConfig
     prior_shift: torch.Tensor | None = None  # [P] from province_prior_shift
+    retrieval: RetrievalIndex | None = None  # training photos, for refining inside the chosen cell
 
     def __call__(self, heads: GeoHeads, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         shift = None if self.prior_shift is None else self.prior_shift.to(out["province_logits"].device)
-        return decode(heads, out, self.config, shift)
+        return decode(heads, out, self.config, shift, self.retrieval)

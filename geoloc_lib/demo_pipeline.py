@@ -1,6 +1,7 @@
 """`make demo`: from nothing to a trained model and error maps on the embedded demo data.
 
-1. generate data/demo (if missing)   2. audit it (00)   3. Phase 0 (02b)   4. Phase 1 (03)   5. error maps (04)
+1. generate data/demo (if missing)  2. audit it (00)  3. sampler check (01)  4. Phase 0 (02b)
+5. model build (02)  6. Phase 1 (03)  7. evaluation on the test split and error maps (04)
 
 Every notebook is executed by papermill into runs/<run_name>/, next to the run's outputs.
 """
@@ -12,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+import pandas as pd
 import papermill as pm
 
 from .demo_data import DEMO_PRESETS, generate_demo_dataset
@@ -19,6 +21,9 @@ from .notebook import project_root
 from .runfolder import RunFolder
 
 KERNEL = "geoloc"
+# The demo's training length; every other setting is the TrainConfig default (bench_accuracy uses these too).
+DEMO_PHASE0 = {"epochs": 3, "batches_per_epoch": 150}
+DEMO_PHASE1 = {"epochs": 6, "batches_per_epoch": 300}
 
 
 def run_notebook(name: str, out_dir: Path, **parameters) -> Path:
@@ -36,14 +41,7 @@ def run_notebook(name: str, out_dir: Path, **parameters) -> Path:
     return out
 
 
-def run_demo(
-    run_name: str = "demo",
-    data_dir: str = "data/demo",
-    size: str = "default",
-    epochs: int = 6,
-    batches_per_epoch: int = 150,
-    phase0_epochs: int = 3,
-) -> Path:
+def run_demo(run_name: str = "demo", data_dir: str = "data/demo", size: str = "default") -> Path:
     os.chdir(project_root(Path(__file__).parent))
     started = time.perf_counter()
     if not (Path(data_dir) / "train.csv").exists():
@@ -53,29 +51,29 @@ def run_demo(
     run_notebook(
         "00_data_audit", out_dir, data_dir=data_dir, output_dir=str(out_dir / "audit"), generate_demo=""
     )
-    phase0 = f"{run_name}_phase0"
+    run_notebook("01_sampler_check", out_dir, data_dir=data_dir)
+    phase0 = RunFolder(Path("runs") / f"{run_name}_phase0")
     run_notebook(
-        "02b_train_phase0",
-        out_dir,
-        data_dir=data_dir,
-        run_name=phase0,
-        epochs=phase0_epochs,
-        batches_per_epoch=batches_per_epoch,
-        resume=True,
+        "02b_train_phase0", out_dir, data_dir=data_dir, run_name=phase0.root.name, resume=True, **DEMO_PHASE0
+    )
+    run_notebook(
+        "02_model_build", out_dir, data_dir=data_dir, phase0_checkpoint=str(phase0.best_checkpoint(0))
     )
     run_notebook(
         "03_train_phase1",
         out_dir,
         data_dir=data_dir,
         run_name=run_name,
-        epochs=epochs,
-        batches_per_epoch=batches_per_epoch,
         resume=True,
-        phase0_checkpoint=str(RunFolder(Path("runs") / phase0).best_checkpoint(phase=0)),
+        phase0_checkpoint=str(phase0.best_checkpoint(0)),
+        **DEMO_PHASE1,
     )
     run_notebook("04_error_maps", out_dir, run_dir=str(out_dir))
+    ladder = pd.read_csv(RunFolder(out_dir).evaluation / "ladder.csv", index_col=0)
+    print("\nTest split, the model against the baseline ladder (same photos, same frozen features):")
+    print(ladder[["median_error_km", "p90_error_km", "acc_25km", "geoscore"]].round(1).to_string())
     print(
-        f"demo finished in {time.perf_counter() - started:.0f}s: see {out_dir}/ (notebooks, maps/, figures/)"
+        f"\ndemo finished in {time.perf_counter() - started:.0f}s: see {out_dir}/ (notebooks, maps/, figures/)"
     )
     return out_dir
 
@@ -87,10 +85,8 @@ def main(argv=None) -> None:
     parser.add_argument("--run-name", default="demo")
     parser.add_argument("--data-dir", default="data/demo")
     parser.add_argument("--size", choices=sorted(DEMO_PRESETS), default="default")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batches-per-epoch", type=int, default=150)
     args = parser.parse_args(argv)
-    run_demo(args.run_name, args.data_dir, args.size, args.epochs, args.batches_per_epoch)
+    run_demo(args.run_name, args.data_dir, args.size)
 
 
 if __name__ == "__main__":

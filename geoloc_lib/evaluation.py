@@ -1,4 +1,4 @@
-"""The one evaluation function: a model, batches of encoder features and their split -> predictions.
+"""The one evaluation function: heads, batches of encoder features and their split -> predictions.
 
 Per-epoch validation and the predictor both call `evaluate`, so they cannot drift apart.
 """
@@ -18,7 +18,7 @@ from .decoding import Decoder
 from .devices import autocast_for
 from .losses import LOSS_TERMS, GeolocLoss
 from .metrics import DECODE_MODES, PREDICTION_COLUMNS, predictions_frame
-from .model import GeolocModel
+from .model import GeoHeads
 from .sources import Batch
 
 # decoded outputs that go into the predictions table
@@ -36,7 +36,7 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(
-    model: GeolocModel,
+    heads: GeoHeads,
     batches: Iterable[Batch],
     split: pd.DataFrame,
     decoder: Decoder,
@@ -44,12 +44,13 @@ def evaluate(
     offset_weight: float = 1.0,
     progress: bool = True,
 ) -> Evaluation:
-    """Predict every row of `split` from `batches` without labels; the true cells give the oracle.
+    """Predict every row of `split` from `batches` of encoder features without labels; the true cells
+    give the oracle coordinate.
 
     With `loss_fn`, also the mean loss terms on the split (the true cells routed, as in training).
     """
-    model.eval()
-    device = next(model.heads.parameters()).device
+    heads.eval()
+    device = next(heads.parameters()).device
     labels = label_tensors(split, device)
     columns: dict[str, list[torch.Tensor]] = {k: [] for k in (*TABLE_FIELDS, "row", "oracle")}
     loss_sums = torch.zeros(len(LOSS_TERMS), device=device)
@@ -57,11 +58,11 @@ def evaluate(
         for idx, clip, scene in batches:
             cell, province = labels["cell"][idx], labels["province"][idx]
             with autocast_for(device):
-                out = model.heads(clip, scene, cell_ids=cell, province_ids=province)
+                out = heads(clip, scene, cell_ids=cell, province_ids=province)
             if loss_fn is not None:
                 terms = loss_fn(out, province, labels["lat"][idx], labels["lon"][idx], offset_weight)
                 loss_sums += torch.stack([terms[k].float() for k in LOSS_TERMS]) * len(idx)
-            pred = decoder(model.heads, out)
+            pred = decoder(heads, out)
             for k in TABLE_FIELDS:
                 columns[k].append(pred[k].cpu())
             columns["row"].append(idx.cpu())

@@ -14,10 +14,16 @@ from .checkpoints import load_checkpoint
 from .config import TrainConfig
 from .contract import load_cell_metadata
 from .encoders import DualEncoder, EncoderConfig, resolve_encoder_config, verify_fingerprint
-from .model import GeolocModel, HeadConfig
+from .model import GeoHeads, GeolocModel, HeadConfig
 
 # Phase 0 trains (and saves) only these parts of the heads.
-PHASE0_PREFIXES = ("heads.clip_proj.", "heads.scene_proj.", "heads.gate.", "heads.province_head.")
+PHASE0_PREFIXES = (
+    "heads.input_norm.",
+    "heads.clip_proj.",
+    "heads.scene_proj.",
+    "heads.gate.",
+    "heads.province_head.",
+)
 
 
 class CheckpointMismatchError(ValueError):
@@ -63,9 +69,13 @@ def trainable_parameters(model: GeolocModel, phase: int) -> list[torch.nn.Parame
     ]
 
 
-def checkpoint_state(model: GeolocModel, phase: int) -> dict[str, torch.Tensor]:
-    """The weights a checkpoint of `phase` stores, on the CPU."""
+def checkpoint_state(
+    model: GeolocModel, phase: int, heads: GeoHeads | None = None
+) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint of `phase` stores, on the CPU; `heads` replace the model's own (an average)."""
     state = model.trainable_state_dict()
+    if heads is not None:
+        state |= {f"heads.{k}": v for k, v in heads.state_dict().items() if f"heads.{k}" in state}
     if phase == 0:
         state = {k: v for k, v in state.items() if k.startswith(PHASE0_PREFIXES)}
     return {k: v.detach().cpu() for k, v in state.items()}

@@ -26,7 +26,7 @@ from .datasets import PhotoDataset
 from .devices import autocast_for, select_device
 from .encoders import DualEncoder
 from .factory import encoder_config_of
-from .transforms import AugmentConfig, eval_transform, train_transform
+from .transforms import AUGMENT_PRESETS, AugmentConfig, eval_transform, train_transform
 
 
 def image_list_digest(split: pd.DataFrame) -> str:
@@ -177,7 +177,12 @@ def augmented_features(
     cfg: TrainConfig, encoders: DualEncoder, fingerprint: str, split: pd.DataFrame, augment: AugmentConfig,
     device: torch.device, log=print,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
-    """`cfg.cache_views` augmented views of every photo: {"clip": [V, N, Dc], "scene": [V, N, Ds]}."""
+    """`cfg.cache_views` augmented views of every photo: {"clip": [V, N, Dc], "scene": [V, N, Ds]}.
+
+    Without augmentation every view would be the clean photo, so the clean features serve as the one view.
+    """
+    if augment == AUGMENT_PRESETS["none"]:
+        return {k: v[None] for k, v in clean_features(cfg, split, encoders, fingerprint, device, log).items()}
     size = encoders.image_size
     transform_desc = {"train": augment.describe(), "size": size}
     transform = train_transform(size, augment)

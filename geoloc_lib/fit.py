@@ -10,6 +10,7 @@ at the start of the epoch, so a run resumed after a kill continues exactly as th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import platform
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from . import provinces as prov
@@ -32,6 +34,7 @@ from .datasets import label_tensors
 from .decoding import Decoder, province_prior_shift
 from .devices import select_device
 from .encoders import verify_fingerprint
+from .epoch_report import epoch_summary, selection_metric, selection_text
 from .evaluation import Evaluation, evaluate
 from .factory import (
     checkpoint_state,
@@ -40,6 +43,7 @@ from .factory import (
     model_for_training,
     trainable_parameters,
 )
+from .features import clean_features
 from .losses import (
     LOSS_LABELS,
     LOSS_TERMS,
@@ -49,12 +53,14 @@ from .losses import (
     province_weights_from_split,
 )
 from .metrics import PROVINCE_ACCURACY_COLUMNS, prediction_metrics, predictions_frame
-from .model import GeolocModel
+from .model import GeoHeads, GeolocModel
+from .retrieval import RetrievalIndex
 from .runfolder import RunFolder
 from .sampler import ProvinceBalancedBatchSampler
+from .schedule import exponential_average, lr_at
 from .sources import CachedFeatures, EncodedImages
 from .step import PRED_FIELDS, EagerStepper, GraphStepper, TrainStep, select_stepper
-from .transforms import AugmentConfig
+from .transforms import AUGMENT_PRESETS
 
 FINITE_CHECK_EVERY = 25  # steps between checks that the loss is finite (each check syncs the device)
 
@@ -76,10 +82,12 @@ class Training:
     loss_fn: GeolocLoss
     sampler: ProvinceBalancedBatchSampler
     optimizer: torch.optim.Optimizer
-    source: CachedFeatures | EncodedImages
-    stepper: EagerStepper | GraphStepper
+    source: CachedFeatures | EncodedImages | None  # set once the features are ready
+    stepper: EagerStepper | GraphStepper | None
     decoder: Decoder
     frozen_fingerprint: str | None  # fingerprint of frozen encoders (None: one is trained)
+    ema: AveragedModel | None  # exponential average of the heads (cfg.ema_decay > 0)
+    retrieval_features: dict[str, torch.Tensor] | None  # clean training features, for retrieval
     progress: bool = True
     start_epoch: int = 1
     best_metric: float = math.inf
@@ -87,6 +95,11 @@ class Training:
 
     def encoder_fingerprint(self) -> str:
         return self.frozen_fingerprint or self.model.encoders.fingerprint()
+
+    @property
+    def eval_heads(self) -> GeoHeads:
+        """The heads that are validated and saved for prediction: the averaged ones when averaging."""
+        return self.model.heads if self.ema is None else self.ema.module
 
 
 @dataclass
@@ -131,7 +144,7 @@ def _optimizer(cfg: TrainConfig, model: GeolocModel, use_graph: bool) -> torch.o
 
 
 def _feature_source(cfg, model, fingerprint, data, device, log) -> CachedFeatures | EncodedImages:
-    augment = AugmentConfig()
+    augment = AUGMENT_PRESETS[cfg.augment]
     if cfg.feature_cache:
         return CachedFeatures.prepare(
             cfg, model.encoders, fingerprint, data.train, data.val, augment, device, log
@@ -142,7 +155,12 @@ def _feature_source(cfg, model, fingerprint, data, device, log) -> CachedFeature
 
 
 def _restore(
-    cfg: TrainConfig, folder: RunFolder, model: GeolocModel, optimizer: torch.optim.Optimizer, state: dict
+    cfg: TrainConfig,
+    folder: RunFolder,
+    model: GeolocModel,
+    optimizer: torch.optim.Optimizer,
+    ema: AveragedModel | None,
+    state: dict,
 ) -> tuple[int, float, int]:
     """Load a run's last checkpoint after checking that nothing that matters changed.
 
@@ -154,10 +172,33 @@ def _restore(
             f"cannot resume {folder.root}: config differs from the saved run in {changed} "
             f"(saved, now). Use the saved values, or start a new run_name."
         )
-    model.load_state_dict(state["model_state"], strict=False)
+    model.load_state_dict(state.get("train_state", state["model_state"]), strict=False)
+    if ema is not None:
+        ema.load_state_dict(state["ema_state"])
     verify_fingerprint(model.encoders, state.get("encoder_fingerprint"), str(folder.root))
     optimizer.load_state_dict(state["optimizer_state"])
     return int(state["epoch"]) + 1, float(state["best_metric"]), int(state["best_epoch"])
+
+
+def _start_from(t: Training, resume_state: dict | None) -> None:
+    """Resume the run from its last checkpoint, or start Phase 1 from Phase 0's weights when given."""
+    cfg = t.cfg
+    if resume_state is not None:
+        t.start_epoch, t.best_metric, t.best_epoch = _restore(
+            cfg, t.folder, t.model, t.optimizer, t.ema, resume_state
+        )
+        t.log.info(
+            f"Resuming {t.folder.root} after epoch {t.start_epoch - 1} (best so far {t.best_metric:.3f})"
+        )
+    elif cfg.phase0_checkpoint and cfg.phase == 1:
+        t.log.info(load_phase0_weights(t.model, cfg.phase0_checkpoint).summary())
+
+
+def _decoder(cfg: TrainConfig, data: GeoDataset, sampler, loss_fn: GeolocLoss, device) -> Decoder:
+    """The run's decoding, with the prior shift between the training data and what the loss sees."""
+    counts = province_counts(data.train["province_id"])
+    shift = province_prior_shift(counts, sampler.counts, loss_fn.province_weights.cpu())
+    return Decoder(cfg.decode_config, torch.tensor(shift, dtype=torch.float32, device=device))
 
 
 def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
@@ -168,43 +209,41 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     data = cfg.load_data()
     model = model_for_training(cfg, CellTable(data.cells)).to(device)
     frozen_fingerprint = model.encoders.fingerprint() if model.encoders.frozen else None
-    loss_fn = GeolocLoss(
-        model.cells, province_weights_from_split(data.train, cfg.beta), cfg.loss_weights, cfg.aux_scale_km
-    ).to(device)
+    fingerprint = frozen_fingerprint or model.encoders.fingerprint()
+    train_clean = None  # clean features of the training photos: standardisation and retrieval
+    if cfg.standardize_features or cfg.retrieval_k > 0:
+        train_clean = clean_features(cfg, data.train, model.encoders, fingerprint, device, log.info)
+    if cfg.standardize_features:  # before loading weights: Phase 0's or the resumed run's statistics win
+        model.heads.standardize_inputs(train_clean["clip"], train_clean["scene"])
+    weights = province_weights_from_split(data.train, cfg.beta)
+    loss_fn = GeolocLoss(model.cells, weights, cfg.loss_weights, cfg.aux_scale_km, cfg.soft_label_support).to(
+        device
+    )
     use_graph = cfg.cuda_graph and cfg.feature_cache and device.type == "cuda"
     optimizer = _optimizer(cfg, model, use_graph)
-    progress_so_far = (1, math.inf, 0)
-    if resume_state is not None:
-        progress_so_far = _restore(cfg, folder, model, optimizer, resume_state)
-        log.info(
-            f"Resuming {folder.root} after epoch {progress_so_far[0] - 1} (best so far {progress_so_far[1]:.3f})"
-        )
-    elif cfg.phase0_checkpoint and cfg.phase == 1:
-        log.info(load_phase0_weights(model, cfg.phase0_checkpoint).summary())
-    log.info(
-        f"Phase {cfg.phase} on {device}: {len(data.train)} train / {len(data.val)} validation photos "
-        f"(whole {cfg.val_block_km:g} km blocks of train.csv; test.csv is not read), "
-        f"{model.cells.num_cells} cells, "
-        f"{'cached features' if cfg.feature_cache else 'images through the encoders at every step'}"
-    )
-    fingerprint = frozen_fingerprint or model.encoders.fingerprint()
-    source = _feature_source(cfg, model, fingerprint, data, device, log.info)
     sampler = ProvinceBalancedBatchSampler(
         data.train["province_id"].to_numpy(), cfg.batch_size, cfg.batches_per_epoch, cfg.seed
     )
-    shift = province_prior_shift(
-        province_counts(data.train["province_id"]), sampler.counts, loss_fn.province_weights.cpu()
-    )
-    decoder = Decoder(cfg.decode_config, torch.tensor(shift, dtype=torch.float32, device=device))
+    decoder = _decoder(cfg, data, sampler, loss_fn, device)
     step = TrainStep(model, loss_fn, optimizer, label_tensors(data.train, device), decoder, device)
+    ema = exponential_average(model.heads, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    retrieval_features = train_clean if cfg.retrieval_k > 0 and frozen_fingerprint else None
+    t = Training(cfg, folder, log, device, data, model, loss_fn, sampler, optimizer, None, None, decoder,
+                 frozen_fingerprint, ema, retrieval_features, progress)  # fmt: skip
+    _start_from(t, resume_state)
+    log.info(
+        f"Phase {cfg.phase} on {device}: {len(data.train)} train / {len(data.val)} validation photos "
+        f"(whole {cfg.val_block_km:g} km blocks of train.csv; test.csv is not read), {model.cells.num_cells} "
+        f"cells, {'cached features' if cfg.feature_cache else 'images through the encoders at every step'}"
+    )
+    if cfg.retrieval_k > 0 and retrieval_features is None:
+        log.info("retrieval is left out of the per-epoch validation while an encoder trains")
+    t.source = _feature_source(cfg, model, fingerprint, data, device, log.info)
     model.train()  # a captured graph keeps the mode it was captured in
-    stepper = select_stepper(step, source, cfg.batch_size, use_graph, log.info)
-    if isinstance(stepper, GraphStepper):
+    t.stepper = select_stepper(step, t.source, cfg.batch_size, use_graph, log.info)
+    if isinstance(t.stepper, GraphStepper):
         log.info("the cached-feature step runs as one CUDA graph")
-    return Training(
-        cfg, folder, log, device, data, model, loss_fn, sampler, optimizer, source, stepper, decoder,
-        frozen_fingerprint, progress, *progress_so_far,
-    )  # fmt: skip
+    return t
 
 
 def seed_epoch(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -239,10 +278,14 @@ def train_one_epoch(t: Training, epoch: int) -> tuple[dict, pd.DataFrame]:
     terms = torch.zeros(n_steps, len(LOSS_TERMS), device=t.device)  # [S, T]
     preds = torch.zeros(n_steps, cfg.batch_size, len(PRED_FIELDS), device=t.device)  # [S, B, 5]
     offset_weight = torch.tensor(offset_ramp(epoch, cfg.offset_ramp_epochs), device=t.device)
+    first, total = (epoch - 1) * n_steps, cfg.epochs * n_steps
+    lrs = [lr_at(first + i, total, cfg.lr, cfg.lr_schedule, cfg.warmup_steps) for i in range(n_steps)]
     bar = tqdm(total=n_steps, desc=f"epoch {epoch}/{cfg.epochs} train", disable=not t.progress, leave=False)
     with bar:
-        for step, (idx, result) in enumerate(t.stepper.run(batches, generator, offset_weight)):
+        for step, (idx, result) in enumerate(t.stepper.run(batches, generator, offset_weight, lrs)):
             rows[step], terms[step], preds[step] = idx, result["terms"], result["pred"]
+            if t.ema is not None:
+                t.ema.update_parameters(t.model.heads)
             bar.update()
             if step % FINITE_CHECK_EVERY == 0 or step == n_steps - 1:
                 _check_finite(t, terms[: step + 1], epoch)
@@ -260,15 +303,16 @@ def train_one_epoch(t: Training, epoch: int) -> tuple[dict, pd.DataFrame]:
 
 def validate(t: Training, epoch: int) -> Evaluation:
     """Validation: predictions without labels, and the loss terms with the true cells."""
+    decoder = t.decoder
+    if t.retrieval_features is not None:
+        index = RetrievalIndex(
+            t.eval_heads, t.retrieval_features, t.data.train, t.cfg.retrieval_k, t.cfg.retrieval_temperature
+        )
+        decoder = dataclasses.replace(decoder, retrieval=index)
     ramp = offset_ramp(epoch, t.cfg.offset_ramp_epochs)
     return evaluate(
-        t.model, t.source.eval_batches(), t.data.val, t.decoder, t.loss_fn, ramp, progress=t.progress
+        t.eval_heads, t.source.eval_batches(), t.data.val, decoder, t.loss_fn, ramp, progress=t.progress
     )
-
-
-def _selection_metric(cfg: TrainConfig, val_row: dict) -> float:
-    """Lower is better. Phase 1: the end-to-end validation median; Phase 0: the balanced province error."""
-    return val_row["median_error_km"] if cfg.phase == 1 else 100 - val_row["province_balanced_acc"]
 
 
 def _checkpoint_payload(t: Training, epoch: int, rows: dict) -> dict:
@@ -276,7 +320,7 @@ def _checkpoint_payload(t: Training, epoch: int, rows: dict) -> dict:
         {
             "phase": t.cfg.phase,
             "epoch": epoch,
-            "model_state": checkpoint_state(t.model, t.cfg.phase),
+            "model_state": checkpoint_state(t.model, t.cfg.phase, t.eval_heads),
             "losses": {
                 split: {k: v for k, v in r.items() if k.startswith("loss_")} for split, r in rows.items()
             },
@@ -295,35 +339,9 @@ def _checkpoint_payload(t: Training, epoch: int, rows: dict) -> dict:
             "prior_shift": t.decoder.prior_shift.tolist(),
         }
     )
+    if t.ema is not None:  # resuming needs the raw weights and the average
+        plain |= {"train_state": checkpoint_state(t.model, t.cfg.phase), "ema_state": t.ema.state_dict()}
     return plain | {"optimizer_state": t.optimizer.state_dict()}
-
-
-def _format_epoch(epoch: int, epochs: int, rows: dict) -> str:
-    def losses(r):
-        parts = ", ".join(f"{LOSS_LABELS[k]}: {r[f'loss_{k}']:.4f}" for k in LOSS_TERMS[1:])
-        return f"{r['loss_total']:.4f} ({parts})"
-
-    def errors(r, prefix=""):
-        return ", ".join(f"{s}={r[f'{prefix}{s}_error_km']:.2f}km" for s in ("median", "mean", "p90"))
-
-    def accs(r):
-        return ", ".join(
-            f"{p.key}={r[c]:.1f}" for p, c in zip(prov.PROVINCES, PROVINCE_ACCURACY_COLUMNS, strict=True)
-        )
-
-    tr, va = rows["train"], rows["val"]
-    return (
-        f"Epoch {epoch}/{epochs}:\n"
-        f"   Train Loss: {losses(tr)}\n"
-        f"   Val Loss:   {losses(va)}\n"
-        f"   Train Error: {errors(tr)}\n"
-        f"   Val Error:   {errors(va)}\n"
-        f"   Val oracle-cell error (true cell + offset, not a geolocation result): {errors(va, 'oracle_')}\n"
-        f"   Val within 25km={va['acc_25km']:.1f}%, 200km={va['acc_200km']:.1f}%, GeoScore={va['geoscore']:.0f}\n"
-        f"   Province acc (%) train: {accs(tr)}\n"
-        f"   Province acc (%) val:   {accs(va)}\n"
-        f"   offset weight: {va['offset_weight']:.2f}, {va['seconds']:.1f}s"
-    )
 
 
 def run_info(t: Training) -> dict:
@@ -360,8 +378,8 @@ def run_epoch(t: Training, epoch: int) -> None:
         },
         "val": {"epoch": epoch, "split": "val", **val.losses, **prediction_metrics(val.predictions), **ramp},
     }
-    t.log.info(_format_epoch(epoch, t.cfg.epochs, rows))
-    metric = _selection_metric(t.cfg, rows["val"])
+    t.log.info(epoch_summary(t.cfg.phase, epoch, t.cfg.epochs, rows))
+    metric = selection_metric(t.cfg.phase, rows["val"])
     improved = metric < t.best_metric
     if improved:
         t.best_metric, t.best_epoch = metric, epoch
@@ -370,14 +388,10 @@ def run_epoch(t: Training, epoch: int) -> None:
     val.predictions.to_csv(t.folder.val_predictions, index=False)
     if improved:
         val.predictions.to_csv(t.folder.val_predictions_best, index=False)
-        t.log.info(f"   new best ({_metric_text(t.cfg, metric)}) -> {t.folder.best_checkpoint(t.cfg.phase)}")
+        t.log.info(
+            f"   new best ({selection_text(t.cfg.phase, metric)}) -> {t.folder.best_checkpoint(t.cfg.phase)}"
+        )
     t.folder.save_epoch(t.cfg.phase, epoch, _checkpoint_payload(t, epoch, rows), improved)
-
-
-def _metric_text(cfg: TrainConfig, metric: float) -> str:
-    if cfg.phase == 1:
-        return f"validation median {metric:.2f} km"
-    return f"balanced province accuracy {100 - metric:.1f} %"
 
 
 def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:

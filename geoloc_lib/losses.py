@@ -12,9 +12,9 @@ the caller passes in as `offset_weight`. Phase 0 uses the same loss with every w
 province's set to 0.
 
 Soft targets: for a photo in cell c of province p, t_j = exp(-d(c, j) / tau_p) over all cells j of p,
-renormalised, with d the great-circle distance between cell centres: every cell of the province gets
-its (tiny, far away) share. The [N, Cmax] table is precomputed once, so a training step only gathers
-rows.
+renormalised, with d the great-circle distance between cell centres, over every cell j of p (or only
+over c and its listed neighbours, `soft_label_support="neighbours"`). The [N, Cmax] table is
+precomputed once, so a training step only gathers rows.
 """
 
 from __future__ import annotations
@@ -49,8 +49,17 @@ def province_counts(province_ids) -> np.ndarray:
     return np.bincount(np.asarray(province_ids, dtype=np.int64), minlength=prov.NUM_PROVINCES)
 
 
-def soft_target_table(cells: CellTable, tau_km_by_province=None) -> torch.Tensor:
-    """[N, Cmax] soft targets over each cell's own province (padded entries 0); rows sum to 1."""
+SOFT_LABEL_SUPPORTS = ("province", "neighbours")
+
+
+def soft_target_table(cells: CellTable, tau_km_by_province=None, support: str = "province") -> torch.Tensor:
+    """[N, Cmax] soft targets over each cell's own province (padded entries 0); rows sum to 1.
+
+    `support`: "province" spreads over every cell of the province; "neighbours" only over the cell
+    itself and its listed `neighbor_cell_ids`.
+    """
+    if support not in SOFT_LABEL_SUPPORTS:
+        raise ValueError(f"soft-label support must be one of {SOFT_LABEL_SUPPORTS}, not {support!r}")
     tau = torch.tensor(
         tau_km_by_province if tau_km_by_province is not None else [p.tau_km for p in prov.PROVINCES],
         dtype=torch.float32,
@@ -62,8 +71,10 @@ def soft_target_table(cells: CellTable, tau_km_by_province=None) -> torch.Tensor
     ).float()  # [N, Cmax]
     d = torch.where(members == torch.arange(cells.num_cells)[:, None], 0.0, d)  # exact 0 on the diagonal
     logits = -d / tau[cells.province][:, None]
-    logits = logits.masked_fill(~cells.cell_mask[cells.province], float("-inf"))
-    return torch.softmax(logits, dim=-1)
+    allowed = cells.cell_mask[cells.province]  # [N, Cmax]
+    if support == "neighbours":
+        allowed = allowed & cells.neighbourhood.gather(1, members)
+    return torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
 
 
 LOSS_TERMS = ("total", "province", "geocell", "offset", "aux")
@@ -93,12 +104,14 @@ class GeolocLoss(nn.Module):
         province_weights,
         weights: LossWeights | None = None,
         aux_scale_km: float = 100.0,
+        soft_label_support: str = "province",
     ):
         super().__init__()
         self.weights = weights or LossWeights()
         self.aux_scale_km = aux_scale_km
         self.register_buffer("province_weights", torch.as_tensor(province_weights, dtype=torch.float32))
-        self.register_buffer("soft_targets", soft_target_table(cells))  # [N, Cmax]
+        targets = soft_target_table(cells, support=soft_label_support)
+        self.register_buffer("soft_targets", targets)  # [N, Cmax]
         self.register_buffer("radius_km", cells.radius_km.clone())  # [N]
 
     def forward(self, outputs, province_ids, latitudes, longitudes, offset_weight) -> dict[str, torch.Tensor]:

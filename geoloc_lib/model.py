@@ -132,10 +132,36 @@ class GeoHeads(nn.Module):
         self.aux_head = nn.Sequential(nn.Linear(D, cfg.aux_hidden), nn.GELU(), nn.Linear(cfg.aux_hidden, 2))
         self.register_buffer("aux_center", torch.tensor(PAKISTAN_CENTER), persistent=False)
         self.register_buffer("aux_span", torch.tensor(AUX_SPAN_DEG), persistent=False)
+        # per-dimension standardisation of the encoder features, identity until `standardize_inputs`;
+        # parameters without gradient rather than buffers, so that a weight average carries them along
+        self.input_norm = nn.ParameterDict(
+            {
+                name: nn.Parameter(value, requires_grad=False)
+                for name, value in (
+                    ("clip_mean", torch.zeros(clip_dim)),
+                    ("clip_std", torch.ones(clip_dim)),
+                    ("scene_mean", torch.zeros(scene_dim)),
+                    ("scene_std", torch.ones(scene_dim)),
+                )
+            }
+        )
+
+    @torch.no_grad()
+    def standardize_inputs(self, clip_feat: torch.Tensor, scene_feat: torch.Tensor) -> None:
+        """Set the standardisation to these features' per-dimension mean and std (the training photos').
+
+        Frozen encoder features can sit far from 0 with small, informative variations on top (the tiny
+        demo encoders': mean 0.78, std 0.17); standardising them lets the projections see those first.
+        """
+        for name, feat in (("clip", clip_feat), ("scene", scene_feat)):
+            feat = feat.float().to(self.input_norm[f"{name}_mean"].device)
+            self.input_norm[f"{name}_mean"].copy_(feat.mean(0))
+            self.input_norm[f"{name}_std"].copy_(feat.std(0).clamp_min(1e-6))
 
     def fuse(self, clip_feat: torch.Tensor, scene_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.clip_proj(clip_feat)  # [B, D]
-        s = self.scene_proj(scene_feat)  # [B, D]
+        norm = self.input_norm
+        c = self.clip_proj((clip_feat - norm["clip_mean"]) / norm["clip_std"])  # [B, D]
+        s = self.scene_proj((scene_feat - norm["scene_mean"]) / norm["scene_std"])  # [B, D]
         alpha = torch.sigmoid(self.gate(torch.cat([c, s], dim=-1)))  # [B, D]
         return alpha * s + (1 - alpha) * c, alpha
 

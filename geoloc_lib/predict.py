@@ -9,6 +9,7 @@ The hypotheses (top provinces x top cells) become one coordinate by the run's de
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import provinces as prov
+from .baselines import baseline_ladder, ladder_table
 from .cells import CellTable
 from .checkpoints import load_checkpoint, write_json
 from .config import TrainConfig
@@ -29,6 +31,7 @@ from .decoding import Decoder
 from .devices import select_device
 from .evaluation import evaluate
 from .factory import model_from_checkpoint
+from .features import clean_features
 from .metrics import (
     DECODE_MODES,
     SUMMARY_METRICS,
@@ -38,6 +41,7 @@ from .metrics import (
     prediction_metrics,
 )
 from .model import GeolocModel
+from .retrieval import RetrievalIndex
 from .runfolder import RunFolder
 from .sources import EncodedImages
 from .transforms import eval_transform
@@ -69,11 +73,23 @@ class Predictor:
     def from_run(
         cls, run_dir: str | os.PathLike, checkpoint: str = "best", device: str = "auto"
     ) -> Predictor:
+        """The predictor of a run folder, decoding as the run was configured (retrieval included)."""
         folder = RunFolder(run_dir)
         cfg = folder.read_config()
-        return cls.from_checkpoint(
+        predictor = cls.from_checkpoint(
             folder.checkpoint(1, checkpoint), Path(cfg.data_dir) / "cell_metadata.csv", device
         )
+        if cfg.retrieval_k > 0:
+            train = cfg.load_data().train
+            encoders = predictor.model.encoders
+            features = clean_features(
+                cfg, train, encoders, encoders.fingerprint(), predictor.device, log=lambda _: None
+            )
+            index = RetrievalIndex(
+                predictor.model.heads, features, train, cfg.retrieval_k, cfg.retrieval_temperature
+            )
+            predictor.decoder = dataclasses.replace(predictor.decoder, retrieval=index)
+        return predictor
 
     @torch.no_grad()
     def _predict_batch(self, images: list) -> dict[str, np.ndarray]:
@@ -133,7 +149,7 @@ class Predictor:
     def evaluate(self, split: pd.DataFrame, batch_size: int = 64, num_workers: int = 2) -> pd.DataFrame:
         """Predictions table of a validated, labelled split (see `evaluation.evaluate`)."""
         images = EncodedImages(self.model.encoders, self.device, split, batch_size, num_workers)
-        return evaluate(self.model, images.eval_batches(), split, self.decoder).predictions
+        return evaluate(self.model.heads, images.eval_batches(), split, self.decoder).predictions
 
 
 def _as_image(item) -> Image.Image:
@@ -161,12 +177,14 @@ def evaluate_run(
     device: str = "auto",
     out_dir: str | os.PathLike | None = None,
     num_workers: int = 2,
+    baselines: bool = True,
 ) -> RunEvaluation:
     """Evaluate a run on `split` and write the tables into `out_dir` (default RUN_DIR/evaluation).
 
     `split`: "test" (the data folder's test.csv, the final report), "val" (the validation split the run
     made its choices on), or the path of another labelled CSV. Writes predictions.csv, summary.csv (every
-    decoding mode), per_province.csv and confusion.csv.
+    decoding mode), per_province.csv and confusion.csv; with `baselines`, also baselines.csv (the
+    baseline ladder on the same rows and features, see baselines.py) and ladder.csv (the model above it).
     """
     folder = RunFolder(run_dir)
     cfg = folder.read_config()
@@ -186,6 +204,16 @@ def evaluate_run(
         "per_province": per_province_table(pred),
         "confusion": confusion_matrix(pred["province_id"], pred["pred_province_id"]),
     }
+    if baselines:
+        encoders = predictor.model.encoders
+        fingerprint = encoders.fingerprint()
+        train_features, features = (
+            clean_features(cfg, part, encoders, fingerprint, predictor.device, log=lambda _: None)
+            for part in (dataset.train, rows)
+        )
+        tables["baselines"] = baseline_ladder(train_features, dataset.train, features, rows, dataset.cells)
+        model_name = f"model ({cfg.decode_mode} decoding)"
+        tables["ladder"] = ladder_table(prediction_metrics(pred), tables["baselines"], model_name)
     for name, table in tables.items():
         table.to_csv(out_dir / f"{name}.csv", index=name != "predictions")
     write_json(

@@ -69,10 +69,13 @@ class EagerStepper:
         self.source = source
 
     def run(
-        self, batches: torch.Tensor, generator: torch.Generator, offset_weight: torch.Tensor
+        self, batches: torch.Tensor, generator: torch.Generator, offset_weight: torch.Tensor, lrs: list[float]
     ) -> Iterator[tuple[torch.Tensor, StepResult]]:
-        """Train on every row of `batches` [S, B]; yields (the rows trained on, the step's result)."""
-        for idx, clip, scene in self.source.train_batches(batches, generator):
+        """Train on every row of `batches` [S, B] with learning rates `lrs` [S]; yields (the rows trained
+        on, the step's result)."""
+        for (idx, clip, scene), lr in zip(self.source.train_batches(batches, generator), lrs, strict=True):
+            for group in self.step.optimizer.param_groups:
+                group["lr"] = lr
             self.step.optimizer.zero_grad(set_to_none=True)
             yield idx, self.step(idx, clip, scene, offset_weight)
 
@@ -127,6 +130,10 @@ class GraphStepper:
         self.source = source
         self.static_idx = torch.zeros(batch_size, dtype=torch.long, device=step.device)
         self.static_offset_weight = torch.zeros((), device=step.device)
+        # the learning rate lives in a device tensor that the captured update reads at each replay
+        self.static_lr = torch.tensor(float(step.optimizer.param_groups[0]["lr"]), device=step.device)
+        for group in step.optimizer.param_groups:
+            group["lr"] = self.static_lr
         snapshot = TrainingStateSnapshot(step.optimizer)
         try:
             stream = torch.cuda.Stream()
@@ -149,11 +156,12 @@ class GraphStepper:
         return self.step(idx, *self.source.gather(idx, None), self.static_offset_weight)
 
     def run(
-        self, batches: torch.Tensor, generator: torch.Generator, offset_weight: torch.Tensor
+        self, batches: torch.Tensor, generator: torch.Generator, offset_weight: torch.Tensor, lrs: list[float]
     ) -> Iterator[tuple[torch.Tensor, StepResult]]:
         self.static_offset_weight.copy_(offset_weight)
-        for idx in batches:
+        for idx, lr in zip(batches, lrs, strict=True):
             self.static_idx.copy_(idx)
+            self.static_lr.fill_(lr)
             self.graph.replay()
             yield idx, self.output
 

@@ -46,6 +46,19 @@ class AugmentConfig:
         return asdict(self)
 
 
+# Named augmentation strengths. "mild" follows GEOPAK's values (crop 0.95-1, brightness and contrast
+# 0.2, gamma 0.8-1.25, noise 0.01); "strong" is wider; "none" only resizes the whole photo.
+AUGMENT_PRESETS = {
+    "strong": AugmentConfig(),
+    "mild": AugmentConfig(
+        crop_scale_min=0.95, brightness=0.2, contrast=0.2, saturation=0.2, max_gamma=1.25, noise_sigma=0.01
+    ),
+    "none": AugmentConfig(
+        crop_scale_min=1.0, brightness=0, contrast=0, saturation=0, hue=0, max_gamma=1.0, noise_sigma=0
+    ),
+}
+
+
 def train_transform(image_size: int, cfg: AugmentConfig = AugmentConfig()) -> v2.Compose:
     return v2.Compose(
         [

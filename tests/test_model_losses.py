@@ -84,7 +84,7 @@ def test_gradients_reach_heads_not_encoders_and_encoders_stay_eval():
     out = model(torch.rand(len(cell), 3, 64, 64), cell_ids=cell, province_ids=province)
     loss_fn(out, province, lat, lon, offset_weight=1.0)["total"].backward()
     for name, p in model.named_parameters():
-        if name.startswith("encoders."):
+        if name.startswith(("encoders.", "heads.input_norm.")):  # frozen, and the fixed standardisation
             assert not p.requires_grad and p.grad is None, name
         elif name.startswith("heads.cell_emb") or name.startswith("heads.province_emb"):
             assert p.grad is not None and p.grad.abs().sum() > 0, name
