@@ -146,10 +146,14 @@ class Predictor:
         ]
         return frame
 
-    def evaluate(self, split: pd.DataFrame, batch_size: int = 64, num_workers: int = 2) -> pd.DataFrame:
+    def evaluate(
+        self, split: pd.DataFrame, batch_size: int = 64, num_workers: int = 2, progress: bool = True
+    ) -> pd.DataFrame:
         """Predictions table of a validated, labelled split (see `evaluation.evaluate`)."""
         images = EncodedImages(self.model.encoders, self.device, split, batch_size, num_workers)
-        return evaluate(self.model.heads, images.eval_batches(), split, self.decoder).predictions
+        return evaluate(
+            self.model.heads, images.eval_batches(), split, self.decoder, progress=progress
+        ).predictions
 
 
 def _as_image(item) -> Image.Image:
@@ -178,6 +182,7 @@ def evaluate_run(
     out_dir: str | os.PathLike | None = None,
     num_workers: int = 2,
     baselines: bool = True,
+    progress: bool = True,
 ) -> RunEvaluation:
     """Evaluate a run on `split` and write the tables into `out_dir` (default RUN_DIR/evaluation).
 
@@ -195,7 +200,7 @@ def evaluate_run(
         rows = getattr(dataset, split_name)
     else:
         rows = load_split(split, dataset.cells, cfg.images_root)
-    pred = predictor.evaluate(rows, num_workers=num_workers)
+    pred = predictor.evaluate(rows, num_workers=num_workers, progress=progress)
     out_dir = Path(out_dir) if out_dir else folder.evaluation
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {

@@ -134,8 +134,10 @@ class EncodedImages:
             raise ValueError("this EncodedImages has no training split")
         dataset = PhotoDataset(self.train_split, train_transform(self.encoders.image_size, self.augment))
         batch_lists = np.asarray(batches.cpu()).tolist()
+        self.encoders.train()  # a trained encoder's batch norm learns; frozen ones stay in eval mode
         yield from self._encoded(self._loader(dataset, batch_sampler=batch_lists))
 
     def eval_batches(self) -> Iterator[Batch]:
         dataset = PhotoDataset(self.eval_split, eval_transform(self.encoders.image_size))
+        self.encoders.eval()
         yield from self._encoded(self._loader(dataset, batch_size=self.eval_batch_size))

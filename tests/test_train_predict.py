@@ -20,7 +20,7 @@ from geoloc_lib.fit import NonFiniteLossError, build_training, fit
 from geoloc_lib.predict import Predictor, evaluate_run
 from geoloc_lib.runfolder import LOSSES_CSV_COLUMNS, RunFolder
 from geoloc_lib.step import TrainingStateSnapshot
-from geoloc_lib.transforms import AugmentConfig, train_transform
+from geoloc_lib.transforms import AUGMENT_PRESETS, AugmentConfig, train_transform
 
 SEED_CSV_COLUMNS = (
     "epoch,split,loss_total,loss_province,loss_geocell,loss_offset,loss_aux,"
@@ -93,13 +93,13 @@ def test_predictor_matches_training_metrics_and_rejects_other_cells(tiny_data, t
 
 
 def test_cached_and_image_paths_give_the_same_loss(tiny_config):
-    cfg = tiny_config(cache_views=1, cache_dtype="float32")
+    # augmented views: the image path must reproduce the very views the cache holds
+    cfg = tiny_config(cache_views=1, cache_dtype="float32", augment="strong")
     t = build_training(cfg, progress=False)
     idx = torch.arange(0, 24)
     split = t.data.train
-    photos = PhotoDataset(
-        split, train_transform(t.model.encoders.image_size, AugmentConfig()), views=1, seed=cfg.seed
-    )
+    transform = train_transform(t.model.encoders.image_size, AUGMENT_PRESETS["strong"])
+    photos = PhotoDataset(split, transform, views=1, seed=cfg.seed)
     images = torch.stack([photos.load(int(i), view=0) for i in idx])  # the very views the cache holds
     province = torch.as_tensor(split["province_id"].to_numpy()[idx])
     cell = torch.as_tensor(split["cell_id"].to_numpy()[idx])
