@@ -2,35 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename over the target.
+@contextlib.contextmanager
+def _atomic_file(path: Path, mode: str):
+    """A temporary file beside `path`, flushed to disk and renamed over it when the block ends.
 
-    A kill at any moment leaves either the old file or the new one, never a torn file.
+    A kill at any moment leaves either the old file or the new one, never a torn file; the temporary
+    name is unique, so two writers never share one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    with _atomic_file(path, "wb") as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with _atomic_file(path, "w") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def atomic_copy(source: Path, path: Path) -> None:
+    with _atomic_file(path, "wb") as f, open(source, "rb") as src:
+        shutil.copyfileobj(src, f)
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .contract import GeoDataset, load_dataset
+from .contract import IMAGE_CHECKS, GeoDataset, load_dataset
 from .decoding import DecodeConfig
 from .losses import SOFT_LABEL_SUPPORTS, LossWeights
 from .metrics import DECODE_MODES
@@ -26,6 +26,8 @@ class TrainConfig:
     val_fraction: float = 0.1  # share of train.csv held out for validation (best epoch, decoding choices)
     val_block_km: float = 10.0  # validation takes whole location blocks of this size: no place on both sides
     val_seed: int = 0  # which blocks; fixed across training seeds so that seeds compare on one split
+    image_check: str = "decode"  # before training: decode (every photo opens, fast), exists, or none
+    allow_images_outside: bool = False  # image paths may lead outside the data folder / images_root
     # run folder
     run_name: str = "phase1"
     runs_dir: str = "runs"
@@ -116,6 +118,7 @@ class TrainConfig:
             "lr_schedule": LR_SCHEDULES,
             "augment": tuple(AUGMENT_PRESETS),
             "decode_mode": DECODE_MODES,
+            "image_check": IMAGE_CHECKS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -125,6 +128,10 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1 or self.warmup_steps < 0:
             problems.append(
                 f"ema_decay must be in [0, 1) and warmup_steps >= 0, not {self.ema_decay}, {self.warmup_steps}"
+            )
+        if self.resume and self.overwrite:
+            problems.append(
+                "resume and overwrite exclude each other: resume continues a run, overwrite replaces it"
             )
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
@@ -139,7 +146,13 @@ class TrainConfig:
 
     def load_data(self, image_check: str = "exists") -> GeoDataset:
         """The run's data folder, validated, with its validation split carved out of train."""
-        data = load_dataset(self.data_dir, self.images_root, image_check, self.allow_missing_provinces)
+        data = load_dataset(
+            self.data_dir,
+            self.images_root,
+            image_check,
+            self.allow_missing_provinces,
+            self.allow_images_outside,
+        )
         return data.with_validation(self.val_fraction, self.val_block_km, self.val_seed)
 
     @property
@@ -171,9 +184,24 @@ class TrainConfig:
         return cls.from_dict(values | overrides)
 
 
-# Fields that may differ between a run and its resumption; anything else must match.
+# Fields that may differ between a run and its resumption; anything else must match. Locations may change
+# (a moved run, data or cache folder): the data itself is compared by its signature (runstate.py).
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "resume", "overwrite", "num_workers", "device", "cuda_graph", "eval_batch_size"}
+    {
+        "epochs",
+        "resume",
+        "overwrite",
+        "num_workers",
+        "device",
+        "cuda_graph",
+        "eval_batch_size",
+        "data_dir",
+        "images_root",
+        "runs_dir",
+        "run_name",
+        "cache_dir",
+        "image_check",
+    }
 )
 
 

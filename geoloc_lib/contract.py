@@ -6,7 +6,10 @@ and the count) and what to do about it. Nothing is dropped silently.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +34,8 @@ CELL_COLUMNS = (
 )
 MAX_ROWS_SHOWN = 5
 IMAGE_CHECKS = ("none", "exists", "decode")
+THUMBNAIL_PX = 64  # the decode check reads JPEGs at about this size
+DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 
 class DataContractError(ValueError):
@@ -78,6 +83,15 @@ def _require_numeric(df: pd.DataFrame, path: Path, column: str) -> None:
     if len(bad):
         _fail(path, f"{column} is missing or not a number", bad, f"give every row a numeric {column}")
     df[column] = values
+
+
+def _require_integer(df: pd.DataFrame, path: Path, column: str) -> None:
+    """A column of whole numbers, stored as int64; 2.7 is refused, not truncated."""
+    _require_numeric(df, path, column)
+    bad = df[df[column] != np.round(df[column])]
+    if len(bad):
+        _fail(path, f"{column} must be a whole number", bad, f"write {column} as an integer id")
+    df[column] = df[column].astype(np.int64)
 
 
 def _normalise_provinces(df: pd.DataFrame, path: Path) -> None:
@@ -141,8 +155,7 @@ def load_cell_metadata(path: str | os.PathLike) -> pd.DataFrame:
     _require_columns(df, path, CELL_COLUMNS)
     if df.empty:
         _fail(path, "no cells", None, "build the geocells first (geoloc_lib.geocells.build_geocells)")
-    _require_numeric(df, path, "cell_id")
-    df["cell_id"] = df["cell_id"].astype(np.int64)
+    _require_integer(df, path, "cell_id")
     dup = df[df["cell_id"].duplicated(keep=False)]
     if len(dup):
         _fail(path, "duplicate cell_id", dup, "give every cell a unique id")
@@ -182,24 +195,53 @@ def _check_images(df: pd.DataFrame, path: Path, image_check: str) -> None:
             "check the image column and images_root (paths are relative to the CSV's folder by default)",
         )
     if image_check == "decode":
-        corrupt = [
-            index
-            for index, image_path in tqdm(
-                df["image_path"].items(), total=len(df), desc=f"decode {path.name}", leave=False
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:  # Pillow decodes without the GIL
+            problems = list(
+                tqdm(
+                    pool.map(image_problem, df["image_path"]),
+                    total=len(df),
+                    desc=f"check {path.name}",
+                    leave=False,
+                )
             )
-            if not _decodes(image_path)
-        ]
-        if corrupt:
-            _fail(path, "image file(s) cannot be decoded", df.loc[corrupt], "replace or remove the files")
+        bad = [problem is not None for problem in problems]
+        if any(bad):
+            first = next(p for p in problems if p is not None)
+            _fail(
+                path,
+                f"image file(s) cannot be decoded (first: {first})",
+                df[bad],
+                "replace or remove the files (a photo must be a JPEG, PNG or other image Pillow reads, under "
+                f"{Image.MAX_IMAGE_PIXELS:,} pixels)",
+            )
 
 
-def _decodes(image_path: str) -> bool:
+def image_problem(image_path: str, size: int = THUMBNAIL_PX) -> str | None:
+    """None if the image opens and decodes (at thumbnail size where the format allows), else why not."""
     try:
-        with Image.open(image_path) as image:
-            image.convert("RGB").load()
-        return True
-    except (OSError, SyntaxError, ValueError):
-        return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # too large to decode safely
+            with Image.open(image_path) as image:
+                image.draft("RGB", (size, size))  # JPEG decodes at 1/2 to 1/8 scale: a fast full read
+                image.convert("RGB").load()
+        return None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        return f"{image_path}: too many pixels ({err})"
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"{image_path}: {type(err).__name__}: {err}"
+
+
+def _check_inside(df: pd.DataFrame, path: Path, root: Path) -> None:
+    """Image paths must stay inside the data folder (or images_root): a CSV is untrusted input."""
+    root = root.resolve()
+    outside = df[[not Path(p).is_relative_to(root) for p in df["image_path"]]]
+    if len(outside):
+        _fail(
+            path,
+            f"image path(s) lead outside {root} (first: {outside['image'].iloc[0]})",
+            outside,
+            "keep the photos inside the data folder or images_root, or pass allow_images_outside=True",
+        )
 
 
 def load_split(
@@ -208,11 +250,13 @@ def load_split(
     images_root: str | os.PathLike | None = None,
     image_check: str = "exists",
     require_cell_id: bool = True,
+    allow_images_outside: bool = False,
 ) -> pd.DataFrame:
     """Read and validate `train.csv` / `test.csv`.
 
     Adds `image_path` (absolute). Extra columns are kept. With `cells` given, every cell_id must be
-    a cell of the row's own province.
+    a cell of the row's own province. `image_check`: "none", "exists" (the files are there) or "decode"
+    (each one also opens and decodes, in parallel, at thumbnail size where the format allows).
     """
     if image_check not in IMAGE_CHECKS:
         raise ValueError(f"image_check must be one of {IMAGE_CHECKS}, got {image_check!r}")
@@ -229,9 +273,10 @@ def load_split(
     _check_coordinates(df, path, "latitude", "longitude")
     root = Path(images_root) if images_root is not None else path.parent
     df["image_path"] = [str((root / str(p)).resolve()) for p in df["image"].fillna("")]
+    if not allow_images_outside:
+        _check_inside(df, path, root)
     if "cell_id" in df.columns and require_cell_id:
-        _require_numeric(df, path, "cell_id")
-        df["cell_id"] = df["cell_id"].astype(np.int64)
+        _require_integer(df, path, "cell_id")
         if cells is not None:
             _check_cells(df, path, cells)
     _check_images(df, path, image_check)
@@ -272,6 +317,24 @@ class GeoDataset:
     data_dir: Path
     val: pd.DataFrame | None = None
 
+    def signature(self) -> dict[str, str]:
+        """A hash of the rows of each split (id, image, coordinates, province, cell) and of the cells.
+
+        A resumed run compares it with the one its checkpoints recorded, so that it never continues on other data.
+        """
+        columns = ["id", "image", "latitude", "longitude", "province_id", "cell_id"]
+        parts = {
+            "train": self.train[columns],
+            "test": self.test[columns],
+            "cells": self.cells[list(CELL_COLUMNS)],
+        }
+        if self.val is not None:
+            parts["val"] = self.val[columns]
+        return {
+            name: hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()[:16]
+            for name, frame in parts.items()
+        }
+
     def with_validation(self, fraction: float, block_km: float, seed: int) -> GeoDataset:
         """The same data with about `fraction` of train held out as `val`, whole location blocks at a time.
 
@@ -301,11 +364,16 @@ def load_dataset(
     images_root: str | os.PathLike | None = None,
     image_check: str = "exists",
     allow_missing_provinces: bool = False,
+    allow_images_outside: bool = False,
 ) -> GeoDataset:
     """Load and cross-check `train.csv`, `test.csv` and `cell_metadata.csv` of one folder."""
     data_dir = Path(data_dir)
     cells = load_cell_metadata(data_dir / "cell_metadata.csv")
-    train = load_split(data_dir / "train.csv", cells, images_root, image_check)
-    test = load_split(data_dir / "test.csv", cells, images_root, image_check)
+    train, test = (
+        load_split(
+            data_dir / name, cells, images_root, image_check, allow_images_outside=allow_images_outside
+        )
+        for name in ("train.csv", "test.csv")
+    )
     check_train_covers_provinces(train, data_dir / "train.csv", allow_missing_provinces)
     return GeoDataset(train=train, test=test, cells=cells, data_dir=data_dir)

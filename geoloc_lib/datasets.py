@@ -18,8 +18,11 @@ def open_rgb(path: str, row_id: str = "?") -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageLoadError(f"image of row id={row_id!r} at {path} cannot be decoded ({err})") from err
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageLoadError(
+            f"image of row id={row_id!r} at {path} cannot be decoded ({type(err).__name__}: {err}); replace "
+            f"or remove it (the data check image_check='decode' finds every such file before training)"
+        ) from err
 
 
 def view_seed(seed: int, view: int, index: int) -> int:

@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import math
 import platform
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from tqdm.auto import tqdm
 from . import provinces as prov
 from .cells import CellTable
 from .checkpoints import to_plain
-from .config import TrainConfig, resume_differences
+from .config import TrainConfig
 from .contract import GeoDataset
 from .datasets import label_tensors
 from .decoding import Decoder, province_prior_shift
@@ -56,6 +55,8 @@ from .metrics import PROVINCE_ACCURACY_COLUMNS, prediction_metrics, predictions_
 from .model import GeoHeads, GeolocModel
 from .retrieval import RetrievalIndex
 from .runfolder import RunFolder
+from .runlock import RunLock
+from .runstate import check_resumable, claim, commit_epoch, repair
 from .sampler import ProvinceBalancedBatchSampler
 from .schedule import exponential_average, lr_at
 from .sources import CachedFeatures, EncodedImages
@@ -75,6 +76,7 @@ class Training:
 
     cfg: TrainConfig
     folder: RunFolder
+    lock: RunLock  # held until `close`
     log: logging.Logger
     device: torch.device
     data: GeoDataset
@@ -96,6 +98,10 @@ class Training:
     def encoder_fingerprint(self) -> str:
         return self.frozen_fingerprint or self.model.encoders.fingerprint()
 
+    def close(self) -> None:
+        """Release the run folder."""
+        self.lock.release()
+
     @property
     def eval_heads(self) -> GeoHeads:
         """The heads that are validated and saved for prediction: the averaged ones when averaging."""
@@ -108,26 +114,6 @@ class FitResult:
     best_epoch: int
     best_metric: float  # Phase 1: end-to-end validation median km; Phase 0: 100 - balanced accuracy %
     best_val: dict  # every validation metric of the best epoch (a `val` row of losses.csv)
-
-
-def _open_run_folder(cfg: TrainConfig) -> tuple[RunFolder, dict | None]:
-    """Create the run folder; return the checkpoint to resume from, if any. Never silently overwrite."""
-    folder = RunFolder.of(cfg)
-    last = folder.last_checkpoint(cfg.phase)
-    if folder.root.exists() and any(folder.root.iterdir()):
-        if cfg.overwrite:
-            shutil.rmtree(folder.root)
-        elif cfg.resume:
-            if last.is_file():
-                return folder, folder.load_checkpoint(cfg.phase, "last")
-            shutil.rmtree(folder.root / "checkpoints", ignore_errors=True)  # killed before its first epoch
-        elif folder.config.exists():
-            raise FileExistsError(
-                f"run folder {folder.root} already exists. Pass resume=True to continue it, overwrite=True "
-                f"to replace it, or choose another run_name."
-            )
-    folder.root.mkdir(parents=True, exist_ok=True)
-    return folder, None
 
 
 def _optimizer(cfg: TrainConfig, model: GeolocModel, use_graph: bool) -> torch.optim.AdamW:
@@ -154,39 +140,27 @@ def _feature_source(cfg, model, fingerprint, data, device, log) -> CachedFeature
     )
 
 
-def _restore(
-    cfg: TrainConfig,
-    folder: RunFolder,
-    model: GeolocModel,
-    optimizer: torch.optim.Optimizer,
-    ema: AveragedModel | None,
-    state: dict,
-) -> tuple[int, float, int]:
-    """Load a run's last checkpoint after checking that nothing that matters changed.
-
-    Returns the epoch to start from, the best metric so far and its epoch.
-    """
-    changed = resume_differences(state["config"], cfg)
-    if changed:
-        raise ValueError(
-            f"cannot resume {folder.root}: config differs from the saved run in {changed} "
-            f"(saved, now). Use the saved values, or start a new run_name."
-        )
-    model.load_state_dict(state.get("train_state", state["model_state"]), strict=False)
-    if ema is not None:
-        ema.load_state_dict(state["ema_state"])
-    verify_fingerprint(model.encoders, state.get("encoder_fingerprint"), str(folder.root))
-    optimizer.load_state_dict(state["optimizer_state"])
-    return int(state["epoch"]) + 1, float(state["best_metric"]), int(state["best_epoch"])
+def _restore(t: Training, state: dict) -> None:
+    """Load the last committed epoch after checking that nothing that matters changed since."""
+    check_resumable(t.cfg, t.folder, state, t.data.signature())
+    t.model.load_state_dict(state.get("train_state", state["model_state"]), strict=False)
+    if t.ema is not None:
+        t.ema.load_state_dict(state["ema_state"])
+    verify_fingerprint(t.model.encoders, state.get("encoder_fingerprint"), str(t.folder.root))
+    t.optimizer.load_state_dict(state["optimizer_state"])
+    t.start_epoch, t.best_metric, t.best_epoch = (
+        int(state["epoch"]) + 1,
+        float(state["best_metric"]),
+        int(state["best_epoch"]),
+    )
+    repair(t.folder, t.cfg.phase, state)
 
 
 def _start_from(t: Training, resume_state: dict | None) -> None:
     """Resume the run from its last checkpoint, or start Phase 1 from Phase 0's weights when given."""
     cfg = t.cfg
     if resume_state is not None:
-        t.start_epoch, t.best_metric, t.best_epoch = _restore(
-            cfg, t.folder, t.model, t.optimizer, t.ema, resume_state
-        )
+        _restore(t, resume_state)
         t.log.info(
             f"Resuming {t.folder.root} after epoch {t.start_epoch - 1} (best so far {t.best_metric:.3f})"
         )
@@ -202,12 +176,14 @@ def _decoder(cfg: TrainConfig, data: GeoDataset, sampler, loss_fn: GeolocLoss, d
 
 
 def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
-    folder, resume_state = _open_run_folder(cfg)
-    log = folder.logger()
-    device = select_device(cfg.device)
+    """Check the config and the data, build the model, then claim the run folder (runstate.py)."""
+    folder = RunFolder.of(cfg)
     torch.manual_seed(cfg.seed)  # head initialisation
-    data = cfg.load_data()
+    data = cfg.load_data(cfg.image_check)
+    device = select_device(cfg.device)
     model = model_for_training(cfg, CellTable(data.cells)).to(device)
+    lock, resume_state = claim(cfg, folder)  # nothing in the folder changes before this line
+    log = folder.logger()
     frozen_fingerprint = model.encoders.fingerprint() if model.encoders.frozen else None
     fingerprint = frozen_fingerprint or model.encoders.fingerprint()
     train_clean = None  # clean features of the training photos: standardisation and retrieval
@@ -228,8 +204,25 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     step = TrainStep(model, loss_fn, optimizer, label_tensors(data.train, device), decoder, device)
     ema = exponential_average(model.heads, cfg.ema_decay) if cfg.ema_decay > 0 else None
     retrieval_features = train_clean if cfg.retrieval_k > 0 and frozen_fingerprint else None
-    t = Training(cfg, folder, log, device, data, model, loss_fn, sampler, optimizer, None, None, decoder,
-                 frozen_fingerprint, ema, retrieval_features, progress)  # fmt: skip
+    t = Training(
+        cfg=cfg,
+        folder=folder,
+        lock=lock,
+        log=log,
+        device=device,
+        data=data,
+        model=model,
+        loss_fn=loss_fn,
+        sampler=sampler,
+        optimizer=optimizer,
+        source=None,
+        stepper=None,
+        decoder=decoder,
+        frozen_fingerprint=frozen_fingerprint,
+        ema=ema,
+        retrieval_features=retrieval_features,
+        progress=progress,
+    )
     _start_from(t, resume_state)
     log.info(
         f"Phase {cfg.phase} on {device}: {len(data.train)} train / {len(data.val)} validation photos "
@@ -315,7 +308,7 @@ def validate(t: Training, epoch: int) -> Evaluation:
     )
 
 
-def _checkpoint_payload(t: Training, epoch: int, rows: dict) -> dict:
+def _checkpoint_payload(t: Training, epoch: int, rows: dict, predictions: pd.DataFrame) -> dict:
     plain = to_plain(
         {
             "phase": t.cfg.phase,
@@ -329,6 +322,7 @@ def _checkpoint_payload(t: Training, epoch: int, rows: dict) -> dict:
             },
             "median_error": rows["val"]["median_error_km"],
             "metrics": rows,
+            "val_predictions": {column: predictions[column].tolist() for column in predictions},
             "best_metric": t.best_metric,
             "best_epoch": t.best_epoch,
             "config": asdict(t.cfg),
@@ -337,6 +331,7 @@ def _checkpoint_payload(t: Training, epoch: int, rows: dict) -> dict:
             "cells": t.model.cells.signature(),
             "encoder_fingerprint": t.encoder_fingerprint(),
             "prior_shift": t.decoder.prior_shift.tolist(),
+            "data": t.data.signature(),
         }
     )
     if t.ema is not None:  # resuming needs the raw weights and the average
@@ -348,6 +343,7 @@ def run_info(t: Training) -> dict:
     """Facts derived while the run started, written beside config.json."""
     return {
         "device": str(t.device),
+        "locations": t.folder.locations(t.cfg),
         "encoder_fingerprint": t.encoder_fingerprint(),
         "cells": t.model.cells.signature(),
         "stepper": type(t.stepper).__name__,
@@ -383,24 +379,23 @@ def run_epoch(t: Training, epoch: int) -> None:
     improved = metric < t.best_metric
     if improved:
         t.best_metric, t.best_epoch = metric, epoch
-    # the CSV rows go before last.pt: a kill in between is undone on resume (rows past last.pt are cut)
-    t.folder.append_losses([rows["train"], rows["val"]])
-    val.predictions.to_csv(t.folder.val_predictions, index=False)
-    if improved:
-        val.predictions.to_csv(t.folder.val_predictions_best, index=False)
         t.log.info(
             f"   new best ({selection_text(t.cfg.phase, metric)}) -> {t.folder.best_checkpoint(t.cfg.phase)}"
         )
-    t.folder.save_epoch(t.cfg.phase, epoch, _checkpoint_payload(t, epoch, rows), improved)
+    payload = _checkpoint_payload(t, epoch, rows, val.predictions)
+    commit_epoch(t.folder, t.cfg.phase, epoch, payload, improved)
 
 
 def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
     """Train `cfg` into its run folder (resuming it when asked) and return the best epoch."""
     t = build_training(cfg, progress)
-    t.folder.truncate_losses(t.start_epoch - 1)
-    t.folder.write_config(cfg)
-    t.folder.write_run_info(run_info(t))
-    for epoch in range(t.start_epoch, cfg.epochs + 1):
-        run_epoch(t, epoch)
-    best = t.folder.load_checkpoint(cfg.phase, "best")
+    try:
+        t.folder.truncate_losses(t.start_epoch - 1)
+        t.folder.write_config(cfg)
+        t.folder.write_run_info(run_info(t))
+        for epoch in range(t.start_epoch, cfg.epochs + 1):
+            run_epoch(t, epoch)
+        best = t.folder.load_checkpoint(cfg.phase, "best")
+    finally:
+        t.close()
     return FitResult(t.folder.root, int(best["epoch"]), float(best["best_metric"]), best["metrics"]["val"])

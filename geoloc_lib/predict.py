@@ -71,11 +71,18 @@ class Predictor:
 
     @classmethod
     def from_run(
-        cls, run_dir: str | os.PathLike, checkpoint: str = "best", device: str = "auto"
+        cls,
+        run_dir: str | os.PathLike,
+        checkpoint: str = "best",
+        device: str = "auto",
+        data_dir: str | os.PathLike | None = None,
     ) -> Predictor:
-        """The predictor of a run folder, decoding as the run was configured (retrieval included)."""
+        """The predictor of a run folder, decoding as the run was configured (retrieval included).
+
+        `data_dir` points the run at its data folder when that moved (see RunFolder.read_config).
+        """
         folder = RunFolder(run_dir)
-        cfg = folder.read_config()
+        cfg = folder.read_config(data_dir)
         predictor = cls.from_checkpoint(
             folder.checkpoint(1, checkpoint), Path(cfg.data_dir) / "cell_metadata.csv", device
         )
@@ -183,6 +190,7 @@ def evaluate_run(
     num_workers: int = 2,
     baselines: bool = True,
     progress: bool = True,
+    data_dir: str | os.PathLike | None = None,
 ) -> RunEvaluation:
     """Evaluate a run on `split` and write the tables into `out_dir` (default RUN_DIR/evaluation).
 
@@ -192,8 +200,8 @@ def evaluate_run(
     baseline ladder on the same rows and features, see baselines.py) and ladder.csv (the model above it).
     """
     folder = RunFolder(run_dir)
-    cfg = folder.read_config()
-    predictor = Predictor.from_run(run_dir, checkpoint, device)
+    cfg = folder.read_config(data_dir)
+    predictor = Predictor.from_run(run_dir, checkpoint, device, data_dir)
     dataset = cfg.load_data()
     split_name = str(split)
     if split_name in ("test", "val"):
@@ -243,10 +251,11 @@ def main(argv=None) -> None:
         "--checkpoint", default="best", help="best, last, or a file name in checkpoints/phase1"
     )
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-dir", help="the run's data folder, if it moved since training")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--csv", help="also write the predictions (with all hypotheses) to this CSV")
     args = parser.parse_args(argv)
-    predictor = Predictor.from_run(args.run_dir, args.checkpoint, args.device)
+    predictor = Predictor.from_run(args.run_dir, args.checkpoint, args.device, args.data_dir)
     frame = predictor.predict(args.images, args.batch_size, args.mode)
     with pd.option_context("display.width", 160, "display.max_colwidth", 40):
         print(frame[["image", "lat", "lon", "province"]].to_string(index=False))

@@ -15,18 +15,21 @@ Both phases use the same names, so a Phase 0 run and a Phase 1 run are found the
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from .checkpoints import atomic_torch_save, atomic_write_text, load_checkpoint, write_json
+from .checkpoints import atomic_write_text, load_checkpoint, write_json
 from .config import TrainConfig
 from .losses import LOSS_TERMS
 from .metrics import EXTRA_METRIC_COLUMNS, SEED_METRIC_COLUMNS
+from .runlock import LOCK_NAME
 
 # The specification's columns first, in its order; everything else after them.
 LOSS_COLUMNS = [f"loss_{term}" for term in LOSS_TERMS]
@@ -49,7 +52,19 @@ class RunFolder:
 
     @classmethod
     def of(cls, cfg: TrainConfig) -> RunFolder:
-        return cls(cfg.run_dir)
+        """The folder of a training config, which must lie strictly inside `runs_dir`.
+
+        Absolute names, `..` and symbolic links that lead out are refused: an overwrite deletes the folder.
+        """
+        runs_dir = Path(cfg.runs_dir).resolve()
+        name = Path(cfg.run_name)
+        target = (runs_dir / name).resolve()
+        if name.is_absolute() or ".." in name.parts or runs_dir not in target.parents:
+            raise ValueError(
+                f"run_name {cfg.run_name!r} must name a folder inside runs_dir ({runs_dir}), not "
+                f"{target}: use a plain name such as 'phase1_try2'"
+            )
+        return cls(target)
 
     config = property(lambda self: self.root / "config.json")
     run_info = property(lambda self: self.root / "run_info.json")
@@ -60,6 +75,10 @@ class RunFolder:
     evaluation = property(lambda self: self.root / "evaluation")
     maps = property(lambda self: self.root / "maps")
     figures = property(lambda self: self.root / "figures")
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_NAME
 
     def checkpoints(self, phase: int) -> Path:
         return self.root / "checkpoints" / f"phase{phase}"
@@ -85,10 +104,37 @@ class RunFolder:
     def write_config(self, cfg: TrainConfig) -> None:
         write_json(self.config, asdict(cfg))
 
-    def read_config(self) -> TrainConfig:
+    def read_config(self, data_dir: str | os.PathLike | None = None) -> TrainConfig:
+        """The run's config, its folders found again if the run, the data or the working directory moved.
+
+        A folder that does not exist as saved is looked up relative to the run folder, then by its absolute
+        path at training time (both recorded in run_info.json); `data_dir` points the run at moved data.
+        """
         if not self.config.is_file():
             raise FileNotFoundError(f"{self.root} is not a run folder: it has no config.json")
-        return TrainConfig.from_dict(json.loads(self.config.read_text()))
+        cfg = TrainConfig.from_dict(json.loads(self.config.read_text()))
+        info = json.loads(self.run_info.read_text()) if self.run_info.is_file() else {}
+        found = {}
+        for name, recorded in info.get("locations", {}).items():
+            if getattr(cfg, name) is None or Path(getattr(cfg, name)).exists():
+                continue
+            candidates = [self.root / recorded["from_run"], Path(recorded["absolute"])]
+            found[name] = str(next((c for c in candidates if c.exists()), getattr(cfg, name)))
+        if data_dir is not None:
+            found["data_dir"] = str(data_dir)
+        return dataclasses.replace(cfg, **found)
+
+    def locations(self, cfg: TrainConfig) -> dict:
+        """Where the run's folders are, absolutely and from the run folder: for run_info.json."""
+        paths = {name: getattr(cfg, name) for name in ("data_dir", "images_root", "cache_dir")}
+        return {
+            name: {
+                "absolute": str(Path(p).resolve()),
+                "from_run": os.path.relpath(Path(p).resolve(), self.root),
+            }
+            for name, p in paths.items()
+            if p is not None
+        }
 
     def write_run_info(self, info: dict) -> None:
         write_json(self.run_info, info)
@@ -120,13 +166,6 @@ class RunFolder:
         return pd.read_csv(self.losses)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_epoch(self, phase: int, epoch: int, payload: dict, improved: bool) -> None:
-        """Epoch checkpoint, best checkpoint when it improved, then last.pt: the resume point."""
-        atomic_torch_save(payload, self.epoch_checkpoint(phase, epoch))
-        if improved:
-            atomic_torch_save(payload, self.best_checkpoint(phase))
-        atomic_torch_save(payload, self.last_checkpoint(phase))
-
     def load_checkpoint(self, phase: int, name: str = "best") -> dict:
         return load_checkpoint(self.checkpoint(phase, name))
 

@@ -95,7 +95,7 @@ def test_all_notebooks_run_under_papermill(tiny_data, tmp_path):
     _run("01_sampler_check", tmp_path, data_dir=str(tiny_data), batches_per_epoch=50)
     phase0 = runs / "p0"
     common["cache_dir"] = str(tmp_path / "feature_cache")
-    _run("02b_train_phase0", tmp_path, data_dir=str(tiny_data), run_name=str(phase0), **common)
+    _run("02b_train_phase0", tmp_path, data_dir=str(tiny_data), runs_dir=str(runs), run_name="p0", **common)
     p0 = phase0 / "checkpoints" / "phase0" / "phase0_best.pt"
     assert p0.is_file()
     _run(
