@@ -26,7 +26,8 @@ test: venv
 	$(PY) -m pytest -q
 
 lab: venv
-	$(VENV)/bin/jupyter lab notebooks
+	@echo "JupyterLab opens at the project root: notebooks/ holds the workbook, runs/ every run (executed notebooks, maps, figures)."
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)"
 
 lint: venv
 	$(VENV)/bin/ruff check .

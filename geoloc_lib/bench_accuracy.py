@@ -29,7 +29,7 @@ from .demo_data import DEMO_PRESETS, generate_demo_dataset
 from .demo_pipeline import DEMO_PHASE0, DEMO_PHASE1
 from .fit import fit
 from .metrics import SUMMARY_METRICS, prediction_metrics
-from .predict import evaluate_run
+from .predictor import evaluate_run
 from .runfolder import RunFolder
 
 SHOWN = ["median_error_km", "p90_error_km", "acc_25km", "geoscore", "province_acc"]

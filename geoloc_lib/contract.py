@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from . import provinces as prov
 from .geo import BBOX_MARGIN_DEG, PAKISTAN_BBOX, inside_pakistan_bbox
+from .progress import progress_bar
 from .splits import location_split
 
 SPLIT_COLUMNS = ("id", "image", "latitude", "longitude", "province", "province_id", "cell_id")
@@ -197,7 +197,7 @@ def _check_images(df: pd.DataFrame, path: Path, image_check: str) -> None:
     if image_check == "decode":
         with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:  # Pillow decodes without the GIL
             problems = list(
-                tqdm(
+                progress_bar(
                     pool.map(image_problem, df["image_path"]),
                     total=len(df),
                     desc=f"check {path.name}",

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from . import provinces as prov
 from .geo import KM_PER_DEG_LAT, PAKISTAN_BBOX
 from .geocells import GeocellConfig, assign_cells, build_geocells
+from .progress import progress_bar
 
 PLACES_CSV = Path(__file__).resolve().parent / "resources" / "places_pk.csv"
 # Photo counts per province of the GEOPAK dataset (docs/design.md), in province-id order.
@@ -216,7 +216,7 @@ def generate_demo_dataset(out_dir: str | os.PathLike, config: DemoConfig | None 
     )
     chunks = [(rows[i : i + 64], cfg.image_size, cfg.seed, out_dir) for i in range(0, len(rows), 64)]
     with ProcessPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
-        list(tqdm(pool.map(_render_chunk, chunks), total=len(chunks), desc="render demo photos"))
+        list(progress_bar(pool.map(_render_chunk, chunks), total=len(chunks), desc="render demo photos"))
 
     train, test = df[~is_test].reset_index(drop=True), df[is_test].reset_index(drop=True)
     cells = build_geocells(

@@ -18,6 +18,7 @@ import papermill as pm
 
 from .demo_data import DEMO_PRESETS, generate_demo_dataset
 from .notebook import project_root
+from .progress import TEXT_PROGRESS_ENV
 from .runfolder import RunFolder
 
 KERNEL = "geoloc"
@@ -27,6 +28,7 @@ DEMO_PHASE1 = {"epochs": 6, "batches_per_epoch": 300}
 
 
 def run_notebook(name: str, out_dir: Path, **parameters) -> Path:
+    os.environ[TEXT_PROGRESS_ENV] = "1"  # the kernel inherits it: saved outputs end on each bar's final state
     out = out_dir / f"{name}.ipynb"
     print(f"--- {name} -> {out}", flush=True)
     pm.execute_notebook(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -130,13 +131,43 @@ class NormalizedEncoder(nn.Module):
         return self.body(x)
 
 
+class _DropRandomWeightsNotice(logging.Filter):
+    """open_clip warns that no weights were loaded; for a config that asks for random weights that is the point."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".tar")
+
+
+def _check_local_weights(cfg: EncoderConfig) -> None:
+    """A weights file or folder that is named but missing is a plain "file not found", not a download problem."""
+    local = cfg.clip_model.removeprefix("local-dir:") if cfg.clip_model.startswith("local-dir:") else None
+    if local is None and (
+        os.sep in cfg.clip_pretrained or cfg.clip_pretrained.endswith(WEIGHT_FILE_SUFFIXES)
+    ):
+        local = cfg.clip_pretrained
+    if local is not None and not Path(local).exists():
+        raise EncoderWeightsError(
+            f"CLIP weights: file not found: {local}. Check the path (clip_pretrained for a weights file, "
+            f"clip_model='local-dir:/path' for a folder with open_clip_config.json and the weights)."
+        )
+
+
 def build_clip_encoder(cfg: EncoderConfig) -> tuple[NormalizedEncoder, int]:
     """CLIP image tower and its input size."""
+    _check_local_weights(cfg)
     try:
         if cfg.clip_pretrained == "random" and not cfg.clip_model.startswith("local-dir:"):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.random_init_seed)
-                model = open_clip.create_model(cfg.clip_model, pretrained=None)
+            notice = _DropRandomWeightsNotice()
+            logging.getLogger().addFilter(notice)  # open_clip logs it on the root logger
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(cfg.random_init_seed)
+                    model = open_clip.create_model(cfg.clip_model, pretrained=None)
+            finally:
+                logging.getLogger().removeFilter(notice)
         else:
             with _hub_offline(cfg.offline):
                 model = open_clip.create_model(
@@ -171,7 +202,7 @@ def _clip_weights_error(cfg: EncoderConfig, err: Exception) -> EncoderWeightsErr
 def _load_scene_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not Path(path).is_file():
         raise EncoderWeightsError(
-            f"Scene CNN weights file {path!r} not found. Download the CSAIL Places365 checkpoint "
+            f"Scene CNN weights: file not found: {path}. Download the CSAIL Places365 checkpoint "
             f"(http://places2.csail.mit.edu/models_places365/resnet50_places365.pth.tar) on a connected "
             f"machine and pass scene_weights='places365:/path/to/resnet50_places365.pth.tar', or use "
             f"scene_weights='random' explicitly."

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .datasets import label_tensors
 from .decoding import Decoder
@@ -19,6 +18,7 @@ from .devices import autocast_for
 from .losses import LOSS_TERMS, GeolocLoss
 from .metrics import DECODE_MODES, PREDICTION_COLUMNS, predictions_frame
 from .model import GeoHeads
+from .progress import progress_bar
 from .sources import Batch
 
 # decoded outputs that go into the predictions table
@@ -54,7 +54,9 @@ def evaluate(
     labels = label_tensors(split, device)
     columns: dict[str, list[torch.Tensor]] = {k: [] for k in (*TABLE_FIELDS, "row", "oracle")}
     loss_sums = torch.zeros(len(LOSS_TERMS), device=device)
-    with tqdm(total=len(split), desc="evaluate", unit="img", disable=not progress, leave=False) as bar:
+    with progress_bar(
+        total=len(split), desc="evaluate", unit="img", disable=not progress, leave=False
+    ) as bar:
         for idx, clip, scene in batches:
             cell, province = labels["cell"][idx], labels["province"][idx]
             with autocast_for(device):

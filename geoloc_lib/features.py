@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .checkpoints import atomic_torch_save
 from .config import TrainConfig
@@ -26,6 +25,7 @@ from .datasets import PhotoDataset
 from .devices import autocast_for, select_device
 from .encoders import DualEncoder
 from .factory import encoder_config_of
+from .progress import progress_bar
 from .transforms import AUGMENT_PRESETS, AugmentConfig, eval_transform, train_transform
 
 
@@ -113,7 +113,7 @@ def extract_features(
     # outlives the loop, and a live iterator inherited by the next DataLoader's forked workers makes
     # them print "can only test a child process" tracebacks when they exit.
     batches = iter(loader)
-    with tqdm(total=len(dataset), initial=done, desc=desc, unit="img") as bar:
+    with progress_bar(total=len(dataset), initial=done, desc=desc, unit="img") as bar:
         for images, _ in batches:
             with autocast_for(device):
                 c, s = encoders(images.to(device, non_blocking=True))  # [b, Dc], [b, Ds]

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.optim.swa_utils import AveragedModel
-from tqdm.auto import tqdm
 
 from . import provinces as prov
 from .cells import CellTable
@@ -53,6 +52,7 @@ from .losses import (
 )
 from .metrics import PROVINCE_ACCURACY_COLUMNS, prediction_metrics, predictions_frame
 from .model import GeoHeads, GeolocModel
+from .progress import progress_bar
 from .retrieval import RetrievalIndex
 from .runfolder import RunFolder
 from .runlock import RunLock
@@ -273,7 +273,9 @@ def train_one_epoch(t: Training, epoch: int) -> tuple[dict, pd.DataFrame]:
     offset_weight = torch.tensor(offset_ramp(epoch, cfg.offset_ramp_epochs), device=t.device)
     first, total = (epoch - 1) * n_steps, cfg.epochs * n_steps
     lrs = [lr_at(first + i, total, cfg.lr, cfg.lr_schedule, cfg.warmup_steps) for i in range(n_steps)]
-    bar = tqdm(total=n_steps, desc=f"epoch {epoch}/{cfg.epochs} train", disable=not t.progress, leave=False)
+    bar = progress_bar(
+        total=n_steps, desc=f"epoch {epoch}/{cfg.epochs} train", disable=not t.progress, leave=False
+    )
     with bar:
         for step, (idx, result) in enumerate(t.stepper.run(batches, generator, offset_weight, lrs)):
             rows[step], terms[step], preds[step] = idx, result["terms"], result["pred"]

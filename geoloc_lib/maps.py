@@ -1,42 +1,145 @@
-"""folium maps that render without internet.
+"""folium maps that render without internet, in saved HTML files and inside notebooks.
 
-Leaflet's JavaScript and CSS are inlined from the copy vendored in `resources/leaflet/` (Leaflet 1.9.4,
-BSD-2-Clause); folium's other CDN assets (jQuery, Bootstrap, Font Awesome) are dropped because these
-maps use none of them. Only the background tiles still come from the network; without it the data
-layers draw on a blank background.
+Every map has an offline base: the borders of Pakistan's seven first-level divisions (geoBoundaries ADM1,
+public domain, vendored in `resources/boundaries/`, see data/README.md) and the names of the larger towns
+(`resources/places_pk.csv`). OpenStreetMap tiles are an optional layer, off by default. Leaflet's
+JavaScript and CSS are inlined from `resources/leaflet/` (Leaflet 1.9.4, BSD-2-Clause), the layer
+control's icon is an inline SVG, and folium's other CDN assets are dropped (these maps use none of them).
+Maps fit their bounds to the data; legends are Leaflet controls, so they stack with the other controls
+instead of covering them.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 import re
+from functools import cache
 from pathlib import Path
 
 import folium
 import numpy as np
 import pandas as pd
+from branca.element import MacroElement, Template
 
 from . import provinces as prov
-from .geo import PAKISTAN_CENTER
 
-LEAFLET_DIR = Path(__file__).resolve().parent / "resources" / "leaflet"
+RESOURCES = Path(__file__).resolve().parent / "resources"
+LEAFLET_DIR = RESOURCES / "leaflet"
+BOUNDARIES_GEOJSON = RESOURCES / "boundaries" / "geoBoundaries-PAK-ADM1_simplified.geojson"
+PLACES_CSV = RESOURCES / "places_pk.csv"
+LABELLED_TOWNS = 25  # the largest towns are named on every map
 PROVINCE_COLORS = ("#e6550d", "#31a354", "#3182bd", "#756bb1", "#636363", "#bcbd22", "#d6616b")
 ERROR_BINS_KM = (0, 25, 100, 250, 500, 1000, np.inf)
 ERROR_COLORS = ("#1a9850", "#91cf60", "#d9ef8b", "#fee08b", "#fc8d59", "#d73027")
+TRUTH_COLOR, PREDICTION_COLOR = "#000000", "#d7191c"
+# folium's popups build their content with jQuery's $(html)[0]; this is all of jQuery they need
+JQUERY_SHIM = (
+    "window.$=window.$||function(h){var t=document.createElement('template');"
+    "t.innerHTML=h.trim();return [t.content.firstChild];};"
+)
+# Leaflet's layers.png, drawn as an SVG (three stacked sheets) so that no image file is needed
+LAYERS_ICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 26 26"><g fill="#555" stroke="#fff" stroke-width="1">'
+    '<path d="M13 17 2 12l11-5 11 5z" opacity=".5" transform="translate(0 4)"/><path d="M13 17 2 12l11-5 11 5z"/>'
+    "</g></svg>"
+)
 
 
-def base_map(zoom: int = 5) -> folium.Map:
-    return folium.Map(location=PAKISTAN_CENTER, zoom_start=zoom, tiles="OpenStreetMap", control_scale=True)
+@cache
+def province_borders() -> dict:
+    """The vendored geoBoundaries ADM1 polygons, with each feature's `province` set to our canonical name."""
+    shapes = json.loads(BOUNDARIES_GEOJSON.read_text(encoding="utf-8"))
+    for feature in shapes["features"]:
+        feature["properties"]["province"] = prov.lookup(feature["properties"]["shapeName"]).name
+    return shapes
 
 
-def offline_html(m: folium.Map) -> str:
-    """The map's HTML with Leaflet inlined and no other CDN dependency."""
-    page = m.get_root().render()
+def _read_shapes(geojson: str | Path | None) -> dict:
+    """A user's GeoJSON (properties `shapeName` or `name` naming provinces) if given, else the vendored one."""
+    if geojson is None:
+        return json.loads(json.dumps(province_borders()))  # a copy: callers add properties
+    shapes = json.loads(Path(geojson).read_text(encoding="utf-8"))
+    for feature in shapes["features"]:
+        props = feature["properties"]
+        found = prov.try_lookup(props.get("shapeName") or props.get("name") or "")
+        props["province"] = found.name if found else str(props.get("shapeName") or props.get("name"))
+    return shapes
+
+
+class Legend(MacroElement):
+    """A legend as a Leaflet control in the bottom-right corner (controls in one corner stack, never overlap)."""
+
+    _template = Template(
+        """{% macro script(this, kwargs) %}
+        (function () {
+            var legend = L.control({position: "bottomright"});
+            legend.onAdd = function () {
+                var div = L.DomUtil.create("div", "geoloc-legend");
+                div.style.cssText = "background:white;padding:6px 8px;border:1px solid #999;font:12px sans-serif";
+                div.innerHTML = {{ this.body|tojson }};
+                return div;
+            };
+            legend.addTo({{ this._parent.get_name() }});
+        })();
+        {% endmacro %}"""
+    )
+
+    def __init__(self, title: str, entries: list[tuple[str, str]], shape: str = "square"):
+        super().__init__()
+        radius = "50%" if shape == "circle" else "0"
+        rows = "".join(
+            f'<div><span style="display:inline-block;width:11px;height:11px;background:{color};'
+            f'border-radius:{radius};margin-right:6px"></span>{html.escape(label)}</div>'
+            for label, color in entries
+        )
+        self.body = f"<b>{html.escape(title)}</b>{rows}"
+
+
+def base_map(points: pd.DataFrame | None = None) -> folium.Map:
+    """A map with the offline base (borders and town names) fitted to `points` (latitude, longitude)."""
+    m = folium.Map(tiles=None, control_scale=True, zoom_snap=0.25)
+    folium.TileLayer(
+        "OpenStreetMap", name="OpenStreetMap (needs internet)", overlay=False, show=False
+    ).add_to(m)
+    borders = folium.FeatureGroup(name="province borders (geoBoundaries)", overlay=True, control=True)
+    folium.GeoJson(
+        province_borders(),
+        style_function=lambda _: {"color": "#555", "weight": 1.2, "fillColor": "#f4f1ea", "fillOpacity": 0.6},
+        tooltip=folium.GeoJsonTooltip(fields=["province"], labels=False),
+    ).add_to(borders)
+    borders.add_to(m)
+    towns = folium.FeatureGroup(name="towns", overlay=True)
+    for town in pd.read_csv(PLACES_CSV).nlargest(LABELLED_TOWNS, "population").itertuples():
+        label = f'<div style="font:10px sans-serif;color:#333;white-space:nowrap">&#9679; {html.escape(town.name)}</div>'
+        folium.Marker(
+            (town.latitude, town.longitude), icon=folium.DivIcon(html=label, icon_size=(120, 12))
+        ).add_to(towns)
+    towns.add_to(m)
+    if points is not None and len(points):
+        lat, lon = points["latitude"].to_numpy(float), points["longitude"].to_numpy(float)
+        m.fit_bounds([[lat.min() - 0.3, lon.min() - 0.3], [lat.max() + 0.3, lon.max() + 0.3]])
+    else:
+        m.fit_bounds([[23.6, 60.8], [37.1, 77.9]])  # Pakistan
+    return m
+
+
+def finish(m: folium.Map) -> folium.Map:
+    folium.LayerControl(collapsed=True, position="topright").add_to(m)
+    return m
+
+
+def _inline_assets(page: str) -> str:
+    """Leaflet inlined, the layer icon inlined, every other CDN reference dropped."""
     js = (LEAFLET_DIR / "leaflet.js").read_text(encoding="utf-8")
-    css = (LEAFLET_DIR / "leaflet.css").read_text(encoding="utf-8")
+    icon = base64.b64encode(LAYERS_ICON.encode()).decode()
+    css = (LEAFLET_DIR / "leaflet.css").read_text(encoding="utf-8") + (
+        f".leaflet-control-layers-toggle{{background-image:url(data:image/svg+xml;base64,{icon})}}"
+    )
     page = re.sub(
         r'<script src="[^"]*leaflet(?:@[\d.]+)?/dist/leaflet\.js"></script>',
-        lambda _: f"<script>{js}</script>",
+        lambda _: f"<script>{js}</script><script>{JQUERY_SHIM}</script>",
         page,
     )
     page = re.sub(
@@ -48,6 +151,34 @@ def offline_html(m: folium.Map) -> str:
     return re.sub(r'<link rel="stylesheet" href="https?://[^"]*"\s*/?>', "", page)
 
 
+def offline_html(m: folium.Map) -> str:
+    """The map as a standalone HTML page that needs no network."""
+    return _inline_assets(m.get_root().render())
+
+
+def notebook_html(m: folium.Map, height_px: int = 480) -> str:
+    """The map as an HTML fragment for a notebook output: no iframe and no network, so it renders offline
+    (once the notebook is trusted) and in exported HTML. Page-wide styles of the standalone page are left out."""
+    page = offline_html(m)
+    head = page[page.index("<head>") + 6 : page.index("</head>")]
+    kept = [
+        b for b in re.findall(r"<style>.*?</style>|<script>.*?</script>", head, re.S) if "html, body" not in b
+    ]
+    kept = [b for b in kept if not re.search(r"#map\s*{", b)]
+    body = page[page.index("<body>") + 6 : page.index("</body>")]
+    scripts = "".join(re.findall(r"<script>.*?</script>", page[page.index("</body>") :], re.S))
+    return (
+        f'<div style="position:relative;width:100%;height:{height_px}px">{"".join(kept)}{body}{scripts}</div>'
+    )
+
+
+def show(m: folium.Map, height_px: int = 480):
+    """Display a map in a notebook without any network access (see `notebook_html`)."""
+    from IPython.display import HTML
+
+    return HTML(notebook_html(m, height_px))
+
+
 def save_map(m: folium.Map, path: str | Path, offline: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,21 +187,6 @@ def save_map(m: folium.Map, path: str | Path, offline: bool = True) -> Path:
     else:
         m.save(str(path))
     return path
-
-
-def legend(m: folium.Map, title: str, entries: list[tuple[str, str]]) -> None:
-    """A fixed legend box drawn with plain HTML (branca's colormap legend needs d3 from a CDN)."""
-    rows = "".join(
-        f'<div><span style="display:inline-block;width:12px;height:12px;background:{color};'
-        f'margin-right:6px"></span>{html.escape(label)}</div>'
-        for label, color in entries
-    )
-    box = (
-        f'<div class="geoloc-legend" style="position:fixed;bottom:24px;left:24px;z-index:9999;'
-        f'background:white;padding:8px;border:1px solid #999;font:12px sans-serif">'
-        f"<b>{html.escape(title)}</b>{rows}</div>"
-    )
-    m.get_root().html.add_child(folium.Element(box))
 
 
 def error_color(error_km: float) -> str:
@@ -86,25 +202,28 @@ def error_legend_entries() -> list[tuple[str, str]]:
     ]
 
 
+def _province_legend() -> Legend:
+    return Legend("Province", [(p.name, PROVINCE_COLORS[p.id]) for p in prov.PROVINCES], shape="circle")
+
+
 def samples_map(split: pd.DataFrame, max_points: int = 5000, seed: int = 0) -> folium.Map:
     """Photos as dots coloured by province (a seeded subsample above `max_points`)."""
-    m = base_map()
+    m = base_map(split)
     shown = split.sample(max_points, random_state=seed) if len(split) > max_points else split
     for p in prov.PROVINCES:
-        layer = folium.FeatureGroup(name=f"{p.name} ({int((split['province_id'] == p.id).sum())})")
+        layer = folium.FeatureGroup(name=f"{p.name} ({int((split['province_id'] == p.id).sum())} photos)")
         for lat, lon in shown.loc[shown["province_id"] == p.id, ["latitude", "longitude"]].to_numpy():
             folium.CircleMarker(
                 (lat, lon), radius=2, color=PROVINCE_COLORS[p.id], fill=True, weight=1, fill_opacity=0.7
             ).add_to(layer)
         layer.add_to(m)
-    legend(m, "Province", [(p.name, PROVINCE_COLORS[p.id]) for p in prov.PROVINCES])
-    folium.LayerControl(collapsed=False).add_to(m)
-    return m
+    m.add_child(_province_legend())
+    return finish(m)
 
 
 def geocell_map(cells: pd.DataFrame, value: pd.Series | None = None, value_label: str = "") -> folium.Map:
     """Cells as circles of their radius, coloured by province or by `value` (an error in km, indexed by cell_id)."""
-    m = base_map()
+    m = base_map(cells.rename(columns={"center_lat": "latitude", "center_lon": "longitude"}))
     layer = folium.FeatureGroup(name="geocells")
     for row in cells.itertuples():
         v = None if value is None else value.get(row.cell_id, np.nan)
@@ -122,36 +241,75 @@ def geocell_map(cells: pd.DataFrame, value: pd.Series | None = None, value_label
             tooltip=tip,
         ).add_to(layer)
     layer.add_to(m)
-    if value is None:
-        legend(m, "Province", [(p.name, PROVINCE_COLORS[p.id]) for p in prov.PROVINCES])
-    else:
-        legend(m, value_label, error_legend_entries())
-    folium.LayerControl().add_to(m)
-    return m
+    m.add_child(_province_legend() if value is None else Legend(value_label, error_legend_entries()))
+    return finish(m)
 
 
-def _province_polygons_fallback(pred: pd.DataFrame) -> dict:
-    """Convex hull of each province's validation points, as GeoJSON (when no boundary file is given)."""
-    from scipy.spatial import ConvexHull, QhullError
+def province_error_stats(pred: pd.DataFrame) -> dict[str, dict]:
+    """Per province (canonical name): photos, median error and province accuracy of a predictions table."""
+    return {
+        prov.by_id(pid).name: {
+            "photos": len(part),
+            "median_error_km": round(float(part["error_km"].median()), 1),
+            "province_acc": round(100 * float((part["pred_province_id"] == pid).mean()), 1),
+        }
+        for pid, part in pred.groupby("province_id")
+    }
 
-    features = []
-    for p in prov.PROVINCES:
-        pts = pred.loc[pred["province_id"] == p.id, ["longitude", "latitude"]].drop_duplicates().to_numpy()
-        if len(pts) < 3:
-            continue
-        try:
-            hull = pts[ConvexHull(pts).vertices]
-        except QhullError:  # collinear points
-            continue
-        ring = [[float(x), float(y)] for x, y in hull] + [[float(hull[0][0]), float(hull[0][1])]]
-        features.append(
-            {
-                "type": "Feature",
-                "properties": {"shapeName": p.name},
-                "geometry": {"type": "Polygon", "coordinates": [ring]},
-            }
+
+def _choropleth(m: folium.Map, pred: pd.DataFrame, geojson: str | Path | None) -> None:
+    stats = province_error_stats(pred)
+    shapes = _read_shapes(geojson)
+    for feature in shapes["features"]:
+        props = feature["properties"]
+        s = stats.get(props["province"])
+        props.update(s or {"photos": 0, "median_error_km": "n/a", "province_acc": "n/a"})
+        props["fill"] = error_color(s["median_error_km"]) if s else "#cccccc"
+    folium.GeoJson(
+        shapes,
+        name="median error by province",
+        style_function=lambda f: {
+            "fillColor": f["properties"]["fill"],
+            "color": "#333",
+            "weight": 1,
+            "fillOpacity": 0.55,
+        },
+        tooltip=folium.GeoJsonTooltip(
+            fields=["province", "photos", "median_error_km", "province_acc"],
+            aliases=["province", "photos", "median error (km)", "province accuracy (%)"],
+        ),
+    ).add_to(m)
+
+
+def _worst_lines(pred: pd.DataFrame, worst_n: int) -> folium.FeatureGroup:
+    """The worst predictions: a black dot at the truth, a red dot at the prediction, a dashed line between."""
+    worst = folium.FeatureGroup(name=f"worst {worst_n}: truth (black) -> prediction (red)")
+    for row in pred.nlargest(worst_n, "error_km").itertuples():
+        text = (
+            f"<b>photo {html.escape(str(row.id))}</b><br>truth: {row.province} ({row.latitude:.3f}, "
+            f"{row.longitude:.3f})<br>prediction: {row.pred_province} ({row.pred_lat:.3f}, {row.pred_lon:.3f})"
+            f"<br>error: {row.error_km:.0f} km"
         )
-    return {"type": "FeatureCollection", "features": features}
+        folium.PolyLine(
+            [(row.latitude, row.longitude), (row.pred_lat, row.pred_lon)],
+            color=PREDICTION_COLOR,
+            weight=2,
+            dash_array="6 4",
+            popup=folium.Popup(text, max_width=300),
+        ).add_to(worst)
+        for (lat, lon), color in (
+            ((row.latitude, row.longitude), TRUTH_COLOR),
+            ((row.pred_lat, row.pred_lon), PREDICTION_COLOR),
+        ):
+            folium.CircleMarker(
+                (lat, lon),
+                radius=4,
+                color=color,
+                fill=True,
+                fill_opacity=1,
+                popup=folium.Popup(text, max_width=300),
+            ).add_to(worst)
+    return worst
 
 
 def error_map(
@@ -160,50 +318,18 @@ def error_map(
     worst_n: int = 30,
     max_points: int = 5000,
 ) -> folium.Map:
-    """Per-province median error (choropleth, or convex hulls without boundaries), test points coloured by
-    error, and truth -> prediction lines for the worst `worst_n`, with a layer control."""
-    import json
-
-    m = base_map()
-    by_province = pred.groupby("province_id")
-    stats = {
-        prov.by_id(pid).name: {
-            "photos": len(part),
-            "median_error_km": float(part["error_km"].median()),
-            "province_acc": 100 * float((part["pred_province_id"] == pid).mean()),
-        }
-        for pid, part in by_province
-    }
-    if boundaries_geojson:
-        shapes = json.loads(Path(boundaries_geojson).read_text(encoding="utf-8"))
-        layer_name = "median error by province (boundaries)"
-    else:
-        shapes = _province_polygons_fallback(pred)
-        layer_name = "median error by province (convex hull of test points)"
-    for feature in shapes["features"]:
-        props = feature["properties"]
-        p = prov.try_lookup(props.get("shapeName") or props.get("name") or "")
-        s = stats.get(p.name if p else "", {})
-        props["province"] = p.name if p else str(props.get("shapeName"))
-        props["photos"] = s.get("photos", 0)
-        props["median_error_km"] = round(s.get("median_error_km", float("nan")), 1) if s else "n/a"
-        props["province_acc"] = round(s.get("province_acc", float("nan")), 1) if s else "n/a"
-        props["fill"] = error_color(s["median_error_km"]) if s else "#cccccc"
-    folium.GeoJson(
-        shapes,
-        name=layer_name,
-        style_function=lambda f: {
-            "fillColor": f["properties"]["fill"],
-            "color": "#333",
-            "weight": 1,
-            "fillOpacity": 0.5,
-        },
-        tooltip=folium.GeoJsonTooltip(
-            fields=["province", "photos", "median_error_km", "province_acc"],
-            aliases=["province", "test photos", "median error (km)", "province accuracy (%)"],
-        ),
-    ).add_to(m)
-    points = folium.FeatureGroup(name="test photos by error")
+    """The per-province median error as a choropleth of the real borders (or of `boundaries_geojson`), the
+    photos coloured by error, and the worst predictions from truth to prediction."""
+    m = base_map(
+        pd.concat(
+            [
+                pred[["latitude", "longitude"]],
+                pred[["pred_lat", "pred_lon"]].set_axis(["latitude", "longitude"], axis=1),
+            ]
+        )
+    )
+    _choropleth(m, pred, boundaries_geojson)
+    points = folium.FeatureGroup(name="photos by error")
     shown = pred.sample(max_points, random_state=0) if len(pred) > max_points else pred
     for row in shown.itertuples():
         folium.CircleMarker(
@@ -216,16 +342,38 @@ def error_map(
             tooltip=f"{row.id}: {row.error_km:.1f} km ({row.province} -> {row.pred_province})",
         ).add_to(points)
     points.add_to(m)
-    worst = folium.FeatureGroup(name=f"worst {worst_n}: truth -> prediction")
-    for row in pred.nlargest(worst_n, "error_km").itertuples():
-        folium.PolyLine(
-            [(row.latitude, row.longitude), (row.pred_lat, row.pred_lon)],
-            color="#d73027",
-            weight=2,
-            tooltip=f"{row.id}: {row.error_km:.0f} km",
-        ).add_to(worst)
-        folium.CircleMarker((row.latitude, row.longitude), radius=4, color="#000", fill=True).add_to(worst)
-    worst.add_to(m)
-    legend(m, "error", error_legend_entries())
-    folium.LayerControl(collapsed=False).add_to(m)
-    return m
+    _worst_lines(pred, worst_n).add_to(m)
+    m.add_child(Legend("error", error_legend_entries()))
+    m.add_child(
+        Legend(
+            "worst predictions", [("truth", TRUTH_COLOR), ("prediction", PREDICTION_COLOR)], shape="circle"
+        )
+    )
+    return finish(m)
+
+
+def places_map(truth: tuple[float, float], hypotheses: list[dict]) -> folium.Map:
+    """A small map of one photo: the truth and its top hypotheses (province, cell, probability, coordinate)."""
+    points = pd.DataFrame(
+        [{"latitude": truth[0], "longitude": truth[1]}]
+        + [{"latitude": h["lat"], "longitude": h["lon"]} for h in hypotheses]
+    )
+    m = base_map(points)
+    folium.CircleMarker(
+        truth, radius=6, color=TRUTH_COLOR, fill=True, fill_opacity=1, tooltip="truth"
+    ).add_to(m)
+    for rank, h in enumerate(hypotheses, 1):
+        folium.CircleMarker(
+            (h["lat"], h["lon"]),
+            radius=3 + 8 * h["prob"],
+            color=PREDICTION_COLOR,
+            fill=True,
+            fill_opacity=0.8 if rank == 1 else 0.3,
+            tooltip=f"#{rank}: {h['province']}, cell {h['cell_id']}, p = {h['prob']:.2f}",
+        ).add_to(m)
+    m.add_child(
+        Legend(
+            "", [("truth", TRUTH_COLOR), ("hypotheses (size: probability)", PREDICTION_COLOR)], shape="circle"
+        )
+    )
+    return finish(m)

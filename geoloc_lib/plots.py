@@ -33,7 +33,8 @@ def geocell_plots(cells: pd.DataFrame, train: pd.DataFrame):
     hist.set_ylabel("cells")
     hist.set_title("Geocell sizes")
     groups = [cells.loc[cells["province_id"] == p.id, "radius_km"].to_numpy() for p in prov.PROVINCES]
-    box.boxplot(groups, tick_labels=[p.key for p in prov.PROVINCES])
+    box.boxplot(groups, tick_labels=list(prov.PROVINCE_NAMES))
+    box.tick_params(axis="x", labelrotation=30)
     box.set_ylabel("radius (km)")
     box.set_title("Cell radius by province")
     fig.tight_layout()
@@ -91,17 +92,17 @@ def error_curves(losses: pd.DataFrame, baseline_km: float | None = None):
 
 def confusion_plot(confusion: pd.DataFrame):
     rates = confusion.div(confusion.sum(1).replace(0, np.nan), axis=0)
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = plt.subplots(figsize=(7, 6))
     im = ax.imshow(rates.fillna(0).to_numpy(), cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(rates)), [p.key for p in prov.PROVINCES])
-    ax.set_yticks(range(len(rates)), [p.key for p in prov.PROVINCES])
+    ax.set_xticks(range(len(rates)), list(prov.PROVINCE_NAMES), rotation=35, ha="right")
+    ax.set_yticks(range(len(rates)), list(prov.PROVINCE_NAMES))
     for i in range(len(rates)):
         for j in range(len(rates)):
             ax.text(j, i, int(confusion.iat[i, j]), ha="center", va="center", fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("Province confusion (colour: row share)")
-    fig.colorbar(im, ax=ax)
+    ax.set_title("Province confusion (numbers: photos; colour: share of the true province)")
+    fig.colorbar(im, ax=ax, label="share of the row")
     fig.tight_layout()
     return fig
 
@@ -154,9 +155,14 @@ def distance_to_nearest_train_km(pred: pd.DataFrame, train: pd.DataFrame) -> np.
 def error_vs_coverage_plot(pred: pd.DataFrame, train: pd.DataFrame):
     d = distance_to_nearest_train_km(pred, train)
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.scatter(
-        d + 0.01, pred["error_km"] + 0.01, s=6, c=[PROVINCE_COLORS[p] for p in pred["province_id"]], alpha=0.6
-    )
+    for p in prov.PROVINCES:
+        mine = (pred["province_id"] == p.id).to_numpy()
+        if mine.any():
+            ax.scatter(
+                d[mine] + 0.01, pred["error_km"].to_numpy()[mine] + 0.01, s=6, color=PROVINCE_COLORS[p.id],
+                alpha=0.6, label=p.name,
+            )  # fmt: skip
+    ax.legend(fontsize=7, markerscale=2, title="true province", title_fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("distance to the nearest training photo (km)")

@@ -1,267 +1,120 @@
-"""Predict photos with a trained run, and evaluate a run on a labelled CSV.
+"""Command line: where were these photos taken? (`geoloc-predict`, or `python -m geoloc_lib.predict`)
 
-    python -m geoloc_lib.predict RUN_DIR IMAGE [IMAGE ...] [--mode mixture] [--csv out.csv]
+    geoloc-predict runs/demo photo1.jpg photo2.jpg
+    geoloc-predict runs/demo photos/*.jpg --mode mixture --csv predictions.csv
 
-The hypotheses (top provinces x top cells) become one coordinate by the run's decoding mode
-(hierarchical, joint or mixture; see decoding.py), or by `--mode`.
+Photos that are missing or not images are reported on stderr and skipped; the others are predicted. A
+problem that stops everything (not a run folder, a Phase 0 run, missing weights, other geocells) prints
+one line that names the file and the fix, and the command exits with status 2. Torch and the model are
+imported only after the arguments are read, so `--help` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
-from dataclasses import dataclass
+import json
+import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-from PIL import Image
-from tqdm.auto import tqdm
-
-from . import provinces as prov
-from .baselines import baseline_ladder, ladder_table
-from .cells import CellTable
-from .checkpoints import load_checkpoint, write_json
-from .config import TrainConfig
-from .contract import GeoDataset, load_cell_metadata, load_split
-from .datasets import open_rgb
-from .decoding import Decoder
-from .devices import select_device
-from .evaluation import evaluate
-from .factory import model_from_checkpoint
-from .features import clean_features
-from .metrics import (
-    DECODE_MODES,
-    SUMMARY_METRICS,
-    confusion_matrix,
-    mode_view,
-    per_province_table,
-    prediction_metrics,
+DECODE_MODES = ("hierarchical", "joint", "mixture")  # the same as geoloc_lib.metrics.DECODE_MODES
+MODE_HELP = (
+    "how the top provinces x top cells hypotheses become one place: 'joint' takes the most probable "
+    "hypothesis (p(province) x p(cell | province)); 'hierarchical' the most probable province, then its most "
+    "probable cell; 'mixture' the probability-weighted mean of all hypotheses (it can fall between cells). "
+    "Default: the mode the run was trained with."
 )
-from .model import GeolocModel
-from .retrieval import RetrievalIndex
-from .runfolder import RunFolder
-from .sources import EncodedImages
-from .transforms import eval_transform
 
 
-class Predictor:
-    """A trained Phase 1 model on a device, with the decoding its run was trained with."""
-
-    def __init__(self, model: GeolocModel, device: torch.device, decoder: Decoder):
-        self.model = model.to(device).eval()
-        self.device = device
-        self.decoder = decoder
-        self.transform = eval_transform(model.encoders.image_size)
-
-    @classmethod
-    def from_checkpoint(
-        cls, checkpoint_path: str | os.PathLike, cell_metadata_path: str | os.PathLike, device: str = "auto"
-    ) -> Predictor:
-        """Rebuild the model of a Phase 1 checkpoint (read with weights_only=True) on these cells."""
-        checkpoint = load_checkpoint(checkpoint_path)
-        cells = CellTable(load_cell_metadata(cell_metadata_path))
-        model = model_from_checkpoint(checkpoint, cells, str(checkpoint_path))
-        decoder = Decoder(
-            TrainConfig.from_dict(checkpoint["config"]).decode_config, torch.tensor(checkpoint["prior_shift"])
-        )
-        return cls(model, select_device(device), decoder)
-
-    @classmethod
-    def from_run(
-        cls,
-        run_dir: str | os.PathLike,
-        checkpoint: str = "best",
-        device: str = "auto",
-        data_dir: str | os.PathLike | None = None,
-    ) -> Predictor:
-        """The predictor of a run folder, decoding as the run was configured (retrieval included).
-
-        `data_dir` points the run at its data folder when that moved (see RunFolder.read_config).
-        """
-        folder = RunFolder(run_dir)
-        cfg = folder.read_config(data_dir)
-        predictor = cls.from_checkpoint(
-            folder.checkpoint(1, checkpoint), Path(cfg.data_dir) / "cell_metadata.csv", device
-        )
-        if cfg.retrieval_k > 0:
-            train = cfg.load_data().train
-            encoders = predictor.model.encoders
-            features = clean_features(
-                cfg, train, encoders, encoders.fingerprint(), predictor.device, log=lambda _: None
-            )
-            index = RetrievalIndex(
-                predictor.model.heads, features, train, cfg.retrieval_k, cfg.retrieval_temperature
-            )
-            predictor.decoder = dataclasses.replace(predictor.decoder, retrieval=index)
-        return predictor
-
-    @torch.no_grad()
-    def _predict_batch(self, images: list) -> dict[str, np.ndarray]:
-        batch = torch.stack([self.transform(_as_image(x)) for x in images]).to(self.device)  # [B, 3, H, W]
-        pred = self.decoder(self.model.heads, self.model(batch))
-        return {
-            k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy() for k, v in pred.items()
-        }
-
-    def predict(self, images: list, batch_size: int = 64, mode: str | None = None) -> pd.DataFrame:
-        """One row per image: the coordinate and province of `mode` (default: the run's), every mode's
-        coordinate, and the hypotheses (province, cell, probability, coordinate) with probability."""
-        mode = mode or self.decoder.config.mode
-        if mode not in DECODE_MODES:
-            raise ValueError(f"mode must be one of {DECODE_MODES}, not {mode!r}")
-        images = list(images)
-        starts = range(0, len(images), batch_size)
-        parts = [
-            self._predict_batch(images[i : i + batch_size]) for i in tqdm(starts, desc="predict", leave=False)
-        ]
-        cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        names = np.array(prov.PROVINCE_NAMES)
-        frame = pd.DataFrame(
-            {
-                "image": [
-                    f"<image {i}>" if isinstance(x, Image.Image) else str(x) for i, x in enumerate(images)
-                ],
-                "lat": cat[f"{mode}_lat"],
-                "lon": cat[f"{mode}_lon"],
-                "province": names[cat[f"{mode}_province"]],
-                **{f"{m}_{field}": cat[f"{m}_{field}"] for m in DECODE_MODES for field in ("lat", "lon")},
-            }
-        )
-        frame["hypotheses"] = [
-            [
-                {
-                    "province": names[p],
-                    "cell_id": int(c),
-                    "prob": float(pr),
-                    "lat": float(xy[0]),
-                    "lon": float(xy[1]),
-                }
-                for p, c, pr, xy, ok in zip(*row, strict=True)
-                if ok
-            ]
-            for row in zip(
-                cat["hyp_province"],
-                cat["hyp_cell_id"],
-                cat["hyp_prob"],
-                cat["hyp_coords"],
-                cat["hyp_valid"],
-                strict=True,
-            )
-        ]
-        return frame
-
-    def evaluate(
-        self, split: pd.DataFrame, batch_size: int = 64, num_workers: int = 2, progress: bool = True
-    ) -> pd.DataFrame:
-        """Predictions table of a validated, labelled split (see `evaluation.evaluate`)."""
-        images = EncodedImages(self.model.encoders, self.device, split, batch_size, num_workers)
-        return evaluate(
-            self.model.heads, images.eval_batches(), split, self.decoder, progress=progress
-        ).predictions
+class CommandError(Exception):
+    """A problem that stops the command: printed as one line, exit status 2."""
 
 
-def _as_image(item) -> Image.Image:
-    return item.convert("RGB") if isinstance(item, Image.Image) else open_rgb(str(item))
-
-
-@dataclass
-class RunEvaluation:
-    """The tables of `evaluate_run`, and the data they were computed on."""
-
-    tables: dict[str, pd.DataFrame]  # predictions, summary, per_province, confusion
-    dataset: GeoDataset  # the run's data folder: cells, train and test splits
-    split: pd.DataFrame  # the evaluated split
-    split_name: str  # "test", "val", or the CSV it was read from
-
-    @property
-    def predictions(self) -> pd.DataFrame:
-        return self.tables["predictions"]
-
-
-def evaluate_run(
-    run_dir: str | os.PathLike,
-    split: str | os.PathLike = "test",
-    checkpoint: str = "best",
-    device: str = "auto",
-    out_dir: str | os.PathLike | None = None,
-    num_workers: int = 2,
-    baselines: bool = True,
-    progress: bool = True,
-    data_dir: str | os.PathLike | None = None,
-) -> RunEvaluation:
-    """Evaluate a run on `split` and write the tables into `out_dir` (default RUN_DIR/evaluation).
-
-    `split`: "test" (the data folder's test.csv, the final report), "val" (the validation split the run
-    made its choices on), or the path of another labelled CSV. Writes predictions.csv, summary.csv (every
-    decoding mode), per_province.csv and confusion.csv; with `baselines`, also baselines.csv (the
-    baseline ladder on the same rows and features, see baselines.py) and ladder.csv (the model above it).
-    """
-    folder = RunFolder(run_dir)
-    cfg = folder.read_config(data_dir)
-    predictor = Predictor.from_run(run_dir, checkpoint, device, data_dir)
-    dataset = cfg.load_data()
-    split_name = str(split)
-    if split_name in ("test", "val"):
-        rows = getattr(dataset, split_name)
-    else:
-        rows = load_split(split, dataset.cells, cfg.images_root)
-    pred = predictor.evaluate(rows, num_workers=num_workers, progress=progress)
-    out_dir = Path(out_dir) if out_dir else folder.evaluation
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tables = {
-        "predictions": pred,
-        "summary": summary_table(pred),
-        "per_province": per_province_table(pred),
-        "confusion": confusion_matrix(pred["province_id"], pred["pred_province_id"]),
-    }
-    if baselines:
-        encoders = predictor.model.encoders
-        fingerprint = encoders.fingerprint()
-        train_features, features = (
-            clean_features(cfg, part, encoders, fingerprint, predictor.device, log=lambda _: None)
-            for part in (dataset.train, rows)
-        )
-        tables["baselines"] = baseline_ladder(train_features, dataset.train, features, rows, dataset.cells)
-        model_name = f"model ({cfg.decode_mode} decoding)"
-        tables["ladder"] = ladder_table(prediction_metrics(pred), tables["baselines"], model_name)
-    for name, table in tables.items():
-        table.to_csv(out_dir / f"{name}.csv", index=name != "predictions")
-    write_json(
-        out_dir / "source.json", {"run_dir": str(run_dir), "split": split_name, "checkpoint": checkpoint}
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(
+        prog="geoloc-predict",
+        description="Predict where photos were taken in Pakistan with a trained run (Phase 1).",
+        epilog="Output: a table on stdout (image, lat, lon, province); with --csv, also every mode's "
+        "coordinate and the hypotheses as JSON.",
     )
-    return RunEvaluation(tables, dataset, rows, split_name)
-
-
-def summary_table(pred: pd.DataFrame) -> pd.DataFrame:
-    """Metrics of every decoding mode side by side (rows: SUMMARY_METRICS and the oracle median)."""
-    keys = [*SUMMARY_METRICS, "oracle_median_error_km"]
-    columns = {mode: prediction_metrics(mode_view(pred, mode)) for mode in DECODE_MODES}
-    return pd.DataFrame({mode: [m[k] for k in keys] for mode, m in columns.items()}, index=keys)
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Predict where photos were taken with a trained run.")
-    parser.add_argument("run_dir")
-    parser.add_argument("images", nargs="+")
-    parser.add_argument("--mode", choices=DECODE_MODES, default=None)
-    parser.add_argument(
-        "--checkpoint", default="best", help="best, last, or a file name in checkpoints/phase1"
+    cli.add_argument("run_dir", help="a Phase 1 run folder, e.g. runs/demo (written by 03_train_phase1)")
+    cli.add_argument("images", nargs="+", help="photos to place (JPEG, PNG or anything Pillow reads)")
+    cli.add_argument("--mode", choices=DECODE_MODES, help=MODE_HELP)
+    cli.add_argument(
+        "--checkpoint", default="best", help="best (default), last, or a file name in checkpoints/phase1/"
     )
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--data-dir", help="the run's data folder, if it moved since training")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--csv", help="also write the predictions (with all hypotheses) to this CSV")
-    args = parser.parse_args(argv)
-    predictor = Predictor.from_run(args.run_dir, args.checkpoint, args.device, args.data_dir)
-    frame = predictor.predict(args.images, args.batch_size, args.mode)
-    with pd.option_context("display.width", 160, "display.max_colwidth", 40):
-        print(frame[["image", "lat", "lon", "province"]].to_string(index=False))
+    cli.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ..."
+    )
+    cli.add_argument("--batch-size", type=int, default=64, help="photos per forward pass (default 64)")
+    cli.add_argument("--data-dir", help="the run's data folder, if it moved since training")
+    cli.add_argument(
+        "--csv", help="also write the predictions, with every mode and the hypotheses (JSON), here"
+    )
+    return cli
+
+
+def readable_photos(paths: list[str]) -> tuple[list[str], list[str]]:
+    """(readable photos, one problem line per unreadable one)."""
+    from .contract import image_problem
+
+    good, problems = [], []
+    for path in paths:
+        if not Path(path).is_file():
+            problems.append(f"{path}: photo not found; skipped")
+        elif (problem := image_problem(path)) is not None:
+            problems.append(f"{path}: not a readable image ({problem.removeprefix(path + ': ')}); skipped")
+        else:
+            good.append(path)
+    return good, problems
+
+
+def load_predictor(args: argparse.Namespace):
+    from .factory import CheckpointMismatchError
+    from .runfolder import RunFolder
+
+    folder = RunFolder(args.run_dir)
+    if not folder.config.is_file():
+        raise CommandError(f"{args.run_dir} is not a run folder (it has no config.json); pass runs/<name>")
+    if folder.read_config().phase != 1:
+        raise CommandError(
+            f"{args.run_dir} is a Phase 0 run (province pre-training); prediction needs a Phase 1 run "
+            f"(notebooks/03_train_phase1)"
+        )
+    if not folder.checkpoint(1, args.checkpoint).is_file():
+        raise CommandError(
+            f"{folder.checkpoint(1, args.checkpoint)}: checkpoint not found; try --checkpoint last"
+        )
+    from .contract import DataContractError
+    from .encoders import EncoderFingerprintError, EncoderWeightsError
+    from .predictor import Predictor
+
+    try:
+        return Predictor.from_run(args.run_dir, args.checkpoint, args.device, args.data_dir)
+    except (DataContractError, CheckpointMismatchError, EncoderWeightsError, EncoderFingerprintError) as err:
+        raise CommandError(str(err)) from err
+
+
+def run(args: argparse.Namespace) -> None:
+    photos, problems = readable_photos(args.images)
+    for problem in problems:
+        print(f"geoloc-predict: {problem}", file=sys.stderr)
+    if not photos:
+        raise CommandError("none of the photos could be read (see above); nothing to predict")
+    predictor = load_predictor(args)
+    frame = predictor.predict(photos, args.batch_size, args.mode)
+    print(frame[["image", "lat", "lon", "province"]].to_string(index=False))
     if args.csv:
-        frame.to_csv(args.csv, index=False)
+        frame.assign(hypotheses=frame["hypotheses"].map(json.dumps)).to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        run(args)
+    except CommandError as err:
+        print(f"geoloc-predict: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

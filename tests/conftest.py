@@ -2,6 +2,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("GEOLOC_TEXT_PROGRESS", "1")  # notebooks run by papermill save readable progress
 
 import shutil  # noqa: E402
 from dataclasses import replace  # noqa: E402

@@ -304,3 +304,35 @@ def test_batched_geocell_heads_equal_a_loop_over_provinces():
             expected = F.gelu(torch.cat([fused[b], province_emb[p]]) @ w1 + b1) @ w2 + b2
             torch.testing.assert_close(logits[b, p, :n], expected[:n], atol=1e-5, rtol=1e-5)
             assert (logits[b, p, n:] == MASKED_LOGIT).all()
+
+
+def test_a_local_open_clip_weights_file_is_loaded(tmp_path):
+    import open_clip
+
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        reference = open_clip.create_model("geoloc-tiny-vit", pretrained=None)
+    path = tmp_path / "open_clip_model.pt"
+    torch.save({"state_dict": reference.state_dict()}, path)  # the layout open_clip's own checkpoints use
+    enc = DualEncoder(EncoderConfig("geoloc-tiny-vit", str(path), "resnet18", "random"))
+    for name, value in reference.visual.state_dict().items():
+        torch.testing.assert_close(enc.clip.body.state_dict()[name], value)
+    random_init = DualEncoder(ENCODER_PRESETS["tiny-random"])
+    assert not torch.equal(random_init.clip.body.conv1.weight, enc.clip.body.conv1.weight)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        EncoderConfig("geoloc-tiny-vit", "/nowhere/open_clip_model.safetensors", "resnet18", "random"),
+        EncoderConfig("local-dir:/nowhere/clip-folder", "openai", "resnet18", "random"),
+        EncoderConfig(
+            "geoloc-tiny-vit", "random", "resnet18", "places365:/nowhere/resnet18_places365.pth.tar"
+        ),
+    ],
+    ids=["clip-file", "clip-folder", "places365"],
+)
+def test_a_wrong_weights_path_says_file_not_found(config):
+    with pytest.raises(EncoderWeightsError, match="file not found: /nowhere/") as err:
+        DualEncoder(config)
+    assert "offline" not in str(err.value)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from geoloc_lib.contract import DataContractError, load_dataset
 from geoloc_lib.fit import fit
-from geoloc_lib.predict import Predictor, evaluate_run
+from geoloc_lib.predictor import Predictor, evaluate_run
 from geoloc_lib.runfolder import RunFolder
 from geoloc_lib.runlock import RunFolderBusyError
 

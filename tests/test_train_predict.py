@@ -17,7 +17,7 @@ from geoloc_lib.encoders import DualEncoder, EncoderFingerprintError, resolve_en
 from geoloc_lib.factory import CheckpointMismatchError
 from geoloc_lib.features import extract_features, load_or_extract
 from geoloc_lib.fit import NonFiniteLossError, build_training, fit
-from geoloc_lib.predict import Predictor, evaluate_run
+from geoloc_lib.predictor import Predictor, evaluate_run
 from geoloc_lib.runfolder import LOSSES_CSV_COLUMNS, RunFolder
 from geoloc_lib.step import TrainingStateSnapshot
 from geoloc_lib.transforms import AUGMENT_PRESETS, AugmentConfig, train_transform
