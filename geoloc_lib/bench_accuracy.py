@@ -15,16 +15,14 @@ setting gets its own folder). Not a test: it takes several minutes.
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import io
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 
-from .config import TrainConfig
+from .config import TrainConfig, parse_settings
 from .demo_data import DEMO_PRESETS, generate_demo_dataset
 from .demo_pipeline import DEMO_PHASE0, DEMO_PHASE1
 from .fit import fit
@@ -59,20 +57,6 @@ def ladder_report(model_rows: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataF
     return pd.DataFrame(table).T
 
 
-def parse_overrides(settings: list[str]) -> dict:
-    """["beta=0.999", "augment=strong"] -> {"beta": 0.999, "augment": "strong"} (literals, else text)."""
-    overrides = {}
-    for setting in settings:
-        key, _, text = setting.partition("=")
-        if key not in {f.name for f in fields(TrainConfig)} or not text:
-            raise SystemExit(f"--set {setting!r}: expected FIELD=VALUE with a TrainConfig field")
-        try:
-            overrides[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            overrides[key] = text
-    return overrides
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -85,7 +69,7 @@ def main(argv=None) -> None:
         "--splits", default="val,test", help="val, test or both (the test split is the report)"
     )
     args = parser.parse_args(argv)
-    overrides = parse_overrides(args.set)
+    overrides = parse_settings(args.set)
     splits = args.splits.split(",")
     if not (Path(args.data_dir) / "train.csv").exists():
         generate_demo_dataset(args.data_dir, DEMO_PRESETS["default"])

@@ -7,6 +7,7 @@ to `run_info.json` instead (see `runfolder.py`).
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -212,3 +213,21 @@ def resume_differences(saved: dict, now: TrainConfig) -> dict:
         for f in fields(now)
         if f.name not in RESUMABLE_CHANGES and saved.get(f.name) != getattr(now, f.name)
     }
+
+
+def parse_settings(settings: list[str]) -> dict:
+    """Command-line settings ["beta=0.999", "augment=strong"] -> {"beta": 0.999, "augment": "strong"}.
+
+    Values are Python literals where they parse as one, text otherwise; every name must be a TrainConfig field.
+    """
+    names = {f.name for f in fields(TrainConfig)}
+    values = {}
+    for setting in settings:
+        key, _, text = setting.partition("=")
+        if key not in names or not text:
+            raise SystemExit(f"--set {setting!r}: expected FIELD=VALUE with a TrainConfig field")
+        try:
+            values[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values[key] = text
+    return values

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from . import distributed
 from .checkpoints import atomic_torch_save
 from .config import TrainConfig
 from .datasets import PhotoDataset
@@ -73,12 +74,10 @@ def _save_shard(parts_dir: Path, clip: torch.Tensor, scene: torch.Tensor, start:
 
 
 @torch.no_grad()
-def extract_features(
+def extract_rows(
     encoders: DualEncoder,
-    split: pd.DataFrame,
-    transform,
-    views: int,
-    seed: int,
+    dataset: PhotoDataset,
+    items: range,
     device: torch.device,
     batch_size: int = 128,
     num_workers: int = 2,
@@ -87,21 +86,19 @@ def extract_features(
     parts_dir: Path | None = None,
     flush_seconds: float = 60.0,
     log=print,
-) -> dict[str, torch.Tensor]:
-    """{"clip": [V, N, Dc], "scene": [V, N, Ds]} on the CPU, in `dtype`.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder outputs of dataset items `items` (a contiguous range): clip [R, Dc], scene [R, Ds], in `dtype`.
 
     With `parts_dir`, finished rows are saved there as shards about every `flush_seconds`, and an
     extraction killed part-way continues from its shards: each view's augmentation is seeded per photo,
     so the rows do not depend on where a batch starts.
     """
-    dataset = PhotoDataset(split, transform, views=views, seed=seed)
-    n = len(split)
     clip_dim, scene_dim = encoders.dims
-    clip = torch.empty(views * n, clip_dim, dtype=dtype)  # [V*N, Dc]
-    scene = torch.empty(views * n, scene_dim, dtype=dtype)  # [V*N, Ds]
+    clip = torch.empty(len(items), clip_dim, dtype=dtype)  # [R, Dc]
+    scene = torch.empty(len(items), scene_dim, dtype=dtype)  # [R, Ds]
     done = _load_parts(parts_dir, clip, scene, log) if parts_dir is not None and parts_dir.is_dir() else 0
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, range(done, len(dataset))),
+        torch.utils.data.Subset(dataset, items[done:]),
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
@@ -113,7 +110,7 @@ def extract_features(
     # outlives the loop, and a live iterator inherited by the next DataLoader's forked workers makes
     # them print "can only test a child process" tracebacks when they exit.
     batches = iter(loader)
-    with progress_bar(total=len(dataset), initial=done, desc=desc, unit="img") as bar:
+    with progress_bar(total=len(items), initial=done, desc=desc, unit="img") as bar:
         for images, _ in batches:
             with autocast_for(device):
                 c, s = encoders(images.to(device, non_blocking=True))  # [b, Dc], [b, Ds]
@@ -125,7 +122,31 @@ def extract_features(
                 _save_shard(parts_dir, clip, scene, flushed, start)
                 flushed, last_flush = start, time.monotonic()
     del batches  # shuts its workers down now, before any later fork
-    return {"clip": clip.view(views, n, clip_dim), "scene": scene.view(views, n, scene_dim)}
+    return clip, scene
+
+
+def extract_features(
+    encoders: DualEncoder, split: pd.DataFrame, transform, views: int, seed: int, **options
+) -> dict[str, torch.Tensor]:
+    """{"clip": [V, N, Dc], "scene": [V, N, Ds]} on the CPU: `views` seeded transforms of every photo.
+
+    `options` go to `extract_rows` (device, batch_size, num_workers, dtype, desc, parts_dir, log, ...).
+    """
+    dataset = PhotoDataset(split, transform, views=views, seed=seed)
+    clip, scene = extract_rows(encoders, dataset, range(len(dataset)), **options)
+    return {"clip": clip.view(views, len(split), -1), "scene": scene.view(views, len(split), -1)}
+
+
+def _read_cache(path: Path, log) -> dict[str, torch.Tensor] | None:
+    if not path.is_file():
+        return None
+    try:
+        features = torch.load(path, map_location="cpu", weights_only=True)
+        log(f"feature cache hit: {path}")
+        return features
+    except Exception as err:  # e.g. a file truncated by a full disk: rebuild it rather than stop
+        log(f"feature cache {path} is unreadable ({type(err).__name__}: {err}); extracting again")
+        return None
 
 
 def load_or_extract(
@@ -134,22 +155,54 @@ def load_or_extract(
     """Read `cache_dir/<key>.pt` when present, else extract and write it atomically.
 
     Extraction keeps shards in `cache_dir/<key>.parts/` while it runs, so a killed run loses at most
-    about a minute of it; they are removed once the whole cache file is written.
+    about a minute of it; they are removed once the whole cache file is written. Under torchrun each
+    process extracts its own block of whole batches (distributed.shard) and the first one merges them.
     """
     path = Path(cache_dir) / f"{key}.pt"
-    if path.is_file():
-        try:
-            features = torch.load(path, map_location="cpu", weights_only=True)
-            log(f"feature cache hit: {path}")
-            return features
-        except Exception as err:  # e.g. a file truncated by a full disk: rebuild it rather than stop
-            log(f"feature cache {path} is unreadable ({type(err).__name__}: {err}); extracting again")
-    parts_dir = Path(cache_dir) / f"{key}.parts"
-    features = extract_features(parts_dir=parts_dir, log=log, **extract_kwargs)
-    atomic_torch_save(features, path)
+    features = _read_cache(path, log)
+    if features is not None:
+        return features
+    world = distributed.current()
+    if not world.distributed:
+        parts_dir = Path(cache_dir) / f"{key}.parts"
+        features = extract_features(parts_dir=parts_dir, log=log, **extract_kwargs)
+        atomic_torch_save(features, path)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        log(f"feature cache written: {path}")
+        return features
+    _extract_my_shard(Path(cache_dir), key, world, log, **extract_kwargs)
+    world.barrier()
+    if world.is_main:
+        _merge_shards(Path(cache_dir), key, world, extract_kwargs["views"], len(extract_kwargs["split"]))
+        log(f"feature cache written by {world.size} processes: {path}")
+    world.barrier()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _extract_my_shard(
+    cache_dir: Path, key: str, world, log, encoders, split, transform, views, seed, **options
+) -> None:
+    dataset = PhotoDataset(split, transform, views=views, seed=seed)
+    items = distributed.shard(len(dataset), options.get("batch_size", 128), world)
+    parts_dir = cache_dir / f"{key}.rank{world.rank}.parts"
+    clip, scene = extract_rows(encoders, dataset, items, parts_dir=parts_dir, log=log, **options)
+    atomic_torch_save(
+        {"start": items.start, "clip": clip, "scene": scene}, cache_dir / f"{key}.rank{world.rank}.pt"
+    )
     shutil.rmtree(parts_dir, ignore_errors=True)
-    log(f"feature cache written: {path}")
-    return features
+
+
+def _merge_shards(cache_dir: Path, key: str, world, views: int, n: int) -> None:
+    """Concatenate the ranks' blocks in order into the cache file a single process would have written."""
+    files = [cache_dir / f"{key}.rank{rank}.pt" for rank in range(world.size)]
+    shards = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+    clip = torch.cat([s["clip"] for s in shards])  # [V*N, Dc]
+    scene = torch.cat([s["scene"] for s in shards])
+    atomic_torch_save(
+        {"clip": clip.view(views, n, -1), "scene": scene.view(views, n, -1)}, cache_dir / f"{key}.pt"
+    )
+    for f in files:
+        f.unlink()
 
 
 def _cached(

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
+from . import distributed
 from . import provinces as prov
 from .cells import CellTable
 from .checkpoints import to_plain
@@ -30,7 +32,7 @@ from .config import TrainConfig
 from .contract import GeoDataset
 from .datasets import label_tensors
 from .decoding import Decoder, province_prior_shift
-from .devices import select_device
+from .distributed import World
 from .encoders import verify_fingerprint
 from .epoch_report import epoch_summary, selection_metric, selection_text
 from .evaluation import Evaluation, evaluate
@@ -54,9 +56,9 @@ from .metrics import PROVINCE_ACCURACY_COLUMNS, prediction_metrics, predictions_
 from .model import GeoHeads, GeolocModel
 from .progress import progress_bar
 from .retrieval import RetrievalIndex
-from .runfolder import RunFolder
+from .runfolder import RunFolder, silent_logger
 from .runlock import RunLock
-from .runstate import check_resumable, claim, commit_epoch, repair
+from .runstate import check_resumable, claim, commit_epoch, last_committed, repair
 from .sampler import ProvinceBalancedBatchSampler
 from .schedule import exponential_average, lr_at
 from .sources import CachedFeatures, EncodedImages
@@ -76,7 +78,7 @@ class Training:
 
     cfg: TrainConfig
     folder: RunFolder
-    lock: RunLock  # held until `close`
+    lock: RunLock | None  # held by the first process until `close`
     log: logging.Logger
     device: torch.device
     data: GeoDataset
@@ -90,6 +92,7 @@ class Training:
     frozen_fingerprint: str | None  # fingerprint of frozen encoders (None: one is trained)
     ema: AveragedModel | None  # exponential average of the heads (cfg.ema_decay > 0)
     retrieval_features: dict[str, torch.Tensor] | None  # clean training features, for retrieval
+    world: World = World()  # the processes of a torchrun launch (one without it)
     progress: bool = True
     start_epoch: int = 1
     best_metric: float = math.inf
@@ -100,7 +103,8 @@ class Training:
 
     def close(self) -> None:
         """Release the run folder."""
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def eval_heads(self) -> GeoHeads:
@@ -129,14 +133,23 @@ def _optimizer(cfg: TrainConfig, model: GeolocModel, use_graph: bool) -> torch.o
     )
 
 
-def _feature_source(cfg, model, fingerprint, data, device, log) -> CachedFeatures | EncodedImages:
+def _feature_source(
+    cfg, model, fingerprint, data, device, log, encoders_forward
+) -> CachedFeatures | EncodedImages:
     augment = AUGMENT_PRESETS[cfg.augment]
     if cfg.feature_cache:
         return CachedFeatures.prepare(
             cfg, model.encoders, fingerprint, data.train, data.val, augment, device, log
         )
     return EncodedImages(
-        model.encoders, device, data.val, cfg.eval_batch_size, cfg.num_workers, data.train, augment
+        model.encoders,
+        device,
+        data.val,
+        cfg.eval_batch_size,
+        cfg.num_workers,
+        data.train,
+        augment,
+        encoders_forward,
     )
 
 
@@ -153,7 +166,8 @@ def _restore(t: Training, state: dict) -> None:
         float(state["best_metric"]),
         int(state["best_epoch"]),
     )
-    repair(t.folder, t.cfg.phase, state)
+    if t.world.is_main:
+        repair(t.folder, t.cfg.phase, state)
 
 
 def _start_from(t: Training, resume_state: dict | None) -> None:
@@ -175,15 +189,45 @@ def _decoder(cfg: TrainConfig, data: GeoDataset, sampler, loss_fn: GeolocLoss, d
     return Decoder(cfg.decode_config, torch.tensor(shift, dtype=torch.float32, device=device))
 
 
+def _claim(cfg: TrainConfig, folder: RunFolder, world: World) -> tuple[RunLock | None, dict | None]:
+    """The first process claims the run folder; the others wait for it, then read the resume point."""
+    if world.is_main:
+        lock, state = claim(cfg, folder)
+        world.barrier()
+        return lock, state
+    world.barrier()
+    return None, last_committed(folder, cfg.phase) if cfg.resume else None
+
+
+def _parallel(model: GeolocModel, world: World, device: torch.device):
+    """The modules the training step calls: the model's own, or DistributedDataParallel wrappers of them
+    (heads, and the encoders when one trains) that average the gradients of all processes."""
+    if not world.distributed:
+        return model.heads, model.encoders
+    ids = [device.index] if device.type == "cuda" else None
+    encoders = model.encoders
+    if not encoders.frozen:
+        if device.type == "cuda":  # batch norm over the global batch (SyncBatchNorm needs CUDA)
+            encoders = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoders)
+        encoders = DistributedDataParallel(encoders, device_ids=ids)
+    return DistributedDataParallel(model.heads, device_ids=ids), encoders
+
+
 def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     """Check the config and the data, build the model, then claim the run folder (runstate.py)."""
+    world = distributed.from_env(cfg.device)
+    if world.distributed and (cfg.feature_cache or cfg.batch_size % world.size):
+        raise ValueError(
+            "several processes train the image path (feature_cache=False, for trained encoders) with a batch "
+            f"size divisible by their number ({world.size}); cached features train fastest in one process"
+        )
     folder = RunFolder.of(cfg)
     torch.manual_seed(cfg.seed)  # head initialisation
-    data = cfg.load_data(cfg.image_check)
-    device = select_device(cfg.device)
+    data = cfg.load_data(cfg.image_check if world.is_main else "exists")
+    device = world.device(cfg.device)
     model = model_for_training(cfg, CellTable(data.cells)).to(device)
-    lock, resume_state = claim(cfg, folder)  # nothing in the folder changes before this line
-    log = folder.logger()
+    lock, resume_state = _claim(cfg, folder, world)  # nothing in the folder changes before this line
+    log = folder.logger() if world.is_main else silent_logger()
     frozen_fingerprint = model.encoders.fingerprint() if model.encoders.frozen else None
     fingerprint = frozen_fingerprint or model.encoders.fingerprint()
     train_clean = None  # clean features of the training photos: standardisation and retrieval
@@ -201,7 +245,9 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
         data.train["province_id"].to_numpy(), cfg.batch_size, cfg.batches_per_epoch, cfg.seed
     )
     decoder = _decoder(cfg, data, sampler, loss_fn, device)
-    step = TrainStep(model, loss_fn, optimizer, label_tensors(data.train, device), decoder, device)
+    heads_forward, encoders_forward = _parallel(model, world, device)
+    labels = label_tensors(data.train, device)
+    step = TrainStep(model, loss_fn, optimizer, labels, decoder, device, heads=heads_forward)
     ema = exponential_average(model.heads, cfg.ema_decay) if cfg.ema_decay > 0 else None
     retrieval_features = train_clean if cfg.retrieval_k > 0 and frozen_fingerprint else None
     t = Training(
@@ -221,6 +267,7 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
         frozen_fingerprint=frozen_fingerprint,
         ema=ema,
         retrieval_features=retrieval_features,
+        world=world,
         progress=progress,
     )
     _start_from(t, resume_state)
@@ -231,7 +278,7 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     )
     if cfg.retrieval_k > 0 and retrieval_features is None:
         log.info("retrieval is left out of the per-epoch validation while an encoder trains")
-    t.source = _feature_source(cfg, model, fingerprint, data, device, log.info)
+    t.source = _feature_source(cfg, model, fingerprint, data, device, log.info, encoders_forward)
     model.train()  # a captured graph keeps the mode it was captured in
     t.stepper = select_stepper(step, t.source, cfg.batch_size, use_graph, log.info)
     if isinstance(t.stepper, GraphStepper):
@@ -265,11 +312,13 @@ def train_one_epoch(t: Training, epoch: int) -> tuple[dict, pd.DataFrame]:
     cfg = t.cfg
     generator = seed_epoch(cfg.seed, epoch, t.device)
     t.model.train()
-    batches = torch.as_tensor(t.sampler.epoch_batches(epoch), device=t.device)  # [S, B]
+    batches = t.sampler.epoch_batches(epoch)  # [S, B] the global batches
+    width = batches.shape[1] // t.world.size  # under torchrun each process trains its slice of each batch
+    batches = torch.as_tensor(batches[:, t.world.rank * width : (t.world.rank + 1) * width], device=t.device)
     n_steps = len(batches)
     rows = torch.zeros_like(batches)  # [S, B] the rows each step trained on
     terms = torch.zeros(n_steps, len(LOSS_TERMS), device=t.device)  # [S, T]
-    preds = torch.zeros(n_steps, cfg.batch_size, len(PRED_FIELDS), device=t.device)  # [S, B, 5]
+    preds = torch.zeros(n_steps, width, len(PRED_FIELDS), device=t.device)  # [S, B, 5]
     offset_weight = torch.tensor(offset_ramp(epoch, cfg.offset_ramp_epochs), device=t.device)
     first, total = (epoch - 1) * n_steps, cfg.epochs * n_steps
     lrs = [lr_at(first + i, total, cfg.lr, cfg.lr_schedule, cfg.warmup_steps) for i in range(n_steps)]
@@ -384,19 +433,23 @@ def run_epoch(t: Training, epoch: int) -> None:
         t.log.info(
             f"   new best ({selection_text(t.cfg.phase, metric)}) -> {t.folder.best_checkpoint(t.cfg.phase)}"
         )
-    payload = _checkpoint_payload(t, epoch, rows, val.predictions)
-    commit_epoch(t.folder, t.cfg.phase, epoch, payload, improved)
+    if t.world.is_main:  # the first process writes the run folder
+        commit_epoch(
+            t.folder, t.cfg.phase, epoch, _checkpoint_payload(t, epoch, rows, val.predictions), improved
+        )
 
 
 def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
     """Train `cfg` into its run folder (resuming it when asked) and return the best epoch."""
     t = build_training(cfg, progress)
     try:
-        t.folder.truncate_losses(t.start_epoch - 1)
-        t.folder.write_config(cfg)
-        t.folder.write_run_info(run_info(t))
+        if t.world.is_main:
+            t.folder.truncate_losses(t.start_epoch - 1)
+            t.folder.write_config(cfg)
+            t.folder.write_run_info(run_info(t))
         for epoch in range(t.start_epoch, cfg.epochs + 1):
             run_epoch(t, epoch)
+        t.world.barrier()  # the other processes read what the first one wrote
         best = t.folder.load_checkpoint(cfg.phase, "best")
     finally:
         t.close()

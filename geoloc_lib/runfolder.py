@@ -187,6 +187,14 @@ class RunFolder:
         return logger
 
 
+def silent_logger() -> logging.Logger:
+    """The logger of a process that does not write the run folder (all but the first under torchrun)."""
+    logger = logging.getLogger("geoloc.run.silent")
+    logger.handlers[:] = [logging.NullHandler()]
+    logger.propagate = False
+    return logger
+
+
 def latest_run(runs_dir: str | Path = "runs", phase: int = 1) -> RunFolder:
     """The most recently modified run folder that holds a best checkpoint of `phase`."""
     pattern = f"*/checkpoints/phase{phase}/phase{phase}_best.pt"

@@ -101,8 +101,10 @@ class EncodedImages:
         num_workers: int,
         train_split: pd.DataFrame | None = None,
         augment: AugmentConfig | None = None,
+        forward=None,
     ):
         self.encoders = encoders
+        self.forward = forward or encoders  # what training calls: the encoders, or their DDP wrapper
         self.device = device
         self.eval_split = eval_split
         self.eval_batch_size = eval_batch_size
@@ -110,10 +112,12 @@ class EncodedImages:
         self.train_split = train_split
         self.augment = augment or AugmentConfig()
 
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, images: torch.Tensor, training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """images [B, 3, S, S] in [0, 1] -> fp32 clip [B, Dc], scene [B, Ds]."""
         with autocast_for(self.device):
-            clip, scene = self.encoders(images.to(self.device, non_blocking=True))
+            clip, scene = (self.forward if training else self.encoders)(
+                images.to(self.device, non_blocking=True)
+            )
         return clip.float(), scene.float()
 
     def _loader(self, dataset: PhotoDataset, **batching) -> torch.utils.data.DataLoader:
@@ -121,10 +125,10 @@ class EncodedImages:
             dataset, num_workers=self.num_workers, pin_memory=self.device.type == "cuda", **batching
         )
 
-    def _encoded(self, loader: torch.utils.data.DataLoader) -> Iterator[Batch]:
+    def _encoded(self, loader: torch.utils.data.DataLoader, training: bool) -> Iterator[Batch]:
         # the loop below holds the only reference to the worker iterator, so the workers end with it
         for images, index in loader:
-            yield index.to(self.device), *self.encode(images)
+            yield index.to(self.device), *self.encode(images, training)
 
     def train_batches(
         self, batches: torch.Tensor, generator: torch.Generator | None = None
@@ -135,9 +139,9 @@ class EncodedImages:
         dataset = PhotoDataset(self.train_split, train_transform(self.encoders.image_size, self.augment))
         batch_lists = np.asarray(batches.cpu()).tolist()
         self.encoders.train()  # a trained encoder's batch norm learns; frozen ones stay in eval mode
-        yield from self._encoded(self._loader(dataset, batch_sampler=batch_lists))
+        yield from self._encoded(self._loader(dataset, batch_sampler=batch_lists), training=True)
 
     def eval_batches(self) -> Iterator[Batch]:
         dataset = PhotoDataset(self.eval_split, eval_transform(self.encoders.image_size))
         self.encoders.eval()
-        yield from self._encoded(self._loader(dataset, batch_size=self.eval_batch_size))
+        yield from self._encoded(self._loader(dataset, batch_size=self.eval_batch_size), training=False)

@@ -35,8 +35,10 @@ class TrainStep:
         labels: dict[str, torch.Tensor],
         decoder: Decoder,
         device: torch.device,
+        heads=None,
     ):
         self.model = model
+        self.heads = heads or model.heads  # what the forward pass calls: the heads, or their DDP wrapper
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.labels = labels  # "province", "cell", "lat", "lon": [N] for the whole training split
@@ -48,7 +50,7 @@ class TrainStep:
     ) -> StepResult:
         province, cell = self.labels["province"][idx], self.labels["cell"][idx]
         with autocast_for(self.device):
-            out = self.model.heads(clip, scene, cell_ids=cell, province_ids=province)
+            out = self.heads(clip, scene, cell_ids=cell, province_ids=province)
         losses = self.loss_fn(out, province, self.labels["lat"][idx], self.labels["lon"][idx], offset_weight)
         losses["total"].backward()
         self.optimizer.step()

@@ -1,0 +1,55 @@
+"""Fill the feature cache of a training config ahead of training, on one process or many.
+
+    python -m geoloc_lib.extract --set data_dir=data/demo
+    torchrun --nproc_per_node=4 -m geoloc_lib.extract --set data_dir=/data/geopak --set encoder=vit-b-16-places365
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=host0:29500 \\
+        -m geoloc_lib.extract --set data_dir=/shared/geopak --set cache_dir=/shared/cache
+
+It computes what `fit` would read from `cache_dir` for the same settings: the augmented training views, and
+the clean features of the training, validation and test photos. Under torchrun every process takes its own
+block of whole batches and the first one merges them, so the cache equals a single-process one to the bit
+and a later `fit` finds it. (Several machines need a `cache_dir` they all see.)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import distributed
+from .config import TrainConfig, parse_settings
+from .encoders import DualEncoder
+from .factory import encoder_config_of
+from .features import augmented_features, clean_features
+from .transforms import AUGMENT_PRESETS
+
+
+def extract(cfg: TrainConfig) -> None:
+    world = distributed.from_env(cfg.device)
+    device = world.device(cfg.device)
+
+    def log(message: str) -> None:
+        if world.is_main:
+            print(message, flush=True)
+
+    data = cfg.load_data(cfg.image_check if world.is_main else "exists")
+    encoders = DualEncoder(encoder_config_of(cfg)).to(device)
+    fingerprint = encoders.fingerprint()
+    augmented_features(cfg, encoders, fingerprint, data.train, AUGMENT_PRESETS[cfg.augment], device, log)
+    for split in (data.train, data.val, data.test):
+        clean_features(cfg, split, encoders, fingerprint, device, log)
+    world.barrier()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainConfig setting"
+    )
+    args = parser.parse_args(argv)
+    extract(TrainConfig(**parse_settings(args.set)))
+
+
+if __name__ == "__main__":
+    main()
