@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import numpy as np
 import pandas as pd
 import torch
+import torchvision
 from PIL import Image
 
 
@@ -42,6 +44,7 @@ class PhotoDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, split: pd.DataFrame, transform, views: int = 1, seed: int | None = None):
+        self.split = split
         self.paths = split["image_path"].tolist()
         self.ids = split["id"].astype(str).tolist()
         self.transform = transform
@@ -73,3 +76,41 @@ def label_tensors(split: pd.DataFrame, device: torch.device) -> dict[str, torch.
         "lat": torch.tensor(np.array(split["latitude"], np.float32), device=device),
         "lon": torch.tensor(np.array(split["longitude"], np.float32), device=device),
     }
+
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+# torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec; they remain the documented way
+# to decode JPEGs on a GPU with this torchvision, so the notice is kept out of every batch's output
+warnings.filterwarnings(
+    "ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning
+)
+
+
+def all_jpeg(paths) -> bool:
+    """Whether every file starts like a JPEG (only those can be decoded on the GPU)."""
+    for path in paths:
+        with open(path, "rb") as f:
+            if f.read(3) != JPEG_MAGIC:
+                return False
+    return True
+
+
+class JpegBytes(torch.utils.data.Dataset):
+    """(encoded bytes [L] uint8, photo index, view) of item k*N + i: worker processes only read the files,
+    and the batch is decoded and transformed on the device (see features.extract_rows)."""
+
+    def __init__(self, split: pd.DataFrame, views: int = 1):
+        self.paths = split["image_path"].tolist()
+        self.views = views
+
+    def __len__(self) -> int:
+        return self.views * len(self.paths)
+
+    def __getitem__(self, item: int):
+        view, index = divmod(item, len(self.paths))
+        return torchvision.io.read_file(self.paths[index]), index, view
+
+
+def as_lists(batch: list) -> tuple[list, ...]:
+    """Collate without stacking: encoded photos have different lengths."""
+    return tuple(map(list, zip(*batch, strict=True)))

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torchvision
 
 from . import distributed
 from .checkpoints import atomic_torch_save
 from .config import TrainConfig
-from .datasets import PhotoDataset
+from .datasets import JpegBytes, PhotoDataset, all_jpeg, as_lists, view_seed
 from .devices import autocast_for, select_device
 from .encoders import DualEncoder
 from .factory import encoder_config_of
@@ -86,8 +87,12 @@ def extract_rows(
     parts_dir: Path | None = None,
     flush_seconds: float = 60.0,
     log=print,
+    decode_on_device: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encoder outputs of dataset items `items` (a contiguous range): clip [R, Dc], scene [R, Ds], in `dtype`.
+
+    `decode_on_device`: workers only read the JPEG files; each batch is decoded on `device`
+    (torchvision.io.decode_jpeg, nvJPEG on CUDA) and transformed there, with the same per-photo seeds.
 
     With `parts_dir`, finished rows are saved there as shards about every `flush_seconds`, and an
     extraction killed part-way continues from its shards: each view's augmentation is seeded per photo,
@@ -97,12 +102,14 @@ def extract_rows(
     clip = torch.empty(len(items), clip_dim, dtype=dtype)  # [R, Dc]
     scene = torch.empty(len(items), scene_dim, dtype=dtype)  # [R, Ds]
     done = _load_parts(parts_dir, clip, scene, log) if parts_dir is not None and parts_dir.is_dir() else 0
+    source = JpegBytes(dataset.split, dataset.views) if decode_on_device else dataset
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, items[done:]),
+        torch.utils.data.Subset(source, items[done:]),
         batch_size=batch_size,
         num_workers=num_workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda" and not decode_on_device,
         persistent_workers=False,
+        collate_fn=as_lists if decode_on_device else None,
     )
     encoders.eval().to(device)
     start, flushed, last_flush = done, done, time.monotonic()
@@ -111,7 +118,8 @@ def extract_rows(
     # them print "can only test a child process" tracebacks when they exit.
     batches = iter(loader)
     with progress_bar(total=len(items), initial=done, desc=desc, unit="img") as bar:
-        for images, _ in batches:
+        for batch in batches:
+            images = decode_batch(batch, dataset, device) if decode_on_device else batch[0]
             with autocast_for(device):
                 c, s = encoders(images.to(device, non_blocking=True))  # [b, Dc], [b, Ds]
             clip[start : start + len(images)] = c.float().to("cpu", dtype)
@@ -123,6 +131,19 @@ def extract_rows(
                 flushed, last_flush = start, time.monotonic()
     del batches  # shuts its workers down now, before any later fork
     return clip, scene
+
+
+def decode_batch(batch: tuple[list, list, list], dataset: PhotoDataset, device: torch.device) -> torch.Tensor:
+    """Encoded JPEGs -> transformed images [B, 3, S, S] on `device`, each seeded as `dataset.load` seeds it."""
+    encoded, index, view = batch
+    decoded = torchvision.io.decode_jpeg(encoded, mode=torchvision.io.ImageReadMode.RGB, device=device)
+    images = []
+    for image, i, v in zip(decoded, index, view, strict=True):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if dataset.seed is not None:
+                torch.manual_seed(view_seed(dataset.seed, v, i))
+            images.append(dataset.transform(image))
+    return torch.stack(images)
 
 
 def extract_features(
@@ -205,13 +226,38 @@ def _merge_shards(cache_dir: Path, key: str, world, views: int, n: int) -> None:
         f.unlink()
 
 
+_SAID: set[str] = set()
+
+
+def _say_once(log, message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        log(message)
+
+
+def decode_on_device(device: torch.device, split: pd.DataFrame, log=print) -> bool:
+    """JPEGs are decoded on the GPU when there is one; elsewhere (or for other formats) on the CPU."""
+    if device.type != "cuda":
+        _say_once(log, "photos are decoded on the CPU (no GPU)")
+        return False
+    if not all_jpeg(split["image_path"]):
+        _say_once(log, "photos are decoded on the CPU: not all of them are JPEGs")
+        return False
+    _say_once(log, "JPEGs are decoded and transformed on the GPU")
+    return True
+
+
 def _cached(
     cfg: TrainConfig, encoders, fingerprint, split, transform, transform_desc, views, seed, device, log
 ):
     dtype = getattr(torch, cfg.cache_dtype)
+    on_device = decode_on_device(device, split, log)
+    if on_device:  # another decoder: its features go to their own cache entry
+        transform_desc = transform_desc | {"decoded_on": device.type}
     return load_or_extract(
         cfg.cache_dir,
         cache_key(fingerprint, split, transform_desc, views, seed, dtype),
+        decode_on_device=on_device,
         log=log,
         encoders=encoders,
         split=split,

@@ -309,3 +309,26 @@ def test_graph_warm_up_snapshot_leaves_no_trace(tiny_config):
     for a, b in zip(_optimizer_tensors(warmed.optimizer), state, strict=True):
         torch.testing.assert_close(a, b)
     assert any(bool((s != 0).any()) for s in state)
+
+
+@pytest.mark.parametrize("augment", ["none", "strong"])
+def test_decoding_on_the_device_matches_decoding_in_the_workers(tiny_data, augment):
+    # the GPU path (read in workers, decode and transform on the device) run on the CPU, where
+    # torchvision's decoder and Pillow's give the same pixels: the features must agree
+    from geoloc_lib.features import extract_features
+    from geoloc_lib.transforms import AUGMENT_PRESETS, eval_transform
+
+    encoders = DualEncoder(resolve_encoder_config("tiny-random"))
+    split = load_dataset(tiny_data, image_check="none").train.head(40)
+    transform = (
+        train_transform(encoders.image_size, AUGMENT_PRESETS[augment])
+        if augment != "none"
+        else eval_transform(encoders.image_size)
+    )
+    options = dict(
+        views=2, seed=3, device=torch.device("cpu"), batch_size=16, num_workers=0, dtype=torch.float32
+    )
+    in_workers = extract_features(encoders, split, transform, **options)
+    on_device = extract_features(encoders, split, transform, decode_on_device=True, **options)
+    for name in ("clip", "scene"):
+        torch.testing.assert_close(on_device[name], in_workers[name], atol=1e-5, rtol=1e-5)
