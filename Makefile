@@ -7,7 +7,7 @@ KERNEL := geoloc
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_RUN ?= demo
 
-.PHONY: venv demo test lab lint format bench bench-accuracy clean-demo
+.PHONY: venv demo test lab lint format bench bench-accuracy bench-scale gpu-check clean-demo
 
 venv: $(VENV)/.installed
 
@@ -43,6 +43,14 @@ bench: venv
 # The demo configuration over 3 seeds against the baseline ladder, on validation and test (not a test).
 bench-accuracy: venv
 	$(PY) -m geoloc_lib.bench_accuracy
+
+# Every user stage at 10k, 30k and 90k synthetic photos: time, memory, disk, growth (about 25 min on 2 cores).
+bench-scale: venv
+	$(PY) -m geoloc_lib.bench_scale
+
+# Everything that needs a GPU in one go; writes runs/gpu_check/results.json (runs on a CPU too, slowly).
+gpu-check: venv
+	$(PY) -m geoloc_lib.gpu_check
 
 # Removes the demo data and runs (feature caches are keyed by image list and weights, so they are left alone).
 clean-demo:

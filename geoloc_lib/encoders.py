@@ -63,6 +63,8 @@ ENCODER_PRESETS: dict[str, EncoderConfig] = {
     "tiny-random": EncoderConfig("geoloc-tiny-vit", "random", "resnet18", "random"),
     # benchmarks only: real-size architectures (ViT-B/32 at 224 px + ResNet-18) with seeded random weights
     "vit-b-32-resnet18-random": EncoderConfig("ViT-B-32", "random", "resnet18", "random"),
+    # benchmarks only: the real system's architectures (ViT-B/16 + ResNet-50) with seeded random weights
+    "vit-b-16-resnet50-random": EncoderConfig("ViT-B-16", "random", "resnet50", "random"),
 }
 
 
