@@ -1,6 +1,6 @@
 """Several processes, launched by PyTorch's own `torchrun`, sharing one extraction or one training.
 
-`torchrun --nproc_per_node=N -m geoloc_lib.extract ...` (or `-m geoloc_lib.train_cli ...`) starts N
+`torchrun --nproc_per_node=N -m geoloc_lib.extract ...` (or `-m geoloc_lib.train ...`) starts N
 processes with RANK, WORLD_SIZE and LOCAL_RANK in their environment; `from_env` joins them into one
 process group (NCCL on CUDA, gloo on the CPU). Without torchrun everything runs as a world of one.
 """

@@ -1,20 +1,12 @@
 """torchrun on the CPU (gloo, 2 processes): a sharded extraction and a data-parallel training step
 give what one process gives."""
 
-import json
 import os
 import subprocess
 import sys
 from dataclasses import asdict
 
 import torch
-
-FIT_SCRIPT = """
-import json, sys
-from geoloc_lib.config import TrainConfig
-from geoloc_lib.fit import fit
-fit(TrainConfig.from_dict(json.loads(sys.argv[1])), progress=False)
-"""
 
 
 def _launch(args, processes=1, tmp_path=None):
@@ -71,9 +63,8 @@ def test_one_data_parallel_step_equals_the_single_process_step(tiny_config, tmp_
     for processes in (1, 2):
         runs = tmp_path / f"runs{processes}"
         values = asdict(cfg) | {"runs_dir": str(runs), "cache_dir": str(runs / "cache")}
-        script = tmp_path / "fit.py"
-        script.write_text(FIT_SCRIPT)
-        _launch([str(script), json.dumps(values)], processes)
+        settings = [arg for name, value in values.items() for arg in ("--set", f"{name}={value!r}")]
+        _launch(["-m", "geoloc_lib.train", *settings], processes)  # the command line users run
         states[processes] = torch.load(runs / "run/checkpoints/phase1/last.pt", weights_only=True)
     one, two = (states[p]["optimizer_state"]["state"] for p in (1, 2))
     assert len(one) == len(two) > 30  # heads and the CLIP tower
