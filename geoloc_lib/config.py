@@ -7,6 +7,7 @@ to `run_info.json` instead (see `runfolder.py`).
 
 from __future__ import annotations
 
+import argparse
 import ast
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -231,3 +232,14 @@ def parse_settings(settings: list[str]) -> dict:
         except (ValueError, SyntaxError):
             values[key] = text
     return values
+
+
+def config_from_command_line(argv, description: str) -> TrainConfig:
+    """A TrainConfig from `--set FIELD=VALUE` arguments (the command lines of training and extraction)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainConfig setting"
+    )
+    return TrainConfig(**parse_settings(parser.parse_args(argv).set))

@@ -13,10 +13,8 @@ and a later `fit` finds it. (Several machines need a `cache_dir` they all see.)
 
 from __future__ import annotations
 
-import argparse
-
 from . import distributed
-from .config import TrainConfig, parse_settings
+from .config import TrainConfig, config_from_command_line
 from .encoders import DualEncoder
 from .factory import encoder_config_of
 from .features import augmented_features, clean_features
@@ -41,14 +39,7 @@ def extract(cfg: TrainConfig) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainConfig setting"
-    )
-    args = parser.parse_args(argv)
-    extract(TrainConfig(**parse_settings(args.set)))
+    extract(config_from_command_line(argv, __doc__))
 
 
 if __name__ == "__main__":

@@ -10,21 +10,12 @@ their parameters. Several processes train the image path (trained encoders) unde
 
 from __future__ import annotations
 
-import argparse
-
-from .config import TrainConfig, parse_settings
+from .config import config_from_command_line
 from .fit import fit
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainConfig setting"
-    )
-    args = parser.parse_args(argv)
-    result = fit(TrainConfig(**parse_settings(args.set)))
+    result = fit(config_from_command_line(argv, __doc__))
     print(f"best epoch {result.best_epoch}: {result.best_metric:.2f} -> {result.run_dir}")
 
 

@@ -97,13 +97,18 @@ def _start(cfg, script=TRAIN_SCRIPT):
     )
 
 
+def _wait_until_locked(cfg, seconds=120):
+    """Until the training started by `_start` holds the run folder (its lock file names it)."""
+    lock = RunFolder(cfg.run_dir).lock_file
+    deadline = time.time() + seconds
+    while not (lock.exists() and lock.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+
+
 def test_4_two_trainers_into_one_folder_exactly_one_runs(tiny_config):
     cfg = tiny_config(epochs=3, batches_per_epoch=400)
     first = _start(cfg)
-    lock = RunFolder(cfg.run_dir).lock_file
-    deadline = time.time() + 120
-    while not (lock.exists() and lock.read_text()) and time.time() < deadline:
-        time.sleep(0.05)
+    _wait_until_locked(cfg)
     with pytest.raises(RunFolderBusyError, match=f"pid {first.pid} on .*started"):
         fit(replace(cfg, lr=5e-4, resume=True), progress=False)
     out, err = first.communicate(timeout=300)
@@ -247,10 +252,7 @@ def test_atomic_writes_use_a_temporary_name_of_their_own(tmp_path):
 def test_the_lock_is_released_when_the_holder_is_killed(tiny_config):
     cfg = tiny_config(epochs=3, batches_per_epoch=200)
     proc = _start(cfg)
-    lock = RunFolder(cfg.run_dir).lock_file
-    deadline = time.time() + 120
-    while not (lock.exists() and lock.read_text()) and time.time() < deadline:
-        time.sleep(0.05)
+    _wait_until_locked(cfg)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     fit(replace(cfg, epochs=1, resume=True), progress=False)  # no stale lock
