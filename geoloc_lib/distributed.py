@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,18 @@ def shard(items: int, batch_size: int, world: World) -> range:
     first = batches * world.rank // world.size
     last = batches * (world.rank + 1) // world.size
     return range(min(items, first * batch_size), min(items, last * batch_size))
+
+
+def data_parallel(model, world: World, device: torch.device):
+    """The modules a training step calls: the model's heads and encoders, or, with several processes,
+    DistributedDataParallel wrappers of them (the heads, and the encoders when one trains) that average
+    the gradients of all processes."""
+    if not world.distributed:
+        return model.heads, model.encoders
+    ids = [device.index] if device.type == "cuda" else None
+    encoders = model.encoders
+    if not encoders.frozen:
+        if device.type == "cuda":  # batch norm over the global batch (SyncBatchNorm needs CUDA)
+            encoders = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoders)
+        encoders = DistributedDataParallel(encoders, device_ids=ids)
+    return DistributedDataParallel(model.heads, device_ids=ids), encoders

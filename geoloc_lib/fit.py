@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
 from . import distributed
@@ -58,7 +57,7 @@ from .progress import progress_bar
 from .retrieval import RetrievalIndex
 from .runfolder import RunFolder, silent_logger
 from .runlock import RunLock
-from .runstate import check_resumable, claim, commit_epoch, last_committed, repair
+from .runstate import check_resumable, claim, commit_epoch, repair
 from .sampler import ProvinceBalancedBatchSampler
 from .schedule import exponential_average, lr_at
 from .sources import CachedFeatures, EncodedImages
@@ -189,28 +188,16 @@ def _decoder(cfg: TrainConfig, data: GeoDataset, sampler, loss_fn: GeolocLoss, d
     return Decoder(cfg.decode_config, torch.tensor(shift, dtype=torch.float32, device=device))
 
 
-def _claim(cfg: TrainConfig, folder: RunFolder, world: World) -> tuple[RunLock | None, dict | None]:
-    """The first process claims the run folder; the others wait for it, then read the resume point."""
-    if world.is_main:
-        lock, state = claim(cfg, folder)
-        world.barrier()
-        return lock, state
-    world.barrier()
-    return None, last_committed(folder, cfg.phase) if cfg.resume else None
-
-
-def _parallel(model: GeolocModel, world: World, device: torch.device):
-    """The modules the training step calls: the model's own, or DistributedDataParallel wrappers of them
-    (heads, and the encoders when one trains) that average the gradients of all processes."""
-    if not world.distributed:
-        return model.heads, model.encoders
-    ids = [device.index] if device.type == "cuda" else None
-    encoders = model.encoders
-    if not encoders.frozen:
-        if device.type == "cuda":  # batch norm over the global batch (SyncBatchNorm needs CUDA)
-            encoders = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoders)
-        encoders = DistributedDataParallel(encoders, device_ids=ids)
-    return DistributedDataParallel(model.heads, device_ids=ids), encoders
+def _clean_training_features(cfg, model, data, fingerprint, device, log) -> dict[str, torch.Tensor] | None:
+    """The clean features of the training photos when something needs them (standardisation, retrieval);
+    sets the heads' input standardisation from them. Call before loading weights: Phase 0's or the resumed
+    run's statistics then win."""
+    if not (cfg.standardize_features or cfg.retrieval_k > 0):
+        return None
+    train_clean = clean_features(cfg, data.train, model.encoders, fingerprint, device, log.info)
+    if cfg.standardize_features:
+        model.heads.standardize_inputs(train_clean["clip"], train_clean["scene"])
+    return train_clean
 
 
 def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
@@ -226,15 +213,11 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     data = cfg.load_data(cfg.image_check if world.is_main else "exists")
     device = world.device(cfg.device)
     model = model_for_training(cfg, CellTable(data.cells)).to(device)
-    lock, resume_state = _claim(cfg, folder, world)  # nothing in the folder changes before this line
+    lock, resume_state = claim(cfg, folder, world)  # nothing in the folder changes before this line
     log = folder.logger() if world.is_main else silent_logger()
     frozen_fingerprint = model.encoders.fingerprint() if model.encoders.frozen else None
     fingerprint = frozen_fingerprint or model.encoders.fingerprint()
-    train_clean = None  # clean features of the training photos: standardisation and retrieval
-    if cfg.standardize_features or cfg.retrieval_k > 0:
-        train_clean = clean_features(cfg, data.train, model.encoders, fingerprint, device, log.info)
-    if cfg.standardize_features:  # before loading weights: Phase 0's or the resumed run's statistics win
-        model.heads.standardize_inputs(train_clean["clip"], train_clean["scene"])
+    train_clean = _clean_training_features(cfg, model, data, fingerprint, device, log)
     weights = province_weights_from_split(data.train, cfg.beta)
     loss_fn = GeolocLoss(model.cells, weights, cfg.loss_weights, cfg.aux_scale_km, cfg.soft_label_support).to(
         device
@@ -245,7 +228,7 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
         data.train["province_id"].to_numpy(), cfg.batch_size, cfg.batches_per_epoch, cfg.seed
     )
     decoder = _decoder(cfg, data, sampler, loss_fn, device)
-    heads_forward, encoders_forward = _parallel(model, world, device)
+    heads_forward, encoders_forward = distributed.data_parallel(model, world, device)
     labels = label_tensors(data.train, device)
     step = TrainStep(model, loss_fn, optimizer, labels, decoder, device, heads=heads_forward)
     ema = exponential_average(model.heads, cfg.ema_decay) if cfg.ema_decay > 0 else None

@@ -22,6 +22,7 @@ import pandas as pd
 
 from .checkpoints import atomic_copy, atomic_torch_save
 from .config import TrainConfig, resume_differences
+from .distributed import World
 from .runfolder import RunFolder
 from .runlock import LOCK_NAME, RunLock
 
@@ -58,17 +59,26 @@ def last_committed(folder: RunFolder, phase: int) -> dict | None:
     return None
 
 
-def claim(cfg: TrainConfig, folder: RunFolder) -> tuple[RunLock, dict | None]:
+def claim(
+    cfg: TrainConfig, folder: RunFolder, world: World | None = None
+) -> tuple[RunLock | None, dict | None]:
     """Lock the folder and make it ready for `cfg`; returns the lock and the checkpoint to resume from.
 
-    Call only after the config and the data have been checked.
+    Call only after the config and the data have been checked. Under torchrun the first process claims
+    the folder; the others wait for it, then read the resume point (and hold no lock).
     """
+    world = world or World()
+    if not world.is_main:
+        world.barrier()
+        return None, last_committed(folder, cfg.phase) if cfg.resume else None
     lock = RunLock(folder.root)
     try:
-        return lock, _prepare(cfg, folder)
+        state = _prepare(cfg, folder)
     except BaseException:
         lock.release()
         raise
+    world.barrier()
+    return lock, state
 
 
 def _prepare(cfg: TrainConfig, folder: RunFolder) -> dict | None:
