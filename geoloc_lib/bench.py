@@ -4,7 +4,7 @@
     python -m geoloc_lib.bench --encoders tiny-random --data-dir data/demo --steps 50
     python -m geoloc_lib.bench --geocells 100000    # time the geocell builder instead
 
-Both paths run the training code itself (`fit.build_training`, its stepper, `fit.train_one_epoch`)
+Both paths run the training code itself (`training_setup.build_training`, its stepper, `fit.train_one_epoch`)
 on the same photos, machine and batch size, side by side in one run:
 
 - image path ("literal" below, the specification's way): the training DataLoader (JPEG decode and
@@ -35,9 +35,10 @@ from .demo_data import TINY_DEMO, generate_demo_dataset, sample_locations
 from .devices import select_device, synchronize
 from .encoders import DualEncoder
 from .factory import encoder_config_of
-from .fit import Training, build_training, seed_epoch, train_one_epoch
+from .fit import seed_epoch, train_one_epoch
 from .geocells import assign_cells, build_geocells
 from .sources import CachedFeatures
+from .training_setup import Training, build_training
 from .transforms import AugmentConfig
 
 DEFAULT_ENCODERS = "tiny-random,vit-b-32-resnet18-random"

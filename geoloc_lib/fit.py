@@ -1,7 +1,7 @@
 """Training: `fit(cfg)` runs Phase 0 or Phase 1 from a config to a finished run folder.
 
-Its parts, in the order they run: `build_training` (data, model, loss, sampler, optimiser, feature
-source and stepper, resumed state), then per epoch `train_one_epoch`, `validate`, and writing the
+Its parts, in the order they run: `training_setup.build_training` (data, model, loss, sampler,
+optimiser, feature source and stepper, resumed state), then per epoch `train_one_epoch`, `validate`, and writing the
 epoch's rows, predictions and checkpoints (`runfolder.py`).
 
 Reproducibility: the batch order, the view choice and dropout of epoch e are seeded from (seed, e)
@@ -11,8 +11,6 @@ at the start of the epoch, so a run resumed after a kill continues exactly as th
 from __future__ import annotations
 
 import dataclasses
-import logging
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -21,48 +19,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.optim.swa_utils import AveragedModel
 
-from . import distributed
 from . import provinces as prov
-from .cells import CellTable
 from .checkpoints import to_plain
 from .config import TrainConfig
-from .contract import GeoDataset
-from .datasets import label_tensors
-from .decoding import Decoder, province_prior_shift
-from .distributed import World
-from .encoders import verify_fingerprint
 from .epoch_report import epoch_summary, selection_metric, selection_text
 from .evaluation import Evaluation, evaluate
 from .factory import (
     checkpoint_state,
     head_config_of,
-    load_phase0_weights,
-    model_for_training,
-    trainable_parameters,
 )
-from .features import clean_features
 from .losses import (
     LOSS_LABELS,
     LOSS_TERMS,
-    GeolocLoss,
     offset_ramp,
-    province_counts,
-    province_weights_from_split,
 )
 from .metrics import PROVINCE_ACCURACY_COLUMNS, prediction_metrics, predictions_frame
-from .model import GeoHeads, GeolocModel
 from .progress import progress_bar
 from .retrieval import RetrievalIndex
-from .runfolder import RunFolder, silent_logger
-from .runlock import RunLock
-from .runstate import check_resumable, claim, commit_epoch, repair
-from .sampler import ProvinceBalancedBatchSampler
-from .schedule import exponential_average, lr_at
-from .sources import CachedFeatures, EncodedImages
-from .step import PRED_FIELDS, EagerStepper, GraphStepper, TrainStep, select_stepper
-from .transforms import AUGMENT_PRESETS
+from .runstate import commit_epoch
+from .schedule import lr_at
+from .step import PRED_FIELDS
+from .training_setup import Training, build_training
 
 FINITE_CHECK_EVERY = 25  # steps between checks that the loss is finite (each check syncs the device)
 
@@ -72,201 +50,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
-class Training:
-    """Everything one run needs, built once by `build_training`."""
-
-    cfg: TrainConfig
-    folder: RunFolder
-    lock: RunLock | None  # held by the first process until `close`
-    log: logging.Logger
-    device: torch.device
-    data: GeoDataset
-    model: GeolocModel
-    loss_fn: GeolocLoss
-    sampler: ProvinceBalancedBatchSampler
-    optimizer: torch.optim.Optimizer
-    source: CachedFeatures | EncodedImages | None  # set once the features are ready
-    stepper: EagerStepper | GraphStepper | None
-    decoder: Decoder
-    frozen_fingerprint: str | None  # fingerprint of frozen encoders (None: one is trained)
-    ema: AveragedModel | None  # exponential average of the heads (cfg.ema_decay > 0)
-    retrieval_features: dict[str, torch.Tensor] | None  # clean training features, for retrieval
-    world: World = World()  # the processes of a torchrun launch (one without it)
-    progress: bool = True
-    start_epoch: int = 1
-    best_metric: float = math.inf
-    best_epoch: int = 0
-
-    def encoder_fingerprint(self) -> str:
-        return self.frozen_fingerprint or self.model.encoders.fingerprint()
-
-    def close(self) -> None:
-        """Release the run folder."""
-        if self.lock is not None:
-            self.lock.release()
-
-    @property
-    def eval_heads(self) -> GeoHeads:
-        """The heads that are validated and saved for prediction: the averaged ones when averaging."""
-        return self.model.heads if self.ema is None else self.ema.module
-
-
-@dataclass
 class FitResult:
     run_dir: Path
     best_epoch: int
     best_metric: float  # Phase 1: end-to-end validation median km; Phase 0: 100 - balanced accuracy %
     best_val: dict  # every validation metric of the best epoch (a `val` row of losses.csv)
-
-
-def _optimizer(cfg: TrainConfig, model: GeolocModel, use_graph: bool) -> torch.optim.AdamW:
-    device_type = next(model.parameters()).device.type
-    # fused: one kernel over all parameters (3x faster step on CPU); capturable keeps the step count on
-    # the device so that the update can live inside a CUDA graph
-    return torch.optim.AdamW(
-        trainable_parameters(model, cfg.phase),
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        fused=device_type in ("cpu", "cuda"),
-        capturable=use_graph,
-    )
-
-
-def _feature_source(
-    cfg, model, fingerprint, data, device, log, encoders_forward
-) -> CachedFeatures | EncodedImages:
-    augment = AUGMENT_PRESETS[cfg.augment]
-    if cfg.feature_cache:
-        return CachedFeatures.prepare(
-            cfg, model.encoders, fingerprint, data.train, data.val, augment, device, log
-        )
-    return EncodedImages(
-        model.encoders,
-        device,
-        data.val,
-        cfg.eval_batch_size,
-        cfg.num_workers,
-        data.train,
-        augment,
-        encoders_forward,
-    )
-
-
-def _restore(t: Training, state: dict) -> None:
-    """Load the last committed epoch after checking that nothing that matters changed since."""
-    check_resumable(t.cfg, t.folder, state, t.data.signature())
-    t.model.load_state_dict(state.get("train_state", state["model_state"]), strict=False)
-    if t.ema is not None:
-        t.ema.load_state_dict(state["ema_state"])
-    verify_fingerprint(t.model.encoders, state.get("encoder_fingerprint"), str(t.folder.root))
-    t.optimizer.load_state_dict(state["optimizer_state"])
-    t.start_epoch, t.best_metric, t.best_epoch = (
-        int(state["epoch"]) + 1,
-        float(state["best_metric"]),
-        int(state["best_epoch"]),
-    )
-    if t.world.is_main:
-        repair(t.folder, t.cfg.phase, state)
-
-
-def _start_from(t: Training, resume_state: dict | None) -> None:
-    """Resume the run from its last checkpoint, or start Phase 1 from Phase 0's weights when given."""
-    cfg = t.cfg
-    if resume_state is not None:
-        _restore(t, resume_state)
-        t.log.info(
-            f"Resuming {t.folder.root} after epoch {t.start_epoch - 1} (best so far {t.best_metric:.3f})"
-        )
-    elif cfg.phase0_checkpoint and cfg.phase == 1:
-        t.log.info(load_phase0_weights(t.model, cfg.phase0_checkpoint).summary())
-
-
-def _decoder(cfg: TrainConfig, data: GeoDataset, sampler, loss_fn: GeolocLoss, device) -> Decoder:
-    """The run's decoding, with the prior shift between the training data and what the loss sees."""
-    counts = province_counts(data.train["province_id"])
-    shift = province_prior_shift(counts, sampler.counts, loss_fn.province_weights.cpu())
-    return Decoder(cfg.decode_config, torch.tensor(shift, dtype=torch.float32, device=device))
-
-
-def _clean_training_features(cfg, model, data, fingerprint, device, log) -> dict[str, torch.Tensor] | None:
-    """The clean features of the training photos when something needs them (standardisation, retrieval);
-    sets the heads' input standardisation from them. Call before loading weights: Phase 0's or the resumed
-    run's statistics then win."""
-    if not (cfg.standardize_features or cfg.retrieval_k > 0):
-        return None
-    train_clean = clean_features(cfg, data.train, model.encoders, fingerprint, device, log.info)
-    if cfg.standardize_features:
-        model.heads.standardize_inputs(train_clean["clip"], train_clean["scene"])
-    return train_clean
-
-
-def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
-    """Check the config and the data, build the model, then claim the run folder (runstate.py)."""
-    world = distributed.from_env(cfg.device)
-    if world.distributed and (cfg.feature_cache or cfg.batch_size % world.size):
-        raise ValueError(
-            "several processes train the image path (feature_cache=False, for trained encoders) with a batch "
-            f"size divisible by their number ({world.size}); cached features train fastest in one process"
-        )
-    folder = RunFolder.of(cfg)
-    torch.manual_seed(cfg.seed)  # head initialisation
-    data = cfg.load_data(cfg.image_check if world.is_main else "exists")
-    device = world.device(cfg.device)
-    model = model_for_training(cfg, CellTable(data.cells)).to(device)
-    lock, resume_state = claim(cfg, folder, world)  # nothing in the folder changes before this line
-    log = folder.logger() if world.is_main else silent_logger()
-    frozen_fingerprint = model.encoders.fingerprint() if model.encoders.frozen else None
-    fingerprint = frozen_fingerprint or model.encoders.fingerprint()
-    train_clean = _clean_training_features(cfg, model, data, fingerprint, device, log)
-    weights = province_weights_from_split(data.train, cfg.beta)
-    loss_fn = GeolocLoss(model.cells, weights, cfg.loss_weights, cfg.aux_scale_km, cfg.soft_label_support).to(
-        device
-    )
-    use_graph = cfg.cuda_graph and cfg.feature_cache and device.type == "cuda"
-    optimizer = _optimizer(cfg, model, use_graph)
-    sampler = ProvinceBalancedBatchSampler(
-        data.train["province_id"].to_numpy(), cfg.batch_size, cfg.batches_per_epoch, cfg.seed
-    )
-    decoder = _decoder(cfg, data, sampler, loss_fn, device)
-    heads_forward, encoders_forward = distributed.data_parallel(model, world, device)
-    labels = label_tensors(data.train, device)
-    step = TrainStep(model, loss_fn, optimizer, labels, decoder, device, heads=heads_forward)
-    ema = exponential_average(model.heads, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    retrieval_features = train_clean if cfg.retrieval_k > 0 and frozen_fingerprint else None
-    t = Training(
-        cfg=cfg,
-        folder=folder,
-        lock=lock,
-        log=log,
-        device=device,
-        data=data,
-        model=model,
-        loss_fn=loss_fn,
-        sampler=sampler,
-        optimizer=optimizer,
-        source=None,
-        stepper=None,
-        decoder=decoder,
-        frozen_fingerprint=frozen_fingerprint,
-        ema=ema,
-        retrieval_features=retrieval_features,
-        world=world,
-        progress=progress,
-    )
-    _start_from(t, resume_state)
-    log.info(
-        f"Phase {cfg.phase} on {device}: {len(data.train)} train / {len(data.val)} validation photos "
-        f"(whole {cfg.val_block_km:g} km blocks of train.csv; test.csv is not read), {model.cells.num_cells} "
-        f"cells, {'cached features' if cfg.feature_cache else 'images through the encoders at every step'}"
-    )
-    if cfg.retrieval_k > 0 and retrieval_features is None:
-        log.info("retrieval is left out of the per-epoch validation while an encoder trains")
-    t.source = _feature_source(cfg, model, fingerprint, data, device, log.info, encoders_forward)
-    model.train()  # a captured graph keeps the mode it was captured in
-    t.stepper = select_stepper(step, t.source, cfg.batch_size, use_graph, log.info)
-    if isinstance(t.stepper, GraphStepper):
-        log.info("the cached-feature step runs as one CUDA graph")
-    return t
 
 
 def seed_epoch(seed: int, epoch: int, device: torch.device) -> torch.Generator:

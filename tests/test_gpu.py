@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from geoloc_lib.fit import build_training, fit, train_one_epoch
+from geoloc_lib.fit import fit, train_one_epoch
 from geoloc_lib.step import GraphStepper
+from geoloc_lib.training_setup import build_training
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

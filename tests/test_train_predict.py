@@ -16,10 +16,11 @@ from geoloc_lib.datasets import PhotoDataset
 from geoloc_lib.encoders import DualEncoder, EncoderFingerprintError, resolve_encoder_config
 from geoloc_lib.factory import CheckpointMismatchError
 from geoloc_lib.features import extract_features, load_or_extract
-from geoloc_lib.fit import NonFiniteLossError, build_training, fit
+from geoloc_lib.fit import NonFiniteLossError, fit
 from geoloc_lib.predictor import Predictor, evaluate_run
 from geoloc_lib.runfolder import LOSSES_CSV_COLUMNS, RunFolder
 from geoloc_lib.step import TrainingStateSnapshot
+from geoloc_lib.training_setup import build_training
 from geoloc_lib.transforms import AUGMENT_PRESETS, AugmentConfig, train_transform
 
 SEED_CSV_COLUMNS = (
