@@ -105,7 +105,7 @@ class Predictor:
 
     def predict(self, images: list, batch_size: int = 64, mode: str | None = None) -> pd.DataFrame:
         """One row per image: the coordinate and province of `mode` (default: the run's), every mode's
-        coordinate, and the hypotheses (province, cell, probability, coordinate) with probability."""
+        coordinate, and the hypotheses (province, cell, probability, coordinate), most probable first."""
         mode = mode or self.decoder.config.mode
         if mode not in DECODE_MODES:
             raise ValueError(f"mode must be one of {DECODE_MODES}, not {mode!r}")
@@ -113,7 +113,7 @@ class Predictor:
         starts = range(0, len(images), batch_size)
         parts = [
             self._predict_batch(images[i : i + batch_size])
-            for i in progress_bar(starts, desc="predict", leave=False)
+            for i in progress_bar(starts, desc="predict", leave=False, disable=len(starts) < 2)
         ]
         cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         names = np.array(prov.PROVINCE_NAMES)
@@ -129,17 +129,20 @@ class Predictor:
             }
         )
         frame["hypotheses"] = [
-            [
-                {
-                    "province": names[p],
-                    "cell_id": int(c),
-                    "prob": float(pr),
-                    "lat": float(xy[0]),
-                    "lon": float(xy[1]),
-                }
-                for p, c, pr, xy, ok in zip(*row, strict=True)
-                if ok
-            ]
+            sorted(  # most probable first (the decoder keeps them grouped by province)
+                (
+                    {
+                        "province": names[p],
+                        "cell_id": int(c),
+                        "prob": float(pr),
+                        "lat": float(xy[0]),
+                        "lon": float(xy[1]),
+                    }
+                    for p, c, pr, xy, ok in zip(*row, strict=True)
+                    if ok
+                ),
+                key=lambda h: -h["prob"],
+            )
             for row in zip(
                 cat["hyp_province"],
                 cat["hyp_cell_id"],

@@ -83,6 +83,16 @@ def test_predictor_matches_training_metrics_and_rejects_other_cells(tiny_data, t
     cells = pd.read_csv(tiny_data / "cell_metadata.csv").set_index("cell_id")
     assert 1 <= len(hypotheses) <= 10 and all(h["prob"] > 0 for h in hypotheses)
     assert all(cells.loc[h["cell_id"], "province"] == h["province"] for h in hypotheses)  # no padding slots
+    # hypotheses come most probable first, so the first is the joint prediction itself
+    many = Predictor.from_run(cfg.run_dir).predict(
+        sorted(str(p) for p in (tiny_data / "images").glob("*.jpg"))[:40], mode="joint"
+    )
+    for _, row in many.iterrows():
+        probs = [h["prob"] for h in row["hypotheses"]]
+        assert probs == sorted(probs, reverse=True)
+        first = row["hypotheses"][0]
+        assert first["province"] == row["province"]
+        np.testing.assert_allclose([first["lat"], first["lon"]], [row["lat"], row["lon"]], atol=1e-6)
     # a checkpoint used with other geocells fails clearly
     cells = pd.read_csv(tiny_copy / "cell_metadata.csv")
     cells.loc[0, "center_lat"] += 0.5
