@@ -3,7 +3,8 @@
 1. generate data/demo (if missing)  2. audit it (00)  3. sampler check (01)  4. Phase 0 (02b)
 5. model build (02)  6. Phase 1 (03)  7. evaluation on the test split and error maps (04)
 
-Every notebook is executed by papermill into runs/<run_name>/, next to the run's outputs.
+Every notebook is executed by papermill into runs/<run_name>/, next to the run's outputs, and saved
+beside it as a self-contained HTML page that reads offline (notebook_export.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import papermill as pm
 
 from .demo_data import DEMO_PRESETS, generate_demo_dataset
 from .notebook import project_root
+from .notebook_export import export_html
 from .progress import TEXT_PROGRESS_ENV
 from .runfolder import RunFolder
 
@@ -40,6 +42,7 @@ def run_notebook(name: str, out_dir: Path, **parameters) -> Path:
         log_output=True,
         cwd=".",
     )
+    export_html(out)
     return out
 
 

@@ -1,4 +1,5 @@
 import ast
+import re
 import shutil
 import subprocess
 from dataclasses import fields
@@ -7,10 +8,10 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 import pytest
-from nbconvert import HTMLExporter
 from papermill.translators import PythonTranslator
 
 from geoloc_lib.config import TrainConfig
+from geoloc_lib.notebook_export import export_html
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -188,21 +189,21 @@ def _check_offline_rendering(executed, saved_maps, tmp_path):
         assert "leaflet-map-pane" in dom, path  # Leaflet ran from the inlined copy
         assert dom.count('class="leaflet-interactive"') >= 7, path  # at least the seven province borders
         assert "geoloc-legend" in dom and "leaflet-control-layers" in dom, path
-    exporter = HTMLExporter()
     for name, path in executed.items():
-        page = tmp_path / f"{name}.html"
-        page.write_text(exporter.from_filename(str(path))[0], encoding="utf-8")
+        page = export_html(path, tmp_path / f"{name}.html")
+        text = page.read_text(encoding="utf-8")
+        assert not re.search(r'<script[^>]*src="https?:', text), name  # nothing from a CDN
+        assert not re.search(r"(?<![0-9])0%\|", text), name  # progress bars saved in their final state only
         dom = _dom(flags, page)
         assert "Conclusion" in dom, name
         if name in ("00_data_audit", "04_error_maps"):  # the notebooks that show maps inline
             assert dom.count("leaflet-map-pane") >= 2 and dom.count('class="leaflet-interactive"') >= 14, name
             assert "geoloc-legend" in dom, name
-    explorer = tmp_path / "04_error_maps.html"
-    dom = _dom(flags, explorer)
+    dom = _dom(flags, tmp_path / "04_error_maps.html")
     assert 'class="geoloc-explorer"' in dom and "data:image/jpeg;base64" in dom and "<iframe" in dom
-    widget = "application/vnd.jupyter.widget-view+json"
-    assert any(
-        widget in o.get("data", {})
-        for c in nbformat.read(executed["04_error_maps"], 4).cells
-        for o in c.get("outputs", [])
-    )
+    # the explorer's saved widgets, drawn offline by the inlined ipywidgets renderer
+    drawn = re.findall(r'class="lm-Widget[^"]*jupyter-widgets[^"]*"', dom)
+    for kind in ("widget-dropdown", "widget-text", "widget-image", "widget-html", "widget-vbox"):
+        assert any(kind in classes for classes in drawn), kind
+    dropdown = re.search(r'class="lm-Widget[^"]*widget-dropdown".*?</select>', dom, re.S)
+    assert dropdown and "Sindh" in dropdown.group(0)  # its saved choices
