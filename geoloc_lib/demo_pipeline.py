@@ -78,7 +78,8 @@ def run_demo(run_name: str = "demo", data_dir: str = "data/demo", size: str = "d
     print("\nTest split, the model against the baseline ladder (same photos, same frozen features):")
     print(ladder[["median_error_km", "p90_error_km", "acc_25km", "geoscore"]].round(1).to_string())
     print(
-        f"\ndemo finished in {time.perf_counter() - started:.0f}s: see {out_dir}/ (notebooks, each also as an offline .html page, maps/, figures/)"
+        f"\ndemo finished in {time.perf_counter() - started:.0f}s: see {out_dir}/ (notebooks, each also as an "
+        "offline .html page, maps/, figures/)"
     )
     return out_dir
 
