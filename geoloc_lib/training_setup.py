@@ -190,6 +190,18 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     device = world.device(cfg.device)
     model = model_for_training(cfg, CellTable(data.cells)).to(device)
     lock, resume_state = claim(cfg, folder, world)  # nothing in the folder changes before this line
+    try:
+        return _build_claimed(cfg, world, folder, lock, resume_state, data, device, model, progress)
+    except BaseException:
+        # a notebook keeps the failed frame alive in its traceback: without this the folder would stay
+        # locked by the kernel itself until it restarts
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build_claimed(cfg, world, folder, lock, resume_state, data, device, model, progress) -> Training:
+    """The rest of `build_training`, once the run folder is claimed."""
     log = folder.logger() if world.is_main else silent_logger()
     frozen_fingerprint = model.encoders.fingerprint() if model.encoders.frozen else None
     fingerprint = frozen_fingerprint or model.encoders.fingerprint()

@@ -256,3 +256,16 @@ def test_the_lock_is_released_when_the_holder_is_killed(tiny_config):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     fit(replace(cfg, epochs=1, resume=True), progress=False)  # no stale lock
+
+
+def test_a_start_that_fails_after_claiming_the_folder_releases_it(tiny_config, tmp_path):
+    broken = tmp_path / "phase0_best.pt"
+    broken.write_bytes(b"not a checkpoint")  # passes the config check (it exists), fails when loaded
+    cfg = tiny_config(phase0_checkpoint=str(broken))
+    with pytest.raises(ValueError, match="not a readable checkpoint") as failed:
+        fit(cfg, progress=False)
+    # the failed attempt's frames are still alive here (as in a notebook's last traceback), yet the
+    # folder is free: the corrected run starts at once
+    fit(replace(cfg, phase0_checkpoint="", overwrite=True), progress=False)
+    assert failed.traceback is not None
+    assert RunFolder(cfg.run_dir).best_checkpoint(1).is_file()
