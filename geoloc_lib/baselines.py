@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import KFold
+from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
 from .geo import geometric_median
@@ -46,18 +47,16 @@ def constant_baseline(train: pd.DataFrame, split: pd.DataFrame) -> dict[str, flo
     return prediction_metrics(predictions_frame(split, constant_prediction(train, len(split))))
 
 
-def nearest_neighbours(train_x: np.ndarray, x: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
-    """[N, k] rows of the k training photos most similar to each query (cosine of standardised features)."""
+def standardized(train_x: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both matrices scaled by the training rows' per-feature mean and std (what every learned rung reads)."""
     scaler = StandardScaler().fit(train_x)
+    return scaler.transform(train_x), scaler.transform(x)
 
-    def unit(a):
-        a = scaler.transform(a)
-        return a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
 
-    keys = unit(train_x)
-    queries = unit(x)
-    out = [np.argsort(-(queries[i : i + chunk] @ keys.T), axis=1)[:, :k] for i in range(0, len(x), chunk)]
-    return np.concatenate(out)
+def nearest_neighbours(train_z: np.ndarray, z: np.ndarray, k: int) -> np.ndarray:
+    """[N, k] rows of the k training photos most similar to each query (cosine), most similar first."""
+    index = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(train_z)
+    return index.kneighbors(z, return_distance=False)
 
 
 def knn_prediction(train: pd.DataFrame, neighbours: np.ndarray) -> dict[str, np.ndarray]:
@@ -72,10 +71,9 @@ def knn_prediction(train: pd.DataFrame, neighbours: np.ndarray) -> dict[str, np.
 
 
 def logistic_cell_prediction(
-    train_x: np.ndarray, train: pd.DataFrame, x: np.ndarray, cells: pd.DataFrame, seed: int = 0
+    train_z: np.ndarray, train: pd.DataFrame, z: np.ndarray, cells: pd.DataFrame, seed: int = 0
 ) -> tuple[dict[str, np.ndarray], float]:
     """The centre of the cell a cross-validated multinomial logistic regression picks; and its C."""
-    scaler = StandardScaler().fit(train_x)
     # plain shuffled folds: a cell can have fewer photos than there are folds, which stratifying refuses
     folds = KFold(LOGISTIC_FOLDS, shuffle=True, random_state=seed)
     model = LogisticRegressionCV(
@@ -88,8 +86,8 @@ def logistic_cell_prediction(
         random_state=seed,
         use_legacy_attributes=False,
     )
-    model.fit(scaler.transform(train_x), train["cell_id"].to_numpy())
-    cell = model.predict(scaler.transform(x))
+    model.fit(train_z, train["cell_id"].to_numpy())
+    cell = model.predict(z)
     row = cells.set_index("cell_id").loc[cell]
     prediction = {
         "province": row["province_id"].to_numpy(),
@@ -109,9 +107,9 @@ def baseline_ladder(
     seed: int = 0,
 ) -> pd.DataFrame:
     """One row per baseline (index: its name) with SUMMARY_METRICS, scored on `split`."""
-    train_x, x = feature_matrix(train_features), feature_matrix(features)
-    neighbours = nearest_neighbours(train_x, x, k=5)
-    logistic, c = logistic_cell_prediction(train_x, train, x, cells, seed)
+    train_z, z = standardized(feature_matrix(train_features), feature_matrix(features))
+    neighbours = nearest_neighbours(train_z, z, k=5)
+    logistic, c = logistic_cell_prediction(train_z, train, z, cells, seed)
     predictions = {
         "constant (centre of the largest province)": constant_prediction(train, len(split)),
         "1-NN (nearest training photo)": knn_prediction(train, neighbours[:, :1]),

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from geoloc_lib.baselines import baseline_ladder, knn_prediction, nearest_neighbours
+from geoloc_lib.baselines import baseline_ladder, knn_prediction, nearest_neighbours, standardized
 from geoloc_lib.cells import CellTable
 from geoloc_lib.geo import geometric_median, haversine_km
 from geoloc_lib.model import GeoHeads, HeadConfig
@@ -88,7 +88,7 @@ def test_nearest_neighbours_find_the_right_place_on_separable_features():
     town_codes = {name: rng.normal(0, 1, 16) for name in TOWNS}  # one feature direction per town
     features = np.stack([town_codes[t] + rng.normal(0, 0.1, 16) for t in photos["town"]]).astype(np.float32)
     train, query = photos.iloc[::2], photos.iloc[1::2]
-    neighbours = nearest_neighbours(features[::2], features[1::2], k=5)
+    neighbours = nearest_neighbours(*standardized(features[::2], features[1::2]), k=5)
     assert (train["town"].to_numpy()[neighbours] == query["town"].to_numpy()[:, None]).all()
     prediction = knn_prediction(train, neighbours)
     errors = haversine_km(
