@@ -153,7 +153,7 @@ def _checkpoint_payload(t: Training, epoch: int, rows: dict, predictions: pd.Dat
             "cells": t.model.cells.signature(),
             "encoder_fingerprint": t.encoder_fingerprint(),
             "prior_shift": t.decoder.prior_shift.tolist(),
-            "data": t.data.signature(),
+            "data": t.data.signature,
         }
     )
     if t.ema is not None:  # resuming needs the raw weights and the average

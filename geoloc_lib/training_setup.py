@@ -117,7 +117,7 @@ def _feature_source(
 
 def _restore(t: Training, state: dict) -> None:
     """Load the last committed epoch after checking that nothing that matters changed since."""
-    check_resumable(t.cfg, t.folder, state, t.data.signature())
+    check_resumable(t.cfg, t.folder, state, t.data.signature)
     t.model.load_state_dict(state.get("train_state", state["model_state"]), strict=False)
     if t.ema is not None:
         t.ema.load_state_dict(state["ema_state"])
