@@ -78,7 +78,11 @@ class CellTable(nn.Module):
         return {
             "num_cells": self.num_cells,
             "n_cells_per_province": self.n_cells.tolist(),
+            # the whole table: ids, centres, radii and neighbours (a changed radius moves offsets)
             "cells_sha256": hashlib.sha256(
-                self.cell_ids.cpu().numpy().tobytes() + self.center.cpu().numpy().round(4).tobytes()
+                self.cell_ids.cpu().numpy().tobytes()
+                + self.center.cpu().numpy().round(4).tobytes()
+                + self.radius_km.cpu().numpy().round(3).tobytes()
+                + np.packbits(self.neighbourhood.cpu().numpy()).tobytes()
             ).hexdigest()[:16],
         }

@@ -1,4 +1,9 @@
-"""Atomic file writes, and reading a checkpoint as untrusted input."""
+"""Atomic file writes, and reading a checkpoint as untrusted input.
+
+Every file a run, an evaluation or a map writes goes through `_atomic_file`: written under a temporary
+name beside its target, flushed, then renamed over it, with the permissions the user's umask gives a new
+file (not mkstemp's private 0600, so a shared cache stays readable to the group).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import torch
+
+
+class FileWriteError(OSError):
+    """A file could not be written (most often: the disk is full); the old file, if any, is unchanged."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(
+            f"could not write {path} ({reason}); is the disk full? The previous version is kept."
+        )
 
 
 @contextlib.contextmanager
@@ -19,22 +34,39 @@ def _atomic_file(path: Path, mode: str):
     A kill at any moment leaves either the old file or the new one, never a torn file; the temporary
     name is unique, so two writers never share one.
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, FileWriteError):
+            raise
+        raise FileWriteError(path, err.strerror or str(err)) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _umask() -> int:
+    """The process's umask (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     with _atomic_file(path, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as err:  # torch reports a failed write as "enforce fail at inline_container.cc"
+            raise FileWriteError(path, str(err).splitlines()[0]) from err
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -42,9 +74,33 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with _atomic_file(path, "wb") as f:
+        f.write(data)
+
+
 def atomic_copy(source: Path, path: Path) -> None:
     with _atomic_file(path, "wb") as f, open(source, "rb") as src:
         shutil.copyfileobj(src, f)
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula (=, +, -, @ first) get a leading apostrophe."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            values = out[column]
+            risky = values.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_STARTS))
+            out[column] = values.where(~risky, "'" + values.astype(str))
+    return out
+
+
+def atomic_write_csv(frame: pd.DataFrame, path: Path, index: bool = False, **options) -> None:
+    """A table as CSV, written atomically, with text cells that could run as formulas neutralised."""
+    atomic_write_text(path, neutralise_formulas(frame).to_csv(index=index, **options))
 
 
 def write_json(path: Path, payload: dict) -> None:

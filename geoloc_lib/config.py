@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import math
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from .contract import IMAGE_CHECKS, GeoDataset, load_dataset
 from .decoding import DecodeConfig
 from .losses import SOFT_LABEL_SUPPORTS, LossWeights
 from .metrics import DECODE_MODES
+from .provinces import NUM_PROVINCES
 from .schedule import LR_SCHEDULES
 from .transforms import AUGMENT_PRESETS
 
@@ -87,27 +90,39 @@ class TrainConfig:
     retrieval_temperature: float = 0.1  # softmax temperature of the similarity weights (k > 1)
 
     def __post_init__(self):
-        problems = []
+        problems = _type_problems(self)
+        if problems:  # ranges below assume the types are right
+            raise ValueError("invalid training config: " + "; ".join(problems))
         if self.run_name.strip() in ("", ".", ".."):
             problems.append(f"run_name {self.run_name!r} must name a folder (it is deleted on overwrite)")
         if self.phase not in (0, 1):
             problems.append(f"phase must be 0 or 1, not {self.phase}")
         counts = ("epochs", "batch_size", "batches_per_epoch", "cache_views", "eval_batch_size")
         widths = ("top_provinces", "top_cells", "offset_ramp_epochs", "proj_dim", "geocell_hidden")
-        for name in counts + widths:
+        for name in (*counts, *widths, "small_geocell_hidden"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
-        if not (self.lr > 0 and self.temperature > 0 and self.aux_scale_km > 0):
-            problems.append("lr, temperature and aux_scale_km must be positive")
+        for name in ("seed", "val_seed", "num_workers", "retrieval_k", "warmup_steps"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if self.top_provinces > NUM_PROVINCES:
+            problems.append(f"top_provinces must be at most {NUM_PROVINCES}, not {self.top_provinces}")
+        for name in ("lr", "temperature", "aux_scale_km", "val_block_km", "retrieval_temperature"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive, not {getattr(self, name)}")
+        for name in ("weight_decay", "prior_correction", *LOSS_WEIGHT_FIELDS):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if self.phase == 1 and not any(getattr(self, name) > 0 for name in LOSS_WEIGHT_FIELDS):
+            problems.append(f"at least one of {LOSS_WEIGHT_FIELDS} must be positive")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), not {self.dropout}")
-        if not 0 < self.val_fraction <= 0.5 or self.val_block_km <= 0:
-            problems.append(
-                f"val_fraction must be in (0, 0.5] and val_block_km positive, not {self.val_fraction}, "
-                f"{self.val_block_km}"
-            )
+        if not 0 < self.val_fraction <= 0.5:
+            problems.append(f"val_fraction must be in (0, 0.5], not {self.val_fraction}")
         if not 0 <= self.beta < 1:
             problems.append(f"beta must be in [0, 1), not {self.beta}")
+        if not 0 <= self.ema_decay < 1:
+            problems.append(f"ema_decay must be in [0, 1), not {self.ema_decay}")
         if self.cache_dtype not in ("float16", "bfloat16", "float32"):
             problems.append(f"cache_dtype must be float16, bfloat16 or float32, not {self.cache_dtype!r}")
         if not (self.freeze_clip and self.freeze_scene) and self.feature_cache:
@@ -125,12 +140,6 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
-        if self.retrieval_k < 0 or self.retrieval_temperature <= 0:
-            problems.append("retrieval_k must be >= 0 and retrieval_temperature positive")
-        if not 0 <= self.ema_decay < 1 or self.warmup_steps < 0:
-            problems.append(
-                f"ema_decay must be in [0, 1) and warmup_steps >= 0, not {self.ema_decay}, {self.warmup_steps}"
-            )
         if self.resume and self.overwrite:
             problems.append(
                 "resume and overwrite exclude each other: resume continues a run, overwrite replaces it"
@@ -184,6 +193,35 @@ class TrainConfig:
             if f.name in namespace
         }
         return cls.from_dict(values | overrides)
+
+
+LOSS_WEIGHT_FIELDS = ("loss_province", "loss_geocell", "loss_offset", "loss_aux")
+
+
+def _type_problems(cfg: TrainConfig) -> list[str]:
+    """Every field against its annotation: whole numbers for int (2.5 and True are refused), finite numbers
+    for float (NaN and infinity are refused), True/False for bool, text for str."""
+    problems = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        kind = f.type.replace(" | None", "")
+        if kind == "str" and isinstance(value, os.PathLike):
+            value = os.fspath(value)
+            setattr(cfg, f.name, value)
+        if value is None and f.type.endswith("| None"):
+            continue
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            want = {"int": "a whole number", "float": "a finite number", "bool": "True or False"}
+            problems.append(f"{f.name} must be {want.get(kind, 'text')}, not {value!r}")
+    return problems
 
 
 # Fields that may differ between a run and its resumption; anything else must match. Locations may change

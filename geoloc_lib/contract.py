@@ -19,6 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from . import provinces as prov
+from .datasets import to_rgb
 from .geo import BBOX_MARGIN_DEG, PAKISTAN_BBOX, inside_pakistan_bbox
 from .progress import progress_bar
 from .splits import location_split
@@ -34,6 +35,7 @@ CELL_COLUMNS = (
     "neighbor_cell_ids",
 )
 MAX_ROWS_SHOWN = 5
+MAX_CELL_RADIUS_KM = 1500.0  # Pakistan spans about 1,500 km: a larger cell radius is a unit mistake
 IMAGE_CHECKS = ("none", "exists", "decode")
 THUMBNAIL_PX = 64  # the decode check reads JPEGs at about this size
 DECODE_THREADS = min(8, os.cpu_count() or 1)
@@ -61,6 +63,13 @@ def _read_csv(path: Path) -> pd.DataFrame:
         _fail(path, "file not found", None, "check the data directory, or generate the demo data (make demo)")
     try:
         return pd.read_csv(path, dtype={"id": str, "image": str, "province": str, "neighbor_cell_ids": str})
+    except pd.errors.EmptyDataError:
+        _fail(
+            path,
+            "the file is empty (not even a header)",
+            None,
+            "write the header and the rows of the contract",
+        )
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         _fail(
             path, f"not a readable CSV ({err})", None, "save the file as comma-separated UTF-8 with a header"
@@ -166,6 +175,14 @@ def load_cell_metadata(path: str | os.PathLike) -> pd.DataFrame:
     bad = df[~(radius > 0) | ~np.isfinite(radius)]
     if len(bad):
         _fail(path, "radius_km must be a positive number", bad, "rebuild the geocells")
+    bad = df[radius > MAX_CELL_RADIUS_KM]
+    if len(bad):
+        _fail(
+            path,
+            f"radius_km above {MAX_CELL_RADIUS_KM} km, more than Pakistan is wide",
+            bad,
+            "give radii in kilometres (not metres), or rebuild the geocells",
+        )
     df["radius_km"] = radius.astype(float)
     try:
         neighbors = df["neighbor_cell_ids"].map(parse_neighbor_ids)
@@ -224,7 +241,7 @@ def image_problem(image_path: str, size: int = THUMBNAIL_PX) -> str | None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # too large to decode safely
             with Image.open(image_path) as image:
                 image.draft("RGB", (size, size))  # JPEG decodes at 1/2 to 1/8 scale: a fast full read
-                image.convert("RGB").load()
+                to_rgb(image).load()  # the conversion training uses, so a refused mode is found here
         return None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         return f"{image_path}: too many pixels ({err})"
@@ -272,6 +289,9 @@ def load_split(
         _fail(path, "id is missing or not unique", bad, "give every row a unique id")
     _normalise_provinces(df, path)
     _check_coordinates(df, path, "latitude", "longitude")
+    bad = df[df["image"].fillna("").str.contains("\x00", regex=False)]
+    if len(bad):
+        _fail(path, "image path(s) contain a NUL character", bad, "write each image path as plain text")
     root = Path(images_root) if images_root is not None else path.parent
     df["image_path"] = [str((root / str(p)).resolve()) for p in df["image"].fillna("")]
     if not allow_images_outside:
@@ -305,6 +325,16 @@ def _check_cells(df: pd.DataFrame, path: Path, cells: pd.DataFrame) -> None:
         )
 
 
+def photo_digest(names: pd.Series, paths: pd.Series) -> str:
+    """A hash of each photo's name with its file's size and modification time (whole seconds, which survive
+    a copy that keeps times): it changes when a photo is replaced, without reading any pixels."""
+    digest = hashlib.sha256()
+    for name, path in zip(names, paths, strict=True):
+        stat = os.stat(path)
+        digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns // 1_000_000_000}\n".encode())
+    return digest.hexdigest()[:20]
+
+
 @dataclass
 class GeoDataset:
     """The validated train split, test split and cell metadata of one data directory.
@@ -318,11 +348,12 @@ class GeoDataset:
     data_dir: Path
     val: pd.DataFrame | None = None
 
-    @cached_property  # hashing 90k rows takes about 0.3 s, and every epoch's checkpoint records it
+    @cached_property  # hashing 90k rows and their files takes under a second, and every checkpoint records it
     def signature(self) -> dict[str, str]:
         """A hash of the rows of each split (id, image, coordinates, province, cell) and of the cells.
 
-        A resumed run compares it with the one its checkpoints recorded, so that it never continues on other data.
+        A resumed run compares it with the one its checkpoints recorded, so that it never continues on other
+        data; `photos` covers the image files (name, size, time) of train and test.
         """
         columns = ["id", "image", "latitude", "longitude", "province_id", "cell_id"]
         parts = {
@@ -332,10 +363,14 @@ class GeoDataset:
         }
         if self.val is not None:
             parts["val"] = self.val[columns]
-        return {
+        signature = {
             name: hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()[:16]
             for name, frame in parts.items()
         }
+        # the photos themselves: a file replaced under the same name changes its size or time
+        photos = pd.concat([self.train, self.test])
+        signature["photos"] = photo_digest(photos["image"], photos["image_path"])
+        return signature
 
     def with_validation(self, fraction: float, block_km: float, seed: int) -> GeoDataset:
         """The same data with about `fraction` of train held out as `val`, whole location blocks at a time.

@@ -9,17 +9,32 @@ import numpy as np
 import pandas as pd
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 class ImageLoadError(RuntimeError):
     pass
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB as a viewer shows the photo: its EXIF orientation applied, and 16- or 32-bit integer
+    greyscale scaled to 8 bits (Pillow's own conversion clips such pixels, so a 16-bit PNG came out white).
+    Floating-point images are refused: their range is unknown."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I"):
+        values = np.asarray(image, dtype=np.float64)  # [H, W]
+        sixteen_bit = image.mode.startswith("I;16") or values.max(initial=0) > 255
+        values = np.clip(values / 257.0 if sixteen_bit else values, 0, 255)
+        image = Image.fromarray(values.round().astype(np.uint8), "L")
+    elif image.mode == "F":
+        raise ValueError("a 32-bit floating-point image has no fixed range; save it as an 8-bit JPEG or PNG")
+    return image.convert("RGB")
+
+
 def open_rgb(path: str, row_id: str = "?") -> Image.Image:
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageLoadError(
             f"image of row id={row_id!r} at {path} cannot be decoded ({type(err).__name__}: {err}); replace "

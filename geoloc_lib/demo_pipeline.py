@@ -14,12 +14,12 @@ import os
 import time
 from pathlib import Path
 
-import pandas as pd
 import papermill as pm
 
 from .demo_data import DEMO_PRESETS, generate_demo_dataset
 from .notebook import project_root
 from .notebook_export import export_html
+from .predictor import read_evaluation
 from .progress import TEXT_PROGRESS_ENV
 from .runfolder import RunFolder
 
@@ -74,7 +74,7 @@ def run_demo(run_name: str = "demo", data_dir: str = "data/demo", size: str = "d
         **DEMO_PHASE1,
     )
     run_notebook("04_error_maps", out_dir, run_dir=str(out_dir))
-    ladder = pd.read_csv(RunFolder(out_dir).evaluation / "ladder.csv", index_col=0)
+    ladder = read_evaluation(RunFolder(out_dir).evaluation, "ladder")
     print("\nTest split, the model against the baseline ladder (same photos, same frozen features):")
     print(ladder[["median_error_km", "p90_error_km", "acc_25km", "geoscore"]].round(1).to_string())
     print(

@@ -140,8 +140,18 @@ def load_phase0_weights(model: GeolocModel, path: str | Path) -> LoadReport:
     """Load Phase 0 weights by name (a `module.` prefix is accepted) and report what happened."""
     checkpoint = load_checkpoint(path)
     state = checkpoint.get("model_state", checkpoint.get("state_dict", checkpoint))
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"{path}: its model_state is a {type(state).__name__}, not a dict of weights; pass the "
+            "phase0_best.pt that 02b_train_phase0 wrote"
+        )
     state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     own = model.state_dict()
+    if not any(k in own for k in state):
+        raise ValueError(
+            f"{path}: none of its {len(state)} tensors names a weight of this model, so nothing would be "
+            "loaded; pass the phase0_best.pt that 02b_train_phase0 wrote (checkpoints/phase0/)"
+        )
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         details = "; ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:5])

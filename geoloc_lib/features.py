@@ -23,6 +23,7 @@ import torchvision
 from . import distributed
 from .checkpoints import atomic_torch_save
 from .config import TrainConfig
+from .contract import photo_digest
 from .datasets import JpegBytes, PhotoDataset, all_jpeg, as_lists, view_seed
 from .devices import autocast_for, select_device
 from .encoders import DualEncoder
@@ -32,11 +33,7 @@ from .transforms import AUGMENT_PRESETS, AugmentConfig, eval_transform, train_tr
 
 
 def image_list_digest(split: pd.DataFrame) -> str:
-    digest = hashlib.sha256()
-    for path in split["image_path"]:
-        stat = os.stat(path)
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:20]
+    return photo_digest(split["image_path"], split["image_path"])
 
 
 def cache_key(
@@ -57,10 +54,19 @@ def _load_parts(parts_dir: Path, clip: torch.Tensor, scene: torch.Tensor, log) -
     """Fill rows from the shards of an interrupted extraction; return how many leading rows are done."""
     done = 0
     for part in sorted(parts_dir.glob("*.pt")):  # names are zero-padded start rows: sorted = in order
-        shard = torch.load(part, map_location="cpu", weights_only=True)
-        if shard["start"] != done:
+        try:
+            shard = torch.load(part, map_location="cpu", weights_only=True)
+            start, end = shard["start"], done + len(shard["clip"])
+        except Exception as err:  # a damaged shard is only a cache: extract its rows and the rest again
+            log(
+                f"extraction shard {part} is unreadable ({type(err).__name__}); extracting from row {done} again"
+            )
+            for stale in sorted(parts_dir.glob("*.pt")):
+                if stale.name >= part.name:
+                    stale.unlink()
+            break
+        if start != done:
             break  # not contiguous: extract the rest again
-        end = done + len(shard["clip"])
         clip[done:end], scene[done:end] = shard["clip"], shard["scene"]
         done = end
     if done:

@@ -71,10 +71,11 @@ def _check_finite(t: Training, terms: torch.Tensor, epoch: int) -> None:
     if bool(bad.any()):
         step = int(bad.nonzero()[0])
         values = ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_TERMS, terms[step].tolist(), strict=True))
+        last = t.folder.last_checkpoint(t.cfg.phase)
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no epoch was committed yet"
         raise NonFiniteLossError(
-            f"non-finite loss in epoch {epoch}, batch {step + 1}: {values}. Training stopped; the last "
-            f"good checkpoint is {t.folder.last_checkpoint(t.cfg.phase)}. Try a lower lr, or check the "
-            f"data of that batch."
+            f"non-finite loss in epoch {epoch}, batch {step + 1}: {values}. Training stopped; {kept}. Try a "
+            f"lower lr, or check the data of that batch."
         )
 
 

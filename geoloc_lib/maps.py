@@ -24,6 +24,7 @@ import pandas as pd
 from branca.element import MacroElement, Template
 
 from . import provinces as prov
+from .checkpoints import atomic_write_text
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 LEAFLET_DIR = RESOURCES / "leaflet"
@@ -180,13 +181,17 @@ def show(m: folium.Map, height_px: int = 480):
 
 
 def save_map(m: folium.Map, path: str | Path, offline: bool = True) -> Path:
+    """Write the map's page atomically (a kill leaves the old page or the new one, never half of one)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if offline:
-        path.write_text(offline_html(m), encoding="utf-8")
-    else:
-        m.save(str(path))
+    atomic_write_text(path, offline_html(m) if offline else m.get_root().render())
     return path
+
+
+def safe_text(value) -> str:
+    """A value from a user's CSV as text that is inert in every context folium puts it in: HTML text and
+    attributes, and the JavaScript template literals (`...`) its tooltips and popups are written into."""
+    text = html.escape(str(value), quote=True)
+    return text.replace("\\", "&#92;").replace("`", "&#96;").replace("$", "&#36;")
 
 
 def error_color(error_km: float) -> str:
@@ -228,7 +233,7 @@ def geocell_map(cells: pd.DataFrame, value: pd.Series | None = None, value_label
     for row in cells.itertuples():
         v = None if value is None else value.get(row.cell_id, np.nan)
         color = PROVINCE_COLORS[row.province_id] if value is None or np.isnan(v) else error_color(v)
-        tip = f"cell {row.cell_id} ({row.province}), radius {row.radius_km:.0f} km"
+        tip = f"cell {row.cell_id} ({safe_text(row.province)}), radius {row.radius_km:.0f} km"
         if v is not None and not np.isnan(v):
             tip += f", {value_label} {v:.1f}"
         folium.Circle(
@@ -286,8 +291,9 @@ def _worst_lines(pred: pd.DataFrame, worst_n: int) -> folium.FeatureGroup:
     worst = folium.FeatureGroup(name=f"worst {worst_n}: truth (black) -> prediction (red)")
     for row in pred.nlargest(worst_n, "error_km").itertuples():
         text = (
-            f"<b>photo {html.escape(str(row.id))}</b><br>truth: {row.province} ({row.latitude:.3f}, "
-            f"{row.longitude:.3f})<br>prediction: {row.pred_province} ({row.pred_lat:.3f}, {row.pred_lon:.3f})"
+            f"<b>photo {safe_text(row.id)}</b><br>truth: {safe_text(row.province)} ({row.latitude:.3f}, "
+            f"{row.longitude:.3f})<br>prediction: {safe_text(row.pred_province)} ({row.pred_lat:.3f}, "
+            f"{row.pred_lon:.3f})"
             f"<br>error: {row.error_km:.0f} km"
         )
         folium.PolyLine(
@@ -339,7 +345,8 @@ def error_map(
             fill=True,
             fill_opacity=0.8,
             weight=0,
-            tooltip=f"{row.id}: {row.error_km:.1f} km ({row.province} -> {row.pred_province})",
+            tooltip=f"{safe_text(row.id)}: {row.error_km:.1f} km ({safe_text(row.province)} -> "
+            f"{safe_text(row.pred_province)})",
         ).add_to(points)
     points.add_to(m)
     _worst_lines(pred, worst_n).add_to(m)
@@ -369,7 +376,7 @@ def places_map(truth: tuple[float, float], hypotheses: list[dict]) -> folium.Map
             color=PREDICTION_COLOR,
             fill=True,
             fill_opacity=0.8 if rank == 1 else 0.3,
-            tooltip=f"#{rank}: {h['province']}, cell {h['cell_id']}, p = {h['prob']:.2f}",
+            tooltip=f"#{rank}: {safe_text(h['province'])}, cell {h['cell_id']}, p = {h['prob']:.2f}",
         ).add_to(m)
     m.add_child(
         Legend(

@@ -12,6 +12,8 @@ import matplotlib
 import pandas as pd
 from PIL import Image
 
+from .checkpoints import atomic_write_bytes
+
 
 def project_root(start: str | Path | None = None) -> Path:
     """The nearest folder at or above `start` (default: cwd) that holds pyproject.toml."""
@@ -31,9 +33,11 @@ def setup() -> Path:
 
 
 def save_figure(fig, path: str | Path) -> Path:
+    """Save a figure atomically, in the format its suffix names."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from nbconvert import HTMLExporter
 from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
+from .checkpoints import atomic_write_text
+
 RESOURCES = Path(__file__).parent / "resources"
 WIDGET_RENDERER = RESOURCES / "widgets" / "html-manager-embed.js"
 
@@ -37,5 +39,5 @@ def export_html(notebook: str | Path, page: str | Path | None = None) -> Path:
     exporter.register_preprocessor(TerminalStreams, enabled=True)
     renderer = "data:text/javascript;base64," + base64.b64encode(WIDGET_RENDERER.read_bytes()).decode()
     body, _ = exporter.from_filename(str(notebook), resources={"widget_renderer_src": renderer})
-    page.write_text(body, encoding="utf-8")
+    atomic_write_text(page, body)
     return page

@@ -45,7 +45,9 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument(
         "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ..."
     )
-    cli.add_argument("--batch-size", type=int, default=64, help="photos per forward pass (default 64)")
+    cli.add_argument(
+        "--batch-size", type=positive_int, default=64, help="photos per forward pass (default 64)"
+    )
     cli.add_argument("--data-dir", help="the run's data folder, if it moved since training")
     cli.add_argument(
         "--csv", help="also write the predictions, with every mode and the hypotheses (JSON), here"
@@ -69,13 +71,17 @@ def readable_photos(paths: list[str]) -> tuple[list[str], list[str]]:
 
 
 def load_predictor(args: argparse.Namespace):
-    from .factory import CheckpointMismatchError
+    from .encoders import EncoderFingerprintError, EncoderWeightsError
     from .runfolder import RunFolder
 
     folder = RunFolder(args.run_dir)
     if not folder.config.is_file():
         raise CommandError(f"{args.run_dir} is not a run folder (it has no config.json); pass runs/<name>")
-    if folder.read_config().phase != 1:
+    try:
+        phase = folder.read_config().phase
+    except (ValueError, TypeError) as err:
+        raise CommandError(f"{folder.config} is not a readable run config ({err}); retrain the run") from None
+    if phase != 1:
         raise CommandError(
             f"{args.run_dir} is a Phase 0 run (province pre-training); prediction needs a Phase 1 run "
             f"(notebooks/03_train_phase1)"
@@ -84,17 +90,18 @@ def load_predictor(args: argparse.Namespace):
         raise CommandError(
             f"{folder.checkpoint(1, args.checkpoint)}: checkpoint not found; try --checkpoint last"
         )
-    from .contract import DataContractError
-    from .encoders import EncoderFingerprintError, EncoderWeightsError
     from .predictor import Predictor
 
     try:
         return Predictor.from_run(args.run_dir, args.checkpoint, args.device, args.data_dir)
-    except (DataContractError, CheckpointMismatchError, EncoderWeightsError, EncoderFingerprintError) as err:
-        raise CommandError(str(err)) from err
+    except (ValueError, KeyError, OSError, EncoderWeightsError, EncoderFingerprintError) as err:
+        # a damaged checkpoint, other geocells or data, missing weights, a device this machine lacks
+        raise CommandError(str(err).strip("'\"")) from err
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.csv and not Path(args.csv).resolve().parent.is_dir():
+        raise CommandError(f"--csv {args.csv}: its folder does not exist; create it or name another file")
     photos, problems = readable_photos(args.images)
     for problem in problems:
         print(f"geoloc-predict: {problem}", file=sys.stderr)
@@ -104,8 +111,20 @@ def run(args: argparse.Namespace) -> None:
     frame = predictor.predict(photos, args.batch_size, args.mode)
     print(frame[["image", "lat", "lon", "province"]].to_string(index=False))
     if args.csv:
-        frame.assign(hypotheses=frame["hypotheses"].map(json.dumps)).to_csv(args.csv, index=False)
+        from .checkpoints import atomic_write_csv
+
+        try:
+            atomic_write_csv(frame.assign(hypotheses=frame["hypotheses"].map(json.dumps)), Path(args.csv))
+        except OSError as err:
+            raise CommandError(str(err)) from None
         print(f"wrote {args.csv}")
+
+
+def positive_int(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:

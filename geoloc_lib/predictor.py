@@ -7,6 +7,9 @@ The hypotheses (top provinces x top cells) become one coordinate by the run's de
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,7 @@ from PIL import Image
 from . import provinces as prov
 from .baselines import baseline_ladder, ladder_table
 from .cells import CellTable
-from .checkpoints import load_checkpoint, write_json
+from .checkpoints import atomic_write_text, load_checkpoint, neutralise_formulas, write_json
 from .config import TrainConfig
 from .contract import GeoDataset, load_cell_metadata, load_split
 from .datasets import open_rgb
@@ -40,8 +43,11 @@ from .model import GeolocModel
 from .progress import progress_bar
 from .retrieval import RetrievalIndex
 from .runfolder import RunFolder
+from .runlock import RunLock
 from .sources import EncodedImages
 from .transforms import eval_transform
+
+EVALUATION_SOURCE = "source.json"
 
 
 class Predictor:
@@ -203,38 +209,76 @@ def evaluate_run(
     """
     folder = RunFolder(run_dir)
     cfg = folder.read_config(data_dir)
-    predictor = Predictor.from_run(run_dir, checkpoint, device, data_dir)
-    dataset = cfg.load_data()
-    split_name = str(split)
-    if split_name in ("test", "val"):
-        rows = getattr(dataset, split_name)
-    else:
-        rows = load_split(split, dataset.cells, cfg.images_root)
-    pred = predictor.evaluate(rows, num_workers=num_workers, progress=progress)
     out_dir = Path(out_dir) if out_dir else folder.evaluation
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tables = {
-        "predictions": pred,
-        "summary": summary_table(pred),
-        "per_province": per_province_table(pred),
-        "confusion": confusion_matrix(pred["province_id"], pred["pred_province_id"]),
-    }
-    if baselines:
-        encoders = predictor.model.encoders
-        fingerprint = encoders.fingerprint()
-        train_features, features = (
-            clean_features(cfg, part, encoders, fingerprint, predictor.device, log=lambda _: None)
-            for part in (dataset.train, rows)
-        )
-        tables["baselines"] = baseline_ladder(train_features, dataset.train, features, rows, dataset.cells)
-        model_name = f"model ({cfg.decode_mode} decoding)"
-        tables["ladder"] = ladder_table(prediction_metrics(pred), tables["baselines"], model_name)
-    for name, table in tables.items():
-        table.to_csv(out_dir / f"{name}.csv", index=name != "predictions")
-    write_json(
-        out_dir / "source.json", {"run_dir": str(run_dir), "split": split_name, "checkpoint": checkpoint}
-    )
+    lock = RunLock(out_dir)  # one evaluation into a folder at a time
+    try:
+        predictor = Predictor.from_run(run_dir, checkpoint, device, data_dir)
+        dataset = cfg.load_data()
+        split_name = str(split)
+        if split_name in ("test", "val"):
+            rows = getattr(dataset, split_name)
+        else:
+            rows = load_split(split, dataset.cells, cfg.images_root)
+        pred = predictor.evaluate(rows, num_workers=num_workers, progress=progress)
+        tables = {
+            "predictions": pred,
+            "summary": summary_table(pred),
+            "per_province": per_province_table(pred),
+            "confusion": confusion_matrix(pred["province_id"], pred["pred_province_id"]),
+        }
+        if baselines:
+            encoders = predictor.model.encoders
+            fingerprint = encoders.fingerprint()
+            train_features, features = (
+                clean_features(cfg, part, encoders, fingerprint, predictor.device, log=lambda _: None)
+                for part in (dataset.train, rows)
+            )
+            tables["baselines"] = baseline_ladder(
+                train_features, dataset.train, features, rows, dataset.cells
+            )
+            model_name = f"model ({cfg.decode_mode} decoding)"
+            tables["ladder"] = ladder_table(prediction_metrics(pred), tables["baselines"], model_name)
+        source = {"run_dir": str(run_dir), "split": split_name, "checkpoint": checkpoint, "rows": len(rows)}
+        write_evaluation(out_dir, tables, source)
+    finally:
+        lock.release()
     return RunEvaluation(tables, dataset, rows, split_name, predictor)
+
+
+class EvaluationFolderError(ValueError):
+    """An evaluation folder whose tables were not all written by the evaluation its source.json names."""
+
+
+def write_evaluation(out_dir: Path, tables: dict[str, pd.DataFrame], source: dict) -> None:
+    """Each table atomically, then source.json last, naming the split, the checkpoint and each file's hash:
+    a kill part-way leaves tables that `read_evaluation` recognises as not belonging to source.json."""
+    files = {}
+    for name, table in tables.items():
+        text = neutralise_formulas(table).to_csv(index=name != "predictions")
+        atomic_write_text(out_dir / f"{name}.csv", text)
+        files[f"{name}.csv"] = hashlib.sha256(text.encode()).hexdigest()
+    write_json(out_dir / EVALUATION_SOURCE, source | {"files": files})
+
+
+def read_evaluation(out_dir: str | os.PathLike, name: str) -> pd.DataFrame:
+    """One table of an evaluation folder, refused unless it is the one its source.json was written with."""
+    out_dir = Path(out_dir)
+    try:
+        source = json.loads((out_dir / EVALUATION_SOURCE).read_text())
+        expected = source["files"][f"{name}.csv"]
+    except (OSError, ValueError, KeyError) as err:
+        raise EvaluationFolderError(
+            f"{out_dir} has no complete evaluation with a {name} table ({type(err).__name__}: {err}); run "
+            "evaluate_run (04_error_maps) again"
+        ) from None
+    data = (out_dir / f"{name}.csv").read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise EvaluationFolderError(
+            f"{out_dir / (name + '.csv')} is not the table of the evaluation in {EVALUATION_SOURCE} (split "
+            f"{source.get('split')}, checkpoint {source.get('checkpoint')}): an evaluation was stopped part-way "
+            "or two ran into this folder; run evaluate_run (04_error_maps) again"
+        )
+    return pd.read_csv(io.BytesIO(data), index_col=None if name == "predictions" else 0)
 
 
 def summary_table(pred: pd.DataFrame) -> pd.DataFrame:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
+import logging.handlers
 import os
 import sys
 from dataclasses import asdict
@@ -141,26 +143,44 @@ class RunFolder:
 
     # ------------------------------------------------------------------ losses.csv
     def append_losses(self, rows: list[dict]) -> None:
-        new = not self.losses.exists()
-        with open(self.losses, "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=LOSSES_CSV_COLUMNS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerows(
-                {k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows
-            )
+        """Append rows as one write, flushed to disk: a kill or a full disk can cut at most the tail, which
+        `truncate_losses` removes on resume."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(
+            buffer, fieldnames=LOSSES_CSV_COLUMNS, extrasaction="ignore", lineterminator="\n"
+        )
+        if not self.losses.exists():
+            writer.writeheader()
+        writer.writerows({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+        with open(self.losses, "a", encoding="utf-8") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
 
     def truncate_losses(self, last_epoch: int) -> None:
-        """Keep only the rows of finished epochs, so a resumed run neither repeats nor loses a row."""
+        """Keep only the whole rows of finished epochs (a train and a val row each), so a resumed run neither
+        repeats nor loses a row, and a row torn by a kill or a full disk is cut."""
         if not self.losses.exists():
             return
-        if last_epoch == 0:
+        text = self.losses.read_text(encoding="utf-8", errors="replace")
+        lines = list(csv.reader(text.split("\n")[:-1]))  # a last line without its newline is torn
+        header, rows = (lines[0], lines[1:]) if lines else (LOSSES_CSV_COLUMNS, [])
+        if header != LOSSES_CSV_COLUMNS:
+            raise ValueError(
+                f"{self.losses} does not start with the columns of this version; start the run again "
+                "(overwrite=True) or move the file away"
+            )
+        whole = [r for r in rows if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= last_epoch]
+        splits: dict[str, set[str]] = {}
+        for row in whole:
+            splits.setdefault(row[0], set()).add(row[1])
+        kept = [r for r in whole if splits[r[0]] >= {"train", "val"}]
+        if not kept and last_epoch == 0:
             self.losses.unlink()
-            return
-        frame = pd.read_csv(self.losses)
-        kept = frame[frame["epoch"] <= last_epoch]
-        if len(kept) != len(frame):
-            atomic_write_text(self.losses, kept.to_csv(index=False, float_format="%.6f"))
+        elif kept != rows:
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerows([header, *kept])
+            atomic_write_text(self.losses, out.getvalue())
 
     def read_losses(self) -> pd.DataFrame:
         return pd.read_csv(self.losses)
@@ -171,20 +191,33 @@ class RunFolder:
 
     # ------------------------------------------------------------------ log
     def logger(self) -> logging.Logger:
-        """A logger that writes plain lines to stdout and to log.txt."""
+        """A logger that writes plain lines to stdout at once and to log.txt from `open_log_file` on.
+
+        Lines logged before are held and written then, so that a start that is refused leaves no log.txt.
+        """
         logger = logging.getLogger(f"geoloc.run.{self.root.resolve()}")
         for handler in logger.handlers:
             handler.close()
         logger.handlers.clear()
         logger.setLevel(logging.INFO)
         logger.propagate = False
-        for handler in (
-            logging.StreamHandler(sys.stdout),
-            logging.FileHandler(self.log, encoding="utf-8"),
-        ):
+        stdout = logging.StreamHandler(sys.stdout)
+        held = logging.handlers.MemoryHandler(capacity=1_000_000, flushLevel=logging.CRITICAL + 1)
+        for handler in (stdout, held):
             handler.setFormatter(logging.Formatter("%(message)s"))
             logger.addHandler(handler)
         return logger
+
+    def open_log_file(self, logger: logging.Logger) -> None:
+        """Start writing `logger` (from `logger()`) to log.txt, beginning with the lines it held."""
+        to_file = logging.FileHandler(self.log, encoding="utf-8")
+        to_file.setFormatter(logging.Formatter("%(message)s"))
+        for held in [h for h in logger.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
+            held.setTarget(to_file)
+            held.flush()
+            logger.removeHandler(held)
+            held.close()
+        logger.addHandler(to_file)
 
 
 def silent_logger() -> logging.Logger:

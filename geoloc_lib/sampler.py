@@ -61,6 +61,16 @@ class ProvinceBalancedBatchSampler(torch.utils.data.Sampler):
             )
             shares = np.where([len(m) > 0 for m in self.members], shares, 0.0)
         self.counts = batch_composition(batch_size, shares)
+        present = np.array([len(m) > 0 for m in self.members])
+        if (self.counts[present] == 0).any():
+            smallest = next(b for b in range(1, 10_000) if batch_composition(b, shares)[present].all())
+            starved = [
+                p.name for p, c, ok in zip(prov.PROVINCES, self.counts, present, strict=True) if ok and c == 0
+            ]
+            raise ValueError(
+                f"batch_size {batch_size} gives {starved} no photo in any batch, so they would never be "
+                f"trained; use batch_size {smallest} or more"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

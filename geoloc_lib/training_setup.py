@@ -34,7 +34,7 @@ from .losses import (
 from .model import GeoHeads, GeolocModel
 from .runfolder import RunFolder, silent_logger
 from .runlock import RunLock
-from .runstate import check_resumable, claim, repair
+from .runstate import StartPlan, abandon, begin, check_resumable, claim
 from .sampler import ProvinceBalancedBatchSampler
 from .schedule import exponential_average
 from .sources import CachedFeatures, EncodedImages
@@ -128,19 +128,20 @@ def _restore(t: Training, state: dict) -> None:
         float(state["best_metric"]),
         int(state["best_epoch"]),
     )
-    if t.world.is_main:
-        repair(t.folder, t.cfg.phase, state)
 
 
-def _start_from(t: Training, resume_state: dict | None) -> None:
+def _start_from(t: Training, plan: StartPlan) -> None:
     """Resume the run from its last checkpoint, or start Phase 1 from Phase 0's weights when given."""
     cfg = t.cfg
-    if resume_state is not None:
-        _restore(t, resume_state)
+    if plan.state is not None:
+        _restore(t, plan.state)
         t.log.info(
             f"Resuming {t.folder.root} after epoch {t.start_epoch - 1} (best so far {t.best_metric:.3f})"
         )
-    elif cfg.phase0_checkpoint and cfg.phase == 1:
+        return
+    if plan.action == "resume":
+        t.log.info(f"Resuming {t.folder.root}: no epoch was committed before, so training starts at epoch 1")
+    if cfg.phase0_checkpoint and cfg.phase == 1:
         t.log.info(load_phase0_weights(t.model, cfg.phase0_checkpoint).summary())
 
 
@@ -181,7 +182,12 @@ def _start_line(t: Training) -> str:
 
 
 def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
-    """Check the config and the data, build the model, then claim the run folder (runstate.py)."""
+    """Check and build everything a run needs, then start it in its folder.
+
+    Nothing in the run folder is written until every check that can refuse the start has passed: the
+    config, the data, the model, loss, sampler and optimiser, the resume point or Phase 0's weights, and
+    the features (runstate.py). Only then `runstate.begin` clears, repairs or starts the folder.
+    """
     world = distributed.from_env(cfg.device)
     _check_world(cfg, world)
     folder = RunFolder.of(cfg)
@@ -189,19 +195,45 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     data = cfg.load_data(cfg.image_check if world.is_main else "exists")
     device = world.device(cfg.device)
     model = model_for_training(cfg, CellTable(data.cells)).to(device)
-    lock, resume_state = claim(cfg, folder, world)  # nothing in the folder changes before this line
+    _check_decoding(cfg, model.cells)
+    sampler = ProvinceBalancedBatchSampler(
+        data.train["province_id"].to_numpy(), cfg.batch_size, cfg.batches_per_epoch, cfg.seed
+    )
+    lock, plan = claim(cfg, folder, world)  # the lock is taken; the folder is only read
     try:
-        return _build_claimed(cfg, world, folder, lock, resume_state, data, device, model, progress)
+        t = _build_claimed(
+            cfg,
+            world=world,
+            folder=folder,
+            lock=lock,
+            plan=plan,
+            data=data,
+            device=device,
+            model=model,
+            sampler=sampler,
+            progress=progress,
+        )
+        if world.is_main:
+            begin(folder, cfg.phase, plan)
+            folder.open_log_file(t.log)
+        return t
     except BaseException:
         # a notebook keeps the failed frame alive in its traceback: without this the folder would stay
         # locked by the kernel itself until it restarts
-        if lock is not None:
-            lock.release()
+        abandon(lock, folder, plan.created_folder)
         raise
 
 
-def _build_claimed(cfg, world, folder, lock, resume_state, data, device, model, progress) -> Training:
-    """The rest of `build_training`, once the run folder is claimed."""
+def _check_decoding(cfg: TrainConfig, cells: CellTable) -> None:
+    if cfg.top_cells > cells.max_cells:
+        raise ValueError(
+            f"top_cells={cfg.top_cells} is more than the largest province has cells ({cells.max_cells}); "
+            f"use at most {cells.max_cells}"
+        )
+
+
+def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampler, progress) -> Training:
+    """The rest of `build_training`, once the run folder is locked; writes nothing into it."""
     log = folder.logger() if world.is_main else silent_logger()
     frozen_fingerprint = model.encoders.fingerprint() if model.encoders.frozen else None
     fingerprint = frozen_fingerprint or model.encoders.fingerprint()
@@ -212,9 +244,6 @@ def _build_claimed(cfg, world, folder, lock, resume_state, data, device, model, 
     )
     use_graph = cfg.cuda_graph and cfg.feature_cache and device.type == "cuda"
     optimizer = _optimizer(cfg, model, use_graph)
-    sampler = ProvinceBalancedBatchSampler(
-        data.train["province_id"].to_numpy(), cfg.batch_size, cfg.batches_per_epoch, cfg.seed
-    )
     decoder = _decoder(cfg, data, sampler, loss_fn, device)
     heads_forward, encoders_forward = distributed.data_parallel(model, world, device)
     labels = label_tensors(data.train, device)
@@ -241,7 +270,7 @@ def _build_claimed(cfg, world, folder, lock, resume_state, data, device, model, 
         world=world,
         progress=progress,
     )
-    _start_from(t, resume_state)
+    _start_from(t, plan)
     log.info(_start_line(t))
     if cfg.retrieval_k > 0 and retrieval_features is None:
         log.info("retrieval is left out of the per-epoch validation while an encoder trains")

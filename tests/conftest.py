@@ -5,6 +5,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("GEOLOC_TEXT_PROGRESS", "1")  # notebooks run by papermill save readable progress
 
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -56,3 +57,29 @@ def tiny_config(tiny_data, tmp_path):
         return TrainConfig(**(values | TINY_TRAINING | overrides))
 
     return make
+
+
+def chromium_flags(tmp_path) -> list[str]:
+    """Headless Chromium with no network (every host name fails to resolve); skips the test without it."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    return [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+        "--virtual-time-budget=8000",
+    ]
+
+
+def dump_dom(flags, html_path) -> str:
+    """The page's DOM after its scripts ran."""
+    return subprocess.run(
+        [*flags, "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=180
+    ).stdout

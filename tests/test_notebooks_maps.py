@@ -1,13 +1,12 @@
 import ast
 import re
-import shutil
-import subprocess
 from dataclasses import fields
 from pathlib import Path
 
 import nbformat
 import papermill as pm
 import pytest
+from conftest import chromium_flags, dump_dom
 from papermill.translators import PythonTranslator
 
 from geoloc_lib.config import TrainConfig
@@ -156,36 +155,12 @@ def _check_saved_outputs(executed):
         )
 
 
-def _chromium(tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
-    return [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--host-resolver-rules=MAP * ~NOTFOUND",  # no network: every host name fails to resolve
-        f"--user-data-dir={tmp_path / 'chrome'}",
-        "--virtual-time-budget=8000",
-    ]
-
-
-def _dom(flags, html_path):
-    return subprocess.run(
-        [*flags, "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=180
-    ).stdout
-
-
 def _check_offline_rendering(executed, saved_maps, tmp_path):
     """Every saved map and every executed notebook (exported to HTML) renders in Chromium without network."""
-    flags = _chromium(tmp_path)
+    flags = chromium_flags(tmp_path)
     assert len(saved_maps) == 4
     for path in saved_maps:
-        dom = _dom(flags, path)
+        dom = dump_dom(flags, path)
         assert "leaflet-map-pane" in dom, path  # Leaflet ran from the inlined copy
         assert dom.count('class="leaflet-interactive"') >= 7, path  # at least the seven province borders
         assert "geoloc-legend" in dom and "leaflet-control-layers" in dom, path
@@ -194,12 +169,12 @@ def _check_offline_rendering(executed, saved_maps, tmp_path):
         text = page.read_text(encoding="utf-8")
         assert not re.search(r'<script[^>]*src="https?:', text), name  # nothing from a CDN
         assert not re.search(r"(?<![0-9])0%\|", text), name  # progress bars saved in their final state only
-        dom = _dom(flags, page)
+        dom = dump_dom(flags, page)
         assert "Conclusion" in dom, name
         if name in ("00_data_audit", "04_error_maps"):  # the notebooks that show maps inline
             assert dom.count("leaflet-map-pane") >= 2 and dom.count('class="leaflet-interactive"') >= 14, name
             assert "geoloc-legend" in dom, name
-    dom = _dom(flags, tmp_path / "04_error_maps.html")
+    dom = dump_dom(flags, tmp_path / "04_error_maps.html")
     assert 'class="geoloc-explorer"' in dom and "data:image/jpeg;base64" in dom and "<iframe" in dom
     # the explorer's saved widgets, drawn offline by the inlined ipywidgets renderer
     drawn = re.findall(r'class="lm-Widget[^"]*jupyter-widgets[^"]*"', dom)
