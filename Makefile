@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(PY) -m geoloc_lib.demo_pipeline --run-name $(DEMO_RUN)
+	$(PY) -m tools.demo --run-name $(DEMO_RUN)
 
 test: venv
 	$(PY) -m pytest -q
@@ -38,19 +38,19 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 
 bench: venv
-	$(PY) -m geoloc_lib.bench
+	$(PY) -m tools.bench
 
 # The demo configuration over 3 seeds against the baseline ladder, on validation and test (not a test).
 bench-accuracy: venv
-	$(PY) -m geoloc_lib.bench_accuracy
+	$(PY) -m tools.bench_accuracy
 
 # Every user stage at 10k, 30k and 90k synthetic photos: time, memory, disk, growth (about 25 min on 2 cores).
 bench-scale: venv
-	$(PY) -m geoloc_lib.bench_scale
+	$(PY) -m tools.bench_scale
 
 # Everything that needs a GPU in one go; writes runs/gpu_check/results.json (runs on a CPU too, slowly).
 gpu-check: venv
-	$(PY) -m geoloc_lib.gpu_check
+	$(PY) -m tools.gpu_check
 
 # Removes the demo data and runs (feature caches are keyed by image list and weights, so they are left alone).
 clean-demo:

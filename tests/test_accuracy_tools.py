@@ -9,13 +9,13 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from geoloc_lib.baselines import baseline_ladder, knn_prediction, nearest_neighbours, standardized
-from geoloc_lib.cells import CellTable
-from geoloc_lib.geo import geometric_median, haversine_km
-from geoloc_lib.model import GeoHeads, HeadConfig
-from geoloc_lib.retrieval import RetrievalIndex
-from geoloc_lib.schedule import lr_at
-from geoloc_lib.splits import location_blocks, location_split
+from geoloc_lib.data.splits import location_blocks, location_split
+from geoloc_lib.evaluate.baselines import baseline_ladder, knn_prediction, nearest_neighbours, standardized
+from geoloc_lib.geo.cell_table import CellTable
+from geoloc_lib.geo.sphere import geometric_median, haversine_km
+from geoloc_lib.model.heads import GeoHeads, HeadConfig
+from geoloc_lib.model.retrieval import RetrievalIndex
+from geoloc_lib.train.schedule import lr_at
 
 TOWNS = {  # (lat, lon, province_id): four well separated places
     "Karachi": (24.86, 67.01, 0),

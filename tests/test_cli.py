@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from conftest import TINY_TRAINING
 
-from geoloc_lib import metrics
-from geoloc_lib.config import TrainConfig
-from geoloc_lib.fit import fit
+from geoloc_lib.evaluate import metrics
 from geoloc_lib.predict import DECODE_MODES, main
+from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.loop import fit
 
 
 @pytest.fixture(scope="module")

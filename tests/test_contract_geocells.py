@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geoloc_lib.contract import DataContractError, load_cell_metadata, load_dataset, load_split
-from geoloc_lib.geo import haversine_km
-from geoloc_lib.geocells import GeocellConfig, assign_cells, build_geocells
+from geoloc_lib.data.contract import DataContractError, load_cell_metadata, load_dataset, load_split
+from geoloc_lib.geo.geocell_builder import GeocellConfig, assign_cells, build_geocells
+from geoloc_lib.geo.sphere import haversine_km
 
 
 def _edit(path, fn):

@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from geoloc_lib.demo_data import REAL_PROVINCE_COUNTS, TINY_DEMO, generate_demo_dataset
+from geoloc_lib.data.demo_data import REAL_PROVINCE_COUNTS, TINY_DEMO, generate_demo_dataset
 
 
 def _digest(folder):

@@ -6,10 +6,10 @@ import io
 import pandas as pd
 from PIL import Image
 
-from geoloc_lib import conclusions
-from geoloc_lib.explorer import WorstPhotoExplorer
-from geoloc_lib.fit import fit
-from geoloc_lib.predictor import evaluate_run
+from geoloc_lib.evaluate import conclusions
+from geoloc_lib.inference.run_evaluation import evaluate_run
+from geoloc_lib.train.loop import fit
+from geoloc_lib.viz.explorer import WorstPhotoExplorer
 
 
 def test_the_explorer_follows_its_controls(tiny_config):

@@ -3,8 +3,8 @@ import pytest
 import torch
 from sklearn.metrics.pairwise import haversine_distances
 
-from geoloc_lib import provinces as prov
-from geoloc_lib.geo import EARTH_RADIUS_KM, haversine_km, km_to_deg
+from geoloc_lib.geo import provinces as prov
+from geoloc_lib.geo.sphere import EARTH_RADIUS_KM, haversine_km, km_to_deg
 
 
 def test_haversine_matches_sklearn_numpy_and_torch():

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from geoloc_lib.fit import fit, train_one_epoch
-from geoloc_lib.step import GraphStepper
-from geoloc_lib.training_setup import build_training
+from geoloc_lib.train.loop import fit, train_one_epoch
+from geoloc_lib.train.setup import build_training
+from geoloc_lib.train.step import GraphStepper
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -3,7 +3,7 @@ every part of it on whatever device there is (here the CPU), with tiny sizes."""
 
 import json
 
-from geoloc_lib.gpu_check import main
+from tools.gpu_check import main
 
 
 def test_every_part_of_the_gpu_check_runs_and_is_recorded(tmp_path, capsys):

@@ -9,8 +9,8 @@ import pytest
 from conftest import chromium_flags, dump_dom
 from papermill.translators import PythonTranslator
 
-from geoloc_lib.config import TrainConfig
-from geoloc_lib.notebook_export import export_html
+from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.viz.notebook_export import export_html
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

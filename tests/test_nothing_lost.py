@@ -11,24 +11,25 @@ import torch
 from conftest import chromium_flags, dump_dom
 from PIL import Image
 
-from geoloc_lib import maps
-from geoloc_lib.checkpoints import (
+from geoloc_lib.base.atomic_files import (
     FileWriteError,
     atomic_torch_save,
     atomic_write_text,
     neutralise_formulas,
 )
-from geoloc_lib.config import TrainConfig
-from geoloc_lib.contract import DataContractError, image_problem, load_cell_metadata, load_dataset
-from geoloc_lib.datasets import open_rgb
-from geoloc_lib.factory import CheckpointMismatchError, create_phase1_model, load_phase0_weights
-from geoloc_lib.features import _load_parts
-from geoloc_lib.fit import fit
+from geoloc_lib.base.folder_lock import RunFolderBusyError, RunLock
+from geoloc_lib.data.contract import DataContractError, load_cell_metadata, load_dataset
+from geoloc_lib.data.feature_cache import _load_parts
+from geoloc_lib.data.photos import image_problem, open_rgb
+from geoloc_lib.inference.predictor import Predictor
+from geoloc_lib.inference.run_evaluation import EvaluationFolderError, evaluate_run, read_evaluation
+from geoloc_lib.model.factory import CheckpointMismatchError, create_phase1_model, load_phase0_weights
 from geoloc_lib.predict import main
-from geoloc_lib.predictor import EvaluationFolderError, Predictor, evaluate_run, read_evaluation
-from geoloc_lib.runfolder import RunFolder
-from geoloc_lib.runlock import RunFolderBusyError, RunLock
-from geoloc_lib.runstate import RunFolderDamagedError
+from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.loop import fit
+from geoloc_lib.train.run_folder import RunFolder
+from geoloc_lib.train.run_state import RunFolderDamagedError
+from geoloc_lib.viz import maps
 
 
 def _snapshot(folder):

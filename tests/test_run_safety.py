@@ -16,11 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from geoloc_lib.contract import DataContractError, load_dataset
-from geoloc_lib.fit import fit
-from geoloc_lib.predictor import Predictor, evaluate_run
-from geoloc_lib.runfolder import RunFolder
-from geoloc_lib.runlock import RunFolderBusyError
+from geoloc_lib.base.folder_lock import RunFolderBusyError
+from geoloc_lib.data.contract import DataContractError, load_dataset
+from geoloc_lib.inference.predictor import Predictor
+from geoloc_lib.inference.run_evaluation import evaluate_run
+from geoloc_lib.train.loop import fit
+from geoloc_lib.train.run_folder import RunFolder
 
 
 def _snapshot(folder):
@@ -81,8 +82,8 @@ def test_3_phase1_resume_into_a_phase0_folder_keeps_phase0(tiny_config):
 
 TRAIN_SCRIPT = """
 import json
-from geoloc_lib.config import TrainConfig
-from geoloc_lib.fit import fit
+from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.loop import fit
 fit(TrainConfig.from_dict(json.loads({config!r})), progress=False)
 print("finished")
 """
@@ -188,9 +189,9 @@ def test_10_resume_and_overwrite_together_are_refused(tiny_config):
 
 KILL_BETWEEN_SCRIPT = """
 import json, os, signal
-import geoloc_lib.runstate as runstate
-from geoloc_lib.config import TrainConfig
-from geoloc_lib.fit import fit
+import geoloc_lib.train.run_state as runstate
+from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.loop import fit
 
 copy = runstate.atomic_copy
 def copy_then_die(source, path):
@@ -239,7 +240,7 @@ def test_12_image_paths_cannot_climb_out_of_the_data_folder(tiny_copy):
 
 
 def test_atomic_writes_use_a_temporary_name_of_their_own(tmp_path):
-    from geoloc_lib.checkpoints import atomic_write_text
+    from geoloc_lib.base.atomic_files import atomic_write_text
 
     target = tmp_path / "losses.csv"
     (tmp_path / ".losses.csv.tmp").write_text("another writer's half-written file")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from geoloc_lib.sampler import ProvinceBalancedBatchSampler, batch_composition
+from geoloc_lib.data.sampler import ProvinceBalancedBatchSampler, batch_composition
 
 
 def _ids():

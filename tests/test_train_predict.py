@@ -11,17 +11,18 @@ import pytest
 import torch
 import torchvision
 
-from geoloc_lib.contract import load_dataset
-from geoloc_lib.datasets import PhotoDataset
-from geoloc_lib.encoders import DualEncoder, EncoderFingerprintError, resolve_encoder_config
-from geoloc_lib.factory import CheckpointMismatchError
-from geoloc_lib.features import extract_features, load_or_extract
-from geoloc_lib.fit import NonFiniteLossError, fit
-from geoloc_lib.predictor import Predictor, evaluate_run
-from geoloc_lib.runfolder import LOSSES_CSV_COLUMNS, RunFolder
-from geoloc_lib.step import TrainingStateSnapshot
-from geoloc_lib.training_setup import build_training
-from geoloc_lib.transforms import AUGMENT_PRESETS, AugmentConfig, train_transform
+from geoloc_lib.data.contract import load_dataset
+from geoloc_lib.data.feature_cache import extract_features, load_or_extract
+from geoloc_lib.data.photos import PhotoDataset
+from geoloc_lib.data.transforms import AUGMENT_PRESETS, AugmentConfig, train_transform
+from geoloc_lib.inference.predictor import Predictor
+from geoloc_lib.inference.run_evaluation import evaluate_run
+from geoloc_lib.model.encoders import DualEncoder, EncoderFingerprintError, resolve_encoder_config
+from geoloc_lib.model.factory import CheckpointMismatchError
+from geoloc_lib.train.loop import NonFiniteLossError, fit
+from geoloc_lib.train.run_folder import LOSSES_CSV_COLUMNS, RunFolder
+from geoloc_lib.train.setup import build_training
+from geoloc_lib.train.step import TrainingStateSnapshot
 
 SEED_CSV_COLUMNS = (
     "epoch,split,loss_total,loss_province,loss_geocell,loss_offset,loss_aux,"
@@ -142,13 +143,14 @@ def test_non_finite_loss_stops_with_batch_and_terms(tiny_config):
     cfg = tiny_config(epochs=2, lr=1e30)
     with pytest.raises(NonFiniteLossError, match=r"epoch \d+, batch \d+: total=") as err:
         fit(cfg, progress=False)
-    assert "last good checkpoint" in str(err.value)
+    # it fails in epoch 1, before any checkpoint exists: the message must not name a last.pt
+    assert "no epoch was committed yet" in str(err.value) and "last.pt" not in str(err.value)
 
 
 RESUME_SCRIPT = """
 import json
-from geoloc_lib.config import TrainConfig
-from geoloc_lib.fit import fit
+from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.loop import fit
 fit(TrainConfig.from_dict(json.loads({config!r})), progress=False)
 """
 
@@ -232,10 +234,10 @@ def test_unreadable_feature_cache_is_rebuilt(tiny_config):
 
 EXTRACT_SCRIPT = """
 import torch
-from geoloc_lib.contract import load_dataset
-from geoloc_lib.encoders import DualEncoder, resolve_encoder_config
-from geoloc_lib.features import load_or_extract
-from geoloc_lib.transforms import AugmentConfig, train_transform
+from geoloc_lib.data.contract import load_dataset
+from geoloc_lib.model.encoders import DualEncoder, resolve_encoder_config
+from geoloc_lib.data.feature_cache import load_or_extract
+from geoloc_lib.data.transforms import AugmentConfig, train_transform
 torch.set_num_threads(1)
 encoders = DualEncoder(resolve_encoder_config("tiny-random"))
 split = load_dataset({data!r}, image_check="none").train
@@ -326,8 +328,8 @@ def test_graph_warm_up_snapshot_leaves_no_trace(tiny_config):
 def test_decoding_on_the_device_matches_decoding_in_the_workers(tiny_data, augment):
     # the GPU path (read in workers, decode and transform on the device) run on the CPU, where
     # torchvision's decoder and Pillow's give the same pixels: the features must agree
-    from geoloc_lib.features import extract_features
-    from geoloc_lib.transforms import AUGMENT_PRESETS, eval_transform
+    from geoloc_lib.data.feature_cache import extract_features
+    from geoloc_lib.data.transforms import AUGMENT_PRESETS, eval_transform
 
     encoders = DualEncoder(resolve_encoder_config("tiny-random"))
     split = load_dataset(tiny_data, image_check="none").train.head(40)

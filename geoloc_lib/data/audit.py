@@ -1,0 +1,122 @@
+"""Data audit checks for notebook 00: schema, balance, geocells and train/test leakage."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.neighbors import BallTree
+
+from geoloc_lib.data.contract import GeoDataset, load_cell_metadata, load_dataset, load_split
+from geoloc_lib.geo import provinces as prov
+from geoloc_lib.geo.geocell_builder import GeocellConfig, assign_cells, build_geocells
+from geoloc_lib.geo.sphere import EARTH_RADIUS_KM
+
+
+class AuditFailure(AssertionError):
+    """A data audit check failed; the message lists every failed check."""
+
+
+def rebuild_geocells(
+    data_dir: str | Path, config: GeocellConfig | None = None, images_root=None
+) -> pd.DataFrame:
+    """Rebuild cell_metadata.csv from train.csv and reassign cell_id in both splits (files rewritten)."""
+    data_dir = Path(data_dir)
+    train = load_split(
+        data_dir / "train.csv", images_root=images_root, image_check="none", require_cell_id=False
+    )
+    test = load_split(
+        data_dir / "test.csv", images_root=images_root, image_check="none", require_cell_id=False
+    )
+    cells = build_geocells(train, config)
+    for name, split in (("train.csv", train), ("test.csv", test)):
+        split["cell_id"] = assign_cells(split, cells)
+        split.drop(columns=["image_path"]).to_csv(data_dir / name, index=False)
+    cells.to_csv(data_dir / "cell_metadata.csv", index=False)
+    return load_cell_metadata(data_dir / "cell_metadata.csv")
+
+
+def schema_report(
+    data_dir: str | Path, images_root=None, image_check: str = "decode"
+) -> tuple[GeoDataset, pd.DataFrame]:
+    """Validate the folder (raises DataContractError on the first failed check) and summarise it."""
+    ds = load_dataset(data_dir, images_root=images_root, image_check=image_check)
+    rows = []
+    for name, frame in (("train.csv", ds.train), ("test.csv", ds.test), ("cell_metadata.csv", ds.cells)):
+        rows.append(
+            {"file": name, "rows": len(frame), "columns": ", ".join(map(str, frame.columns)), "status": "ok"}
+        )
+    return ds, pd.DataFrame(rows)
+
+
+def province_balance(ds: GeoDataset) -> pd.DataFrame:
+    rows = []
+    for p in prov.PROVINCES:
+        n_train = int((ds.train["province_id"] == p.id).sum())
+        n_test = int((ds.test["province_id"] == p.id).sum())
+        rows.append(
+            {
+                "province": p.name,
+                "train": n_train,
+                "test": n_test,
+                "train_share_%": 100 * n_train / len(ds.train),
+                "cells": int((ds.cells["province_id"] == p.id).sum()),
+                "batch_share_%": 100 * p.batch_share,
+            }
+        )
+    return pd.DataFrame(rows).set_index("province")
+
+
+def geocell_summary(ds: GeoDataset) -> pd.DataFrame:
+    counts = ds.train["cell_id"].value_counts()
+    cells = ds.cells.assign(train_photos=ds.cells["cell_id"].map(counts).fillna(0).astype(int))
+    return cells.groupby("province", sort=False).agg(
+        cells=("cell_id", "size"),
+        median_radius_km=("radius_km", "median"),
+        max_radius_km=("radius_km", "max"),
+        min_photos=("train_photos", "min"),
+        median_photos=("train_photos", "median"),
+    )
+
+
+def _file_digest(path: str) -> str:
+    return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+
+
+def leakage_report(ds: GeoDataset, coord_tolerance_m: float = 2.0) -> pd.DataFrame:
+    """Test photos that sit within `coord_tolerance_m` of a training photo, or share its exact image bytes."""
+    tree = BallTree(np.deg2rad(ds.train[["latitude", "longitude"]].to_numpy()), metric="haversine")
+    radius = coord_tolerance_m / 1000.0 / EARTH_RADIUS_KM
+    near = tree.query_radius(
+        np.deg2rad(ds.test[["latitude", "longitude"]].to_numpy()), r=radius, count_only=True
+    )
+    train_digests = set(map(_file_digest, ds.train["image_path"]))
+    same_image = np.array([_file_digest(p) in train_digests for p in ds.test["image_path"]])
+    shared_path = ds.test["image_path"].isin(set(ds.train["image_path"])).to_numpy()
+    shared_id = ds.test["id"].isin(set(ds.train["id"])).to_numpy()
+    return pd.DataFrame(
+        {
+            "check": [
+                f"test photos within {coord_tolerance_m:g} m of a train photo",
+                "test images byte-identical to a train image",
+                "test rows pointing at a train image file",
+                "ids present in both splits",
+            ],
+            "count": [
+                int((near > 0).sum()),
+                int(same_image.sum()),
+                int(shared_path.sum()),
+                int(shared_id.sum()),
+            ],
+        }
+    )
+
+
+def assert_audit_passes(leakage: pd.DataFrame, geocells: pd.DataFrame, min_photos_per_cell: int = 1) -> None:
+    failures = [f"{row.check}: {row.count}" for row in leakage.itertuples() if row.count > 0]
+    empty = geocells[geocells["min_photos"] < min_photos_per_cell]
+    failures += [f"{name}: a cell with {int(r.min_photos)} training photos" for name, r in empty.iterrows()]
+    if failures:
+        raise AuditFailure("data audit failed:\n- " + "\n- ".join(failures))

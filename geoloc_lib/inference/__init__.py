@@ -1,0 +1,6 @@
+"""Stage 6, inference: using a finished run.
+
+Owns `predictor.Predictor` (a run's model and decoding, on photos) and `run_evaluation.evaluate_run` (the
+report of a run on a labelled split, with the baseline ladder, written as an evaluation folder). The
+predictor itself does not import the baselines. May import every stage below it.
+"""

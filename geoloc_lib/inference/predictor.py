@@ -1,0 +1,165 @@
+"""Predict photos with a trained run (`Predictor`); `run_evaluation.py` scores a run on a labelled split.
+
+The hypotheses (top provinces x top cells) become one coordinate by the run's decoding mode
+(hierarchical, joint or mixture; see decoding.py). The command line is in predict.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from geoloc_lib.base.atomic_files import load_checkpoint
+from geoloc_lib.base.devices import select_device
+from geoloc_lib.base.progress import progress_bar
+from geoloc_lib.data.contract import load_cell_metadata
+from geoloc_lib.data.feature_cache import clean_features
+from geoloc_lib.data.feature_sources import EncodedImages
+from geoloc_lib.data.photos import open_rgb
+from geoloc_lib.data.transforms import eval_transform
+from geoloc_lib.evaluate.evaluation import evaluate
+from geoloc_lib.geo import provinces as prov
+from geoloc_lib.geo.cell_table import CellTable
+from geoloc_lib.model.decode_modes import DECODE_MODES
+from geoloc_lib.model.decoding import Decoder
+from geoloc_lib.model.factory import model_from_checkpoint
+from geoloc_lib.model.heads import GeolocModel
+from geoloc_lib.model.retrieval import RetrievalIndex
+from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.run_folder import RunFolder
+from geoloc_lib.train.setup import cache_spec_of
+
+
+class Predictor:
+    """A trained Phase 1 model on a device, with the decoding its run was trained with."""
+
+    def __init__(self, model: GeolocModel, device: torch.device, decoder: Decoder):
+        self.model = model.to(device).eval()
+        self.device = device
+        self.decoder = decoder
+        self.transform = eval_transform(model.encoders.image_size)
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint_path: str | os.PathLike, cell_metadata_path: str | os.PathLike, device: str = "auto"
+    ) -> Predictor:
+        """Rebuild the model of a Phase 1 checkpoint (read with weights_only=True) on these cells."""
+        checkpoint = load_checkpoint(checkpoint_path)
+        cells = CellTable(load_cell_metadata(cell_metadata_path))
+        model = model_from_checkpoint(checkpoint, cells, str(checkpoint_path))
+        decoder = Decoder(
+            TrainConfig.from_dict(checkpoint["config"]).decode_config, torch.tensor(checkpoint["prior_shift"])
+        )
+        return cls(model, select_device(device), decoder)
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | os.PathLike,
+        checkpoint: str = "best",
+        device: str = "auto",
+        data_dir: str | os.PathLike | None = None,
+    ) -> Predictor:
+        """The predictor of a run folder, decoding as the run was configured (retrieval included).
+
+        `data_dir` points the run at its data folder when that moved (see RunFolder.read_config).
+        """
+        folder = RunFolder(run_dir)
+        cfg = folder.read_config(data_dir)
+        predictor = cls.from_checkpoint(
+            folder.checkpoint(1, checkpoint), Path(cfg.data_dir) / "cell_metadata.csv", device
+        )
+        if cfg.retrieval_k > 0:
+            train = cfg.load_data().train
+            encoders = predictor.model.encoders
+            features = clean_features(
+                cache_spec_of(cfg),
+                train,
+                encoders,
+                encoders.fingerprint(),
+                predictor.device,
+                log=lambda _: None,
+            )
+            index = RetrievalIndex(
+                predictor.model.heads, features, train, cfg.retrieval_k, cfg.retrieval_temperature
+            )
+            predictor.decoder = dataclasses.replace(predictor.decoder, retrieval=index)
+        return predictor
+
+    @torch.no_grad()
+    def _predict_batch(self, images: list) -> dict[str, np.ndarray]:
+        batch = torch.stack([self.transform(_as_image(x)) for x in images]).to(self.device)  # [B, 3, H, W]
+        pred = self.decoder(self.model.heads, self.model(batch))
+        return {
+            k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy() for k, v in pred.items()
+        }
+
+    def predict(self, images: list, batch_size: int = 64, mode: str | None = None) -> pd.DataFrame:
+        """One row per image: the coordinate and province of `mode` (default: the run's), every mode's
+        coordinate, and the hypotheses (province, cell, probability, coordinate), most probable first."""
+        mode = mode or self.decoder.config.mode
+        if mode not in DECODE_MODES:
+            raise ValueError(f"mode must be one of {DECODE_MODES}, not {mode!r}")
+        images = list(images)
+        starts = range(0, len(images), batch_size)
+        parts = [
+            self._predict_batch(images[i : i + batch_size])
+            for i in progress_bar(starts, desc="predict", leave=False, disable=len(starts) < 2)
+        ]
+        cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        names = np.array(prov.PROVINCE_NAMES)
+        frame = pd.DataFrame(
+            {
+                "image": [
+                    f"<image {i}>" if isinstance(x, Image.Image) else str(x) for i, x in enumerate(images)
+                ],
+                "lat": cat[f"{mode}_lat"],
+                "lon": cat[f"{mode}_lon"],
+                "province": names[cat[f"{mode}_province"]],
+                **{f"{m}_{field}": cat[f"{m}_{field}"] for m in DECODE_MODES for field in ("lat", "lon")},
+            }
+        )
+        frame["hypotheses"] = [
+            sorted(  # most probable first (the decoder keeps them grouped by province)
+                (
+                    {
+                        "province": names[p],
+                        "cell_id": int(c),
+                        "prob": float(pr),
+                        "lat": float(xy[0]),
+                        "lon": float(xy[1]),
+                    }
+                    for p, c, pr, xy, ok in zip(*row, strict=True)
+                    if ok
+                ),
+                key=lambda h: -h["prob"],
+            )
+            for row in zip(
+                cat["hyp_province"],
+                cat["hyp_cell_id"],
+                cat["hyp_prob"],
+                cat["hyp_coords"],
+                cat["hyp_valid"],
+                strict=True,
+            )
+        ]
+        return frame
+
+    def evaluate(
+        self, split: pd.DataFrame, batch_size: int = 64, num_workers: int = 2, progress: bool = True
+    ) -> pd.DataFrame:
+        """Predictions table of a validated, labelled split (see `evaluation.evaluate`)."""
+        images = EncodedImages(self.model.encoders, self.device, split, batch_size, num_workers)
+        return evaluate(
+            self.model.heads, images.eval_batches(), split, self.decoder, progress=progress
+        ).predictions
+
+
+def _as_image(item) -> Image.Image:
+    return item.convert("RGB") if isinstance(item, Image.Image) else open_rgb(str(item))

@@ -1,0 +1,305 @@
+"""The two frozen image encoders: a CLIP image tower (open_clip) and a scene CNN (torchvision ResNet).
+
+Weights are always named explicitly:
+
+- CLIP: `clip_pretrained` is an open_clip tag ("openai", ...), a local weights file, or "random";
+  `clip_model` may also be "local-dir:/path" (open_clip reads config and weights from the folder).
+- Scene: `scene_weights` is "places365:/path/resnet50_places365.pth.tar" (the CSAIL checkpoint, with
+  `module.` prefixes), a plain state-dict file, "imagenet" (torchvision's), or "random".
+
+Real weights that cannot be loaded fail at once with `EncoderWeightsError` saying how to supply them.
+With `offline=True` (the default) the Hugging Face hub is put in offline mode first
+(`HF_HUB_OFFLINE=1`), so a missing download fails in milliseconds instead of retrying. Random weights
+are only ever used when the config says "random", and they are seeded, so a feature cache keyed by
+the weights stays valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import open_clip
+import torch
+import torchvision
+from torch import nn
+
+from geoloc_lib.base.resources import RESOURCES
+
+OPEN_CLIP_CONFIG_DIR = RESOURCES / "open_clip"
+open_clip.add_model_config(OPEN_CLIP_CONFIG_DIR)  # registers "geoloc-tiny-vit"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class EncoderWeightsError(RuntimeError):
+    """Requested encoder weights are missing or unreadable."""
+
+
+class EncoderFingerprintError(ValueError):
+    """Rebuilt encoders differ from the ones a checkpoint was trained with."""
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    clip_model: str = "ViT-B-16"
+    clip_pretrained: str = "openai"  # open_clip tag, a weights file, or "random"
+    scene_arch: str = "resnet50"  # resnet18 | resnet50
+    scene_weights: str = "places365:resnet50_places365.pth.tar"  # see module docstring
+    offline: bool = True  # HF_HUB_OFFLINE=1 while loading: fail fast instead of waiting on a hub
+    random_init_seed: int = 0  # seeds "random" weights so they are the same in every process
+
+
+ENCODER_PRESETS: dict[str, EncoderConfig] = {
+    # the real system: CLIP ViT-B/16 (OpenAI) + ResNet-50 Places365
+    "vit-b-16-places365": EncoderConfig(),
+    # smaller real weights for a laptop
+    "vit-b-32-resnet18": EncoderConfig("ViT-B-32", "openai", "resnet18", "imagenet"),
+    # tests and the demo: a 2-layer width-128 ViT + ResNet-18, seeded random weights, no download
+    "tiny-random": EncoderConfig("geoloc-tiny-vit", "random", "resnet18", "random"),
+    # benchmarks only: real-size architectures (ViT-B/32 at 224 px + ResNet-18) with seeded random weights
+    "vit-b-32-resnet18-random": EncoderConfig("ViT-B-32", "random", "resnet18", "random"),
+    # benchmarks only: the real system's architectures (ViT-B/16 + ResNet-50) with seeded random weights
+    "vit-b-16-resnet50-random": EncoderConfig("ViT-B-16", "random", "resnet50", "random"),
+}
+
+
+def resolve_encoder_config(preset_or_config: str | EncoderConfig, **overrides) -> EncoderConfig:
+    if isinstance(preset_or_config, EncoderConfig):
+        cfg = preset_or_config
+    elif preset_or_config in ENCODER_PRESETS:
+        cfg = ENCODER_PRESETS[preset_or_config]
+    else:
+        raise ValueError(f"unknown encoder preset {preset_or_config!r}; known: {sorted(ENCODER_PRESETS)}")
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@contextlib.contextmanager
+def _hub_offline(enabled: bool):
+    """Put huggingface_hub in offline mode for the duration (env var and the already-read constant)."""
+    if not enabled:
+        yield
+        return
+    import huggingface_hub.constants as hf_constants
+
+    old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), hf_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = old_const
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
+
+
+class NormalizedEncoder(nn.Module):
+    """An image encoder that takes [B, 3, H, W] in [0, 1], applies its own normalisation, and can be frozen.
+
+    Frozen means: requires_grad off, eval mode kept even under `.train()`, and no autograd graph built.
+    """
+
+    def __init__(self, body: nn.Module, mean, std, out_dim: int):
+        super().__init__()
+        self.body = body
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.out_dim = out_dim
+        self.frozen = False
+
+    def freeze(self) -> NormalizedEncoder:
+        self.frozen = True
+        self.body.requires_grad_(False)
+        self.body.eval()
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.body.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std  # [B, 3, H, W]
+        if self.frozen:
+            with torch.no_grad():
+                return self.body(x)  # [B, D]
+        return self.body(x)
+
+
+class _DropRandomWeightsNotice(logging.Filter):
+    """open_clip warns that no weights were loaded; for a config that asks for random weights that is the point."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".tar")
+
+
+def _check_local_weights(cfg: EncoderConfig) -> None:
+    """A weights file or folder that is named but missing is a plain "file not found", not a download problem."""
+    local = cfg.clip_model.removeprefix("local-dir:") if cfg.clip_model.startswith("local-dir:") else None
+    if local is None and (
+        os.sep in cfg.clip_pretrained or cfg.clip_pretrained.endswith(WEIGHT_FILE_SUFFIXES)
+    ):
+        local = cfg.clip_pretrained
+    if local is not None and not Path(local).exists():
+        raise EncoderWeightsError(
+            f"CLIP weights: file not found: {local}. Check the path (clip_pretrained for a weights file, "
+            f"clip_model='local-dir:/path' for a folder with open_clip_config.json and the weights)."
+        )
+
+
+def build_clip_encoder(cfg: EncoderConfig) -> tuple[NormalizedEncoder, int]:
+    """CLIP image tower and its input size."""
+    _check_local_weights(cfg)
+    try:
+        if cfg.clip_pretrained == "random" and not cfg.clip_model.startswith("local-dir:"):
+            notice = _DropRandomWeightsNotice()
+            logging.getLogger().addFilter(notice)  # open_clip logs it on the root logger
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(cfg.random_init_seed)
+                    model = open_clip.create_model(cfg.clip_model, pretrained=None)
+            finally:
+                logging.getLogger().removeFilter(notice)
+        else:
+            with _hub_offline(cfg.offline):
+                model = open_clip.create_model(
+                    cfg.clip_model, pretrained=cfg.clip_pretrained, require_pretrained=True
+                )
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ValueError(f"unknown CLIP model {cfg.clip_model!r}: {err}") from err
+        raise _clip_weights_error(cfg, err) from err
+    except (OSError, ValueError) as err:
+        raise _clip_weights_error(cfg, err) from err
+    visual = model.visual
+    pre = getattr(visual, "preprocess_cfg", {}) or {}
+    mean = tuple(pre.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(pre.get("std", open_clip.OPENAI_DATASET_STD))
+    size = visual.image_size
+    image_size = int(size[0] if isinstance(size, tuple | list) else size)
+    return NormalizedEncoder(visual, mean, std, int(visual.output_dim)), image_size
+
+
+def _clip_weights_error(cfg: EncoderConfig, err: Exception) -> EncoderWeightsError:
+    return EncoderWeightsError(
+        f"Could not load CLIP weights {cfg.clip_model!r} / {cfg.clip_pretrained!r} ({type(err).__name__}: "
+        f"{err}). This machine may be offline (HF_HUB_OFFLINE). Supply the weights one of these ways: "
+        f"(1) pass a local weights file as clip_pretrained='/path/open_clip_model.safetensors'; "
+        f"(2) use clip_model='local-dir:/path/to/folder' holding open_clip_config.json and the weights; "
+        f"(3) download once on a connected machine into the Hugging Face cache and copy it over "
+        f"(set offline=False to allow downloading). Use the 'tiny-random' preset for a weightless demo."
+    )
+
+
+def _load_scene_state_dict(path: str) -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise EncoderWeightsError(
+            f"Scene CNN weights: file not found: {path}. Download the CSAIL Places365 checkpoint "
+            f"(http://places2.csail.mit.edu/models_places365/resnet50_places365.pth.tar) on a connected "
+            f"machine and pass scene_weights='places365:/path/to/resnet50_places365.pth.tar', or use "
+            f"scene_weights='random' explicitly."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a corrupt or pickled-object file: untrusted input, say so plainly
+        raise EncoderWeightsError(f"Scene CNN weights {path!r} could not be read safely: {err}") from err
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise EncoderWeightsError(f"{path!r} holds no state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def build_scene_encoder(cfg: EncoderConfig) -> NormalizedEncoder:
+    """torchvision ResNet cut before its classifier: [B, 3, H, W] -> [B, 512 | 2048]."""
+    if cfg.scene_arch not in ("resnet18", "resnet50"):
+        raise ValueError(f"scene_arch must be resnet18 or resnet50, got {cfg.scene_arch!r}")
+    builder = getattr(torchvision.models, cfg.scene_arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.random_init_seed)
+        net = builder(weights=None)
+    weights = cfg.scene_weights
+    if weights == "imagenet":
+        enum = torchvision.models.get_model_weights(cfg.scene_arch).DEFAULT
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+        if cfg.offline and not cached.is_file():
+            raise EncoderWeightsError(
+                f"ImageNet weights for {cfg.scene_arch} are not cached at {cached} and offline=True. "
+                f"Download {enum.url} into that folder, or set offline=False on a connected machine."
+            )
+        net.load_state_dict(enum.get_state_dict(progress=False))
+    elif weights != "random":
+        state = _load_scene_state_dict(weights.removeprefix("places365:"))
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # 365-way classifier: not used
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            raise EncoderWeightsError(
+                f"{weights!r} does not match torchvision {cfg.scene_arch}: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+    out_dim = net.fc.in_features
+    net.fc = nn.Identity()  # cut before the classifier: pooled features
+    return NormalizedEncoder(net, IMAGENET_MEAN, IMAGENET_STD, out_dim)
+
+
+class DualEncoder(nn.Module):
+    """CLIP image tower + scene CNN on the same [0, 1] images."""
+
+    def __init__(self, cfg: EncoderConfig, freeze_clip: bool = True, freeze_scene: bool = True):
+        super().__init__()
+        self.config = cfg
+        self.clip, self.image_size = build_clip_encoder(cfg)
+        self.scene = build_scene_encoder(cfg)
+        if freeze_clip:
+            self.clip.freeze()
+        if freeze_scene:
+            self.scene.freeze()
+
+    @property
+    def frozen(self) -> bool:
+        return self.clip.frozen and self.scene.frozen
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        return self.clip.out_dim, self.scene.out_dim
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.clip(images), self.scene(images)  # [B, Dc], [B, Ds]
+
+    def fingerprint(self) -> str:
+        """Hash of the config and every weight: a feature cache made with other weights never matches."""
+        digest = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        for name, tensor in self.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:20]
+
+
+def verify_fingerprint(encoders: DualEncoder, expected: str | None, trained: str) -> None:
+    """Refuse encoders whose weights differ from those `trained` (a checkpoint or run) was made with.
+
+    Frozen encoders are not stored in checkpoints but rebuilt from their config, so a weights file that
+    changed since training would otherwise silently feed the heads other features. `expected` None
+    (a checkpoint without a fingerprint) skips the check.
+    """
+    if expected is None:
+        return
+    actual = encoders.fingerprint()
+    if actual != expected:
+        raise EncoderFingerprintError(
+            f"the encoders rebuilt from {asdict(encoders.config)} have weight fingerprint {actual}, but "
+            f"{trained} was trained with {expected}: a weights file changed or another one is configured. "
+            f"Restore the original weights (or point clip_pretrained / scene_weights at them)."
+        )

@@ -1,0 +1,23 @@
+"""Command line for training, in one process or many (torchrun):
+
+    python -m geoloc_lib.train --set run_name=try1 --set epochs=30
+    torchrun --standalone --nproc_per_node=4 -m geoloc_lib.train --set feature_cache=False \\
+        --set freeze_scene=False --set run_name=finetune
+
+Every --set is a TrainConfig field (see geoloc_lib/config.py); the notebooks 02b and 03 do the same through
+their parameters. Several processes train the image path (trained encoders) under DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+from geoloc_lib.train.config import config_from_command_line
+from geoloc_lib.train.loop import fit
+
+
+def main(argv=None) -> None:
+    result = fit(config_from_command_line(argv, __doc__))
+    print(f"best epoch {result.best_epoch}: {result.best_metric:.2f} -> {result.run_dir}")
+
+
+if __name__ == "__main__":
+    main()

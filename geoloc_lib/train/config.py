@@ -1,0 +1,294 @@
+"""`TrainConfig`: every setting of a training run, in one dataclass.
+
+A run folder's `config.json` holds exactly `asdict(TrainConfig)`, so `TrainConfig.from_dict` reads it back.
+Facts derived while the run starts (device, encoder fingerprint, cell signature, versions) are written
+to `run_info.json` instead (see `runfolder.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from geoloc_lib.data.contract import IMAGE_CHECKS, GeoDataset, load_dataset
+from geoloc_lib.data.transforms import AUGMENT_PRESETS
+from geoloc_lib.geo.provinces import NUM_PROVINCES
+from geoloc_lib.model.decode_modes import DECODE_MODES
+from geoloc_lib.model.decoding import DecodeConfig
+from geoloc_lib.model.losses import SOFT_LABEL_SUPPORTS, LossWeights
+from geoloc_lib.train.schedule import LR_SCHEDULES
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data_dir: str = "data/demo"
+    images_root: str | None = None
+    val_fraction: float = 0.1  # share of train.csv held out for validation (best epoch, decoding choices)
+    val_block_km: float = 10.0  # validation takes whole location blocks of this size: no place on both sides
+    val_seed: int = 0  # which blocks; fixed across training seeds so that seeds compare on one split
+    image_check: str = "decode"  # before training: decode (every photo opens, fast), exists, or none
+    allow_images_outside: bool = False  # image paths may lead outside the data folder / images_root
+    # run folder
+    run_name: str = "phase1"
+    runs_dir: str = "runs"
+    resume: bool = False
+    overwrite: bool = False
+    phase: int = 1  # 0: province pre-training (projections, gate, province head), 1: full hierarchy
+    # optimisation: the specification's values, except where docs/accuracy.md measured better ones
+    epochs: int = 30
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 1e-5
+    temperature: float = 1.0
+    batches_per_epoch: int = 1300
+    loss_province: float = 0.5
+    loss_geocell: float = 1.0
+    loss_offset: float = 1.0
+    loss_aux: float = 0.1
+    beta: float = 0.0  # effective-number province weights (0.999 in the specification; 0: all equal)
+    offset_ramp_epochs: int = 5
+    aux_scale_km: float = 100.0
+    soft_label_support: str = "province"  # soft geocell targets over the whole province, or "neighbours"
+    lr_schedule: str = "cosine"  # constant or cosine (to 0 at the last step)
+    warmup_steps: int = 100  # linear learning-rate warm-up at the start of the run
+    ema_decay: float = 0.99  # exponential moving average of the heads' weights (0: off); evaluated and saved
+    augment: str = "none"  # augmentation of the cached training views: none, mild or strong
+    # model
+    encoder: str = "tiny-random"  # preset name from geoloc_lib.model.encoders.ENCODER_PRESETS
+    clip_pretrained: str | None = None  # overrides the preset's weights
+    scene_weights: str | None = None
+    freeze_clip: bool = True
+    freeze_scene: bool = True
+    phase0_checkpoint: str | None = None
+    proj_dim: int = 512
+    geocell_hidden: int = 512
+    small_geocell_hidden: int = 256
+    dropout: float = 0.1
+    standardize_features: bool = True  # z-score encoder features with the training photos' mean and std
+    # speed
+    feature_cache: bool = True  # False: images go through the encoders at every step
+    cache_views: int = 4  # augmented views cached per training photo (one clean view when augment is none)
+    cache_dir: str = "runs/feature_cache"
+    cache_dtype: str = "float16"
+    cuda_graph: bool = True  # capture the cached-feature step as one CUDA graph on CUDA
+    eval_batch_size: int = 256
+    num_workers: int = 2
+    device: str = "auto"  # auto: CUDA, then MPS, then CPU
+    seed: int = 0
+    allow_missing_provinces: bool = False
+    # decoding (see decoding.py)
+    decode_mode: str = "joint"  # hierarchical, joint or mixture
+    prior_correction: float = 1.0  # logit adjustment of the province head: 1 undoes the training prior, 0 off
+    top_provinces: int = 2
+    top_cells: int = 5
+    retrieval_k: int = 0  # refine inside the chosen cell from the k most similar training photos (0: off)
+    retrieval_temperature: float = 0.1  # softmax temperature of the similarity weights (k > 1)
+
+    def __post_init__(self):
+        problems = _type_problems(self)
+        problems = problems or _range_problems(self) + _choice_problems(self)  # ranges assume the types
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def decode_config(self) -> DecodeConfig:
+        return DecodeConfig(self.decode_mode, self.top_provinces, self.top_cells, self.prior_correction)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.run_name
+
+    def load_data(self, image_check: str = "exists") -> GeoDataset:
+        """The run's data folder, validated, with its validation split carved out of train."""
+        data = load_dataset(
+            self.data_dir,
+            self.images_root,
+            image_check,
+            self.allow_missing_provinces,
+            self.allow_images_outside,
+        )
+        return data.with_validation(self.val_fraction, self.val_block_km, self.val_seed)
+
+    @property
+    def loss_weights(self) -> LossWeights:
+        if self.phase == 0:
+            return LossWeights(province=1.0, geocell=0.0, offset=0.0, aux=0.0)
+        return LossWeights(self.loss_province, self.loss_geocell, self.loss_offset, self.loss_aux)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}")
+        return cls(**values)
+
+    @classmethod
+    def from_parameters(cls, namespace: dict, **overrides) -> TrainConfig:
+        """The config of a notebook: every name in `namespace` that is a config field, then `overrides`.
+
+        Notebook parameters are papermill literals, so "" stands for None in the optional fields.
+        """
+        optional = {f.name for f in fields(cls) if f.default is None}
+        values = {
+            f.name: None if f.name in optional and namespace[f.name] == "" else namespace[f.name]
+            for f in fields(cls)
+            if f.name in namespace
+        }
+        return cls.from_dict(values | overrides)
+
+
+def _range_problems(cfg: TrainConfig) -> list[str]:
+    """Counts, rates and weights in their ranges; options that exclude each other."""
+    problems = []
+    if cfg.run_name.strip() in ("", ".", ".."):
+        problems.append(f"run_name {cfg.run_name!r} must name a folder (it is deleted on overwrite)")
+    if cfg.phase not in (0, 1):
+        problems.append(f"phase must be 0 or 1, not {cfg.phase}")
+    counts = ("epochs", "batch_size", "batches_per_epoch", "cache_views", "eval_batch_size")
+    widths = ("top_provinces", "top_cells", "offset_ramp_epochs", "proj_dim", "geocell_hidden")
+    for name in (*counts, *widths, "small_geocell_hidden"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"{name} must be at least 1, not {getattr(cfg, name)}")
+    for name in ("seed", "val_seed", "num_workers", "retrieval_k", "warmup_steps"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"{name} must be 0 or more, not {getattr(cfg, name)}")
+    if cfg.top_provinces > NUM_PROVINCES:
+        problems.append(f"top_provinces must be at most {NUM_PROVINCES}, not {cfg.top_provinces}")
+    for name in ("lr", "temperature", "aux_scale_km", "val_block_km", "retrieval_temperature"):
+        if not getattr(cfg, name) > 0:
+            problems.append(f"{name} must be positive, not {getattr(cfg, name)}")
+    for name in ("weight_decay", "prior_correction", *LOSS_WEIGHT_FIELDS):
+        if getattr(cfg, name) < 0:
+            problems.append(f"{name} must be 0 or more, not {getattr(cfg, name)}")
+    if cfg.phase == 1 and not any(getattr(cfg, name) > 0 for name in LOSS_WEIGHT_FIELDS):
+        problems.append(f"at least one of {LOSS_WEIGHT_FIELDS} must be positive")
+    if not 0 <= cfg.dropout < 1:
+        problems.append(f"dropout must be in [0, 1), not {cfg.dropout}")
+    if not 0 < cfg.val_fraction <= 0.5:
+        problems.append(f"val_fraction must be in (0, 0.5], not {cfg.val_fraction}")
+    if not 0 <= cfg.beta < 1:
+        problems.append(f"beta must be in [0, 1), not {cfg.beta}")
+    if not 0 <= cfg.ema_decay < 1:
+        problems.append(f"ema_decay must be in [0, 1), not {cfg.ema_decay}")
+    if cfg.cache_dtype not in ("float16", "bfloat16", "float32"):
+        problems.append(f"cache_dtype must be float16, bfloat16 or float32, not {cfg.cache_dtype!r}")
+    if not (cfg.freeze_clip and cfg.freeze_scene) and cfg.feature_cache:
+        problems.append(
+            "an unfrozen encoder changes its features at every step, so they cannot be cached: "
+            "set feature_cache=False"
+        )
+    if cfg.resume and cfg.overwrite:
+        problems.append(
+            "resume and overwrite exclude each other: resume continues a run, overwrite replaces it"
+        )
+    return problems
+
+
+def _choice_problems(cfg: TrainConfig) -> list[str]:
+    """Options that name one of a fixed set of choices."""
+    problems = []
+    choices = {
+        "soft_label_support": SOFT_LABEL_SUPPORTS,
+        "lr_schedule": LR_SCHEDULES,
+        "augment": tuple(AUGMENT_PRESETS),
+        "decode_mode": DECODE_MODES,
+        "image_check": IMAGE_CHECKS,
+    }
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            problems.append(f"{name} must be one of {allowed}, not {getattr(cfg, name)!r}")
+    return problems
+
+
+LOSS_WEIGHT_FIELDS = ("loss_province", "loss_geocell", "loss_offset", "loss_aux")
+
+
+def _type_problems(cfg: TrainConfig) -> list[str]:
+    """Every field against its annotation: whole numbers for int (2.5 and True are refused), finite numbers
+    for float (NaN and infinity are refused), True/False for bool, text for str."""
+    problems = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        kind = f.type.replace(" | None", "")
+        if kind == "str" and isinstance(value, os.PathLike):
+            value = os.fspath(value)
+            setattr(cfg, f.name, value)
+        if value is None and f.type.endswith("| None"):
+            continue
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            want = {"int": "a whole number", "float": "a finite number", "bool": "True or False"}
+            problems.append(f"{f.name} must be {want.get(kind, 'text')}, not {value!r}")
+    return problems
+
+
+# Fields that may differ between a run and its resumption; anything else must match. Locations may change
+# (a moved run, data or cache folder): the data itself is compared by its signature (runstate.py).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "epochs",
+        "resume",
+        "overwrite",
+        "num_workers",
+        "device",
+        "cuda_graph",
+        "eval_batch_size",
+        "data_dir",
+        "images_root",
+        "runs_dir",
+        "run_name",
+        "cache_dir",
+        "image_check",
+    }
+)
+
+
+def resume_differences(saved: dict, now: TrainConfig) -> dict:
+    """{field: (saved, now)} of the fields that may not change when a run is resumed."""
+    return {
+        f.name: (saved.get(f.name), getattr(now, f.name))
+        for f in fields(now)
+        if f.name not in RESUMABLE_CHANGES and saved.get(f.name) != getattr(now, f.name)
+    }
+
+
+def parse_settings(settings: list[str]) -> dict:
+    """Command-line settings ["beta=0.999", "augment=strong"] -> {"beta": 0.999, "augment": "strong"}.
+
+    Values are Python literals where they parse as one, text otherwise; every name must be a TrainConfig field.
+    """
+    names = {f.name for f in fields(TrainConfig)}
+    values = {}
+    for setting in settings:
+        key, _, text = setting.partition("=")
+        if key not in names or not text:
+            raise SystemExit(f"--set {setting!r}: expected FIELD=VALUE with a TrainConfig field")
+        try:
+            values[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values[key] = text
+    return values
+
+
+def config_from_command_line(argv, description: str) -> TrainConfig:
+    """A TrainConfig from `--set FIELD=VALUE` arguments (the command lines of training and extraction)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainConfig setting"
+    )
+    return TrainConfig(**parse_settings(parser.parse_args(argv).set))

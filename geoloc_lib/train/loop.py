@@ -1,0 +1,225 @@
+"""Training: `fit(cfg)` runs Phase 0 or Phase 1 from a config to a finished run folder.
+
+Its parts, in the order they run: `training_setup.build_training` (data, model, loss, sampler,
+optimiser, feature source and stepper, resumed state), then per epoch `train_one_epoch`, `validate`, and writing the
+epoch's rows, predictions and checkpoints (`runfolder.py`).
+
+Reproducibility: the batch order, the view choice and dropout of epoch e are seeded from (seed, e)
+at the start of the epoch, so a run resumed after a kill continues exactly as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from geoloc_lib.base.atomic_files import to_plain
+from geoloc_lib.base.progress import progress_bar
+from geoloc_lib.evaluate.evaluation import Evaluation, evaluate
+from geoloc_lib.evaluate.metrics import PROVINCE_ACCURACY_COLUMNS, prediction_metrics, predictions_frame
+from geoloc_lib.geo import provinces as prov
+from geoloc_lib.model.factory import checkpoint_state
+from geoloc_lib.model.losses import (
+    LOSS_LABELS,
+    LOSS_TERMS,
+    offset_ramp,
+)
+from geoloc_lib.model.retrieval import RetrievalIndex
+from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.epoch_report import epoch_summary, selection_metric, selection_text
+from geoloc_lib.train.run_state import commit_epoch
+from geoloc_lib.train.schedule import lr_at
+from geoloc_lib.train.setup import Training, build_training, head_config_of
+from geoloc_lib.train.step import PRED_FIELDS
+
+FINITE_CHECK_EVERY = 25  # steps between checks that the loss is finite (each check syncs the device)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    best_epoch: int
+    best_metric: float  # Phase 1: end-to-end validation median km; Phase 0: 100 - balanced accuracy %
+    best_val: dict  # every validation metric of the best epoch (a `val` row of losses.csv)
+
+
+def seed_epoch(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """Seed dropout (the global generators) and return the generator of the view choice, for (seed, epoch)."""
+    epoch_seed = seed * 100_003 + epoch
+    torch.manual_seed(epoch_seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(epoch_seed)
+    return torch.Generator(device=device).manual_seed(epoch_seed)
+
+
+def _check_finite(t: Training, terms: torch.Tensor, epoch: int) -> None:
+    bad = ~torch.isfinite(terms).all(1)
+    if bool(bad.any()):
+        step = int(bad.nonzero()[0])
+        values = ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_TERMS, terms[step].tolist(), strict=True))
+        last = t.folder.last_checkpoint(t.cfg.phase)
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no epoch was committed yet"
+        raise NonFiniteLossError(
+            f"non-finite loss in epoch {epoch}, batch {step + 1}: {values}. Training stopped; {kept}. Try a "
+            f"lower lr, or check the data of that batch."
+        )
+
+
+def train_one_epoch(t: Training, epoch: int) -> tuple[dict, pd.DataFrame]:
+    """Train one epoch; return its mean loss terms and the predictions made while training."""
+    cfg = t.cfg
+    generator = seed_epoch(cfg.seed, epoch, t.device)
+    t.model.train()
+    batches = t.sampler.epoch_batches(epoch)  # [S, B] the global batches
+    width = batches.shape[1] // t.world.size  # under torchrun each process trains its slice of each batch
+    batches = torch.as_tensor(batches[:, t.world.rank * width : (t.world.rank + 1) * width], device=t.device)
+    n_steps = len(batches)
+    rows = torch.zeros_like(batches)  # [S, B] the rows each step trained on
+    terms = torch.zeros(n_steps, len(LOSS_TERMS), device=t.device)  # [S, T]
+    preds = torch.zeros(n_steps, width, len(PRED_FIELDS), device=t.device)  # [S, B, 5]
+    offset_weight = torch.tensor(offset_ramp(epoch, cfg.offset_ramp_epochs), device=t.device)
+    first, total = (epoch - 1) * n_steps, cfg.epochs * n_steps
+    lrs = [lr_at(first + i, total, cfg.lr, cfg.lr_schedule, cfg.warmup_steps) for i in range(n_steps)]
+    bar = progress_bar(
+        total=n_steps, desc=f"epoch {epoch}/{cfg.epochs} train", disable=not t.progress, leave=False
+    )
+    with bar:
+        for step, (idx, result) in enumerate(t.stepper.run(batches, generator, offset_weight, lrs)):
+            rows[step], terms[step], preds[step] = idx, result["terms"], result["pred"]
+            if t.ema is not None:
+                t.ema.update_parameters(t.model.heads)
+            bar.update()
+            if step % FINITE_CHECK_EVERY == 0 or step == n_steps - 1:
+                _check_finite(t, terms[: step + 1], epoch)
+                shown = {
+                    LOSS_LABELS[k]: f"{v:.3f}" for k, v in zip(LOSS_TERMS, terms[step].tolist(), strict=True)
+                }
+                bar.set_postfix(shown | {"ow": f"{float(offset_weight):.2f}"})
+    p = preds.reshape(-1, len(PRED_FIELDS)).cpu().numpy()
+    frame = predictions_frame(
+        t.data.train.iloc[rows.reshape(-1).cpu().numpy()], {k: p[:, i] for i, k in enumerate(PRED_FIELDS)}
+    )
+    mean_terms = dict(zip(LOSS_TERMS, terms.mean(0).tolist(), strict=True))
+    return {f"loss_{k}": v for k, v in mean_terms.items()} | {"offset_weight": float(offset_weight)}, frame
+
+
+def validate(t: Training, epoch: int) -> Evaluation:
+    """Validation: predictions without labels, and the loss terms with the true cells."""
+    decoder = t.decoder
+    if t.retrieval_features is not None:
+        index = RetrievalIndex(
+            t.eval_heads, t.retrieval_features, t.data.train, t.cfg.retrieval_k, t.cfg.retrieval_temperature
+        )
+        decoder = dataclasses.replace(decoder, retrieval=index)
+    ramp = offset_ramp(epoch, t.cfg.offset_ramp_epochs)
+    return evaluate(
+        t.eval_heads, t.source.eval_batches(), t.data.val, decoder, t.loss_fn, ramp, progress=t.progress
+    )
+
+
+def _checkpoint_payload(t: Training, epoch: int, rows: dict, predictions: pd.DataFrame) -> dict:
+    plain = to_plain(
+        {
+            "phase": t.cfg.phase,
+            "epoch": epoch,
+            "model_state": checkpoint_state(t.model, t.cfg.phase, t.eval_heads),
+            "losses": {
+                split: {k: v for k, v in r.items() if k.startswith("loss_")} for split, r in rows.items()
+            },
+            "province_accuracies": {
+                split: {c: r[c] for c in PROVINCE_ACCURACY_COLUMNS} for split, r in rows.items()
+            },
+            "median_error": rows["val"]["median_error_km"],
+            "metrics": rows,
+            "val_predictions": {column: predictions[column].tolist() for column in predictions},
+            "best_metric": t.best_metric,
+            "best_epoch": t.best_epoch,
+            "config": asdict(t.cfg),
+            "head_config": asdict(head_config_of(t.cfg)),
+            "encoder_config": asdict(t.model.encoders.config),
+            "cells": t.model.cells.signature(),
+            "encoder_fingerprint": t.encoder_fingerprint(),
+            "prior_shift": t.decoder.prior_shift.tolist(),
+            "data": t.data.signature,
+        }
+    )
+    if t.ema is not None:  # resuming needs the raw weights and the average
+        plain |= {"train_state": checkpoint_state(t.model, t.cfg.phase), "ema_state": t.ema.state_dict()}
+    return plain | {"optimizer_state": t.optimizer.state_dict()}
+
+
+def run_info(t: Training) -> dict:
+    """Facts derived while the run started, written beside config.json."""
+    return {
+        "device": str(t.device),
+        "locations": t.folder.locations(t.cfg),
+        "encoder_fingerprint": t.encoder_fingerprint(),
+        "cells": t.model.cells.signature(),
+        "stepper": type(t.stepper).__name__,
+        "province_weights": dict(zip(prov.PROVINCE_NAMES, t.loss_fn.province_weights.tolist(), strict=True)),
+        "batch_composition": dict(zip(prov.PROVINCE_NAMES, t.sampler.counts.tolist(), strict=True)),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+        },
+    }
+
+
+def run_epoch(t: Training, epoch: int) -> None:
+    """Train and validate one epoch, then write its rows, predictions and checkpoints."""
+    start = time.perf_counter()
+    train_losses, train_frame = train_one_epoch(t, epoch)
+    val = validate(t, epoch)
+    seconds = time.perf_counter() - start
+    ramp = {"offset_weight": train_losses["offset_weight"], "seconds": seconds}
+    rows = {
+        "train": {
+            "epoch": epoch,
+            "split": "train",
+            **train_losses,
+            **prediction_metrics(train_frame),
+            **ramp,
+        },
+        "val": {"epoch": epoch, "split": "val", **val.losses, **prediction_metrics(val.predictions), **ramp},
+    }
+    t.log.info(epoch_summary(t.cfg.phase, epoch, t.cfg.epochs, rows))
+    metric = selection_metric(t.cfg.phase, rows["val"])
+    improved = metric < t.best_metric
+    if improved:
+        t.best_metric, t.best_epoch = metric, epoch
+        t.log.info(
+            f"   new best ({selection_text(t.cfg.phase, metric)}) -> {t.folder.best_checkpoint(t.cfg.phase)}"
+        )
+    if t.world.is_main:  # the first process writes the run folder
+        commit_epoch(
+            t.folder, t.cfg.phase, epoch, _checkpoint_payload(t, epoch, rows, val.predictions), improved
+        )
+
+
+def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
+    """Train `cfg` into its run folder (resuming it when asked) and return the best epoch."""
+    t = build_training(cfg, progress)
+    try:
+        if t.world.is_main:
+            t.folder.truncate_losses(t.start_epoch - 1)
+            t.folder.write_config(cfg)
+            t.folder.write_run_info(run_info(t))
+        for epoch in range(t.start_epoch, cfg.epochs + 1):
+            run_epoch(t, epoch)
+        t.world.barrier()  # the other processes read what the first one wrote
+        best = t.folder.load_checkpoint(cfg.phase, "best")
+    finally:
+        t.close()
+    return FitResult(t.folder.root, int(best["epoch"]), float(best["best_metric"]), best["metrics"]["val"])

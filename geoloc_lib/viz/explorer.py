@@ -1,0 +1,102 @@
+"""An ipywidgets explorer of a run's worst predictions, for notebook 04.
+
+Pick a province and a rank among its worst errors; the explorer shows the photo, the truth, the
+prediction and its distance, the model's top hypotheses with their probabilities, and all of them on a
+small map that needs no network (maps.places_map in an iframe).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import ipywidgets as widgets
+import pandas as pd
+from PIL import Image
+
+from geoloc_lib.geo.sphere import haversine_km
+from geoloc_lib.inference.predictor import Predictor
+from geoloc_lib.viz import maps
+
+THUMBNAIL_PX = 256
+HYPOTHESES_SHOWN = 5
+
+
+class WorstPhotoExplorer:
+    """`display(explorer.widget)`; `province` and `rank` are the two controls."""
+
+    def __init__(self, predictions: pd.DataFrame, split: pd.DataFrame, predictor: Predictor):
+        self.predictions = predictions.merge(split[["id", "image_path"]], on="id", how="left")
+        names = list(self.predictions.sort_values("province_id")["province"].unique())
+        self.predictor = predictor
+        self.province = widgets.Dropdown(options=names, description="province")
+        self.rank = widgets.BoundedIntText(value=1, min=1, max=1, description="worst #")
+        self.photo = widgets.Image(format="jpeg", width=THUMBNAIL_PX)
+        self.info = widgets.HTML()
+        self.map = widgets.HTML()
+        self.widget = widgets.VBox(
+            [widgets.HBox([self.province, self.rank]), widgets.HBox([self.photo, self.info]), self.map]
+        )
+        self.province.observe(self._province_changed, names="value")
+        self.rank.observe(self.update, names="value")
+        self._province_changed()
+
+    def worst(self, province: str) -> pd.DataFrame:
+        """The province's photos, worst first."""
+        return self.predictions[self.predictions["province"] == province].sort_values(
+            "error_km", ascending=False
+        )
+
+    @property
+    def current(self) -> pd.Series:
+        return self.worst(self.province.value).iloc[self.rank.value - 1]
+
+    def _province_changed(self, *_) -> None:
+        self.rank.max = len(self.worst(self.province.value))
+        if self.rank.value == 1:
+            self.update()
+        else:
+            self.rank.value = 1  # observed: updates
+
+    def update(self, *_) -> None:
+        row = self.current
+        hypotheses = self.predictor.predict([row["image_path"]])["hypotheses"].iloc[0][:HYPOTHESES_SHOWN]
+        self.photo.value = _jpeg(row["image_path"])
+        self.info.value = _describe(row, hypotheses)
+        page = maps.offline_html(maps.places_map((row["latitude"], row["longitude"]), hypotheses))
+        self.map.value = f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:320px;border:0"></iframe>'
+
+    def snapshot_html(self) -> str:
+        """The current view as plain HTML, for places without the widget runtime (an exported notebook)."""
+        photo = base64.b64encode(self.photo.value).decode()
+        return (
+            f"<div class='geoloc-explorer'><div style='display:flex'><img src='data:image/jpeg;base64,{photo}' "
+            f"width='{THUMBNAIL_PX}'/>{self.info.value}</div>{self.map.value}</div>"
+        )
+
+
+def _jpeg(path: str) -> bytes:
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def _describe(row: pd.Series, hypotheses: list[dict]) -> str:
+    lines = "".join(
+        f"<tr><td>{rank}</td><td>{html.escape(h['province'])}</td><td>{h['cell_id']}</td><td>{h['prob']:.3f}</td>"
+        f"<td>({h['lat']:.3f}, {h['lon']:.3f})</td>"
+        f"<td>{haversine_km(row['latitude'], row['longitude'], h['lat'], h['lon']):.0f}</td></tr>"
+        for rank, h in enumerate(hypotheses, 1)
+    )
+    return (
+        f"<div style='font:13px sans-serif;padding-left:12px'><b>photo {html.escape(str(row['id']))}</b><br>"
+        f"truth: {html.escape(row['province'])} ({row['latitude']:.3f}, {row['longitude']:.3f})<br>"
+        f"prediction: {html.escape(row['pred_province'])} ({row['pred_lat']:.3f}, {row['pred_lon']:.3f})<br>"
+        f"<b>distance: {row['error_km']:.1f} km</b><br><br>top hypotheses:"
+        f"<table><tr><th>#</th><th>province</th><th>cell</th><th>p</th><th>place</th><th>km from truth</th></tr>"
+        f"{lines}</table></div>"
+    )

@@ -1,0 +1,386 @@
+"""folium maps that render without internet, in saved HTML files and inside notebooks.
+
+Every map has an offline base: the borders of Pakistan's seven first-level divisions (geoBoundaries ADM1,
+public domain, vendored in `resources/boundaries/`, see data/README.md) and the names of the larger towns
+(`resources/places_pk.csv`). OpenStreetMap tiles are an optional layer, off by default. Leaflet's
+JavaScript and CSS are inlined from `resources/leaflet/` (Leaflet 1.9.4, BSD-2-Clause), the layer
+control's icon is an inline SVG, and folium's other CDN assets are dropped (these maps use none of them).
+Maps fit their bounds to the data; legends are Leaflet controls, so they stack with the other controls
+instead of covering them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from functools import cache
+from pathlib import Path
+
+import folium
+import numpy as np
+import pandas as pd
+from branca.element import MacroElement, Template
+
+from geoloc_lib.base.atomic_files import atomic_write_text
+from geoloc_lib.base.resources import RESOURCES
+from geoloc_lib.geo import provinces as prov
+
+LEAFLET_DIR = RESOURCES / "leaflet"
+BOUNDARIES_GEOJSON = RESOURCES / "boundaries" / "geoBoundaries-PAK-ADM1_simplified.geojson"
+PLACES_CSV = RESOURCES / "places_pk.csv"
+LABELLED_TOWNS = 25  # the largest towns are named on every map
+PROVINCE_COLORS = ("#e6550d", "#31a354", "#3182bd", "#756bb1", "#636363", "#bcbd22", "#d6616b")
+ERROR_BINS_KM = (0, 25, 100, 250, 500, 1000, np.inf)
+ERROR_COLORS = ("#1a9850", "#91cf60", "#d9ef8b", "#fee08b", "#fc8d59", "#d73027")
+TRUTH_COLOR, PREDICTION_COLOR = "#000000", "#d7191c"
+# folium's popups build their content with jQuery's $(html)[0]; this is all of jQuery they need
+JQUERY_SHIM = (
+    "window.$=window.$||function(h){var t=document.createElement('template');"
+    "t.innerHTML=h.trim();return [t.content.firstChild];};"
+)
+# Leaflet's layers.png, drawn as an SVG (three stacked sheets) so that no image file is needed
+LAYERS_ICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 26 26"><g fill="#555" stroke="#fff" stroke-width="1">'
+    '<path d="M13 17 2 12l11-5 11 5z" opacity=".5" transform="translate(0 4)"/><path d="M13 17 2 12l11-5 11 5z"/>'
+    "</g></svg>"
+)
+
+
+@cache
+def province_borders() -> dict:
+    """The vendored geoBoundaries ADM1 polygons, with each feature's `province` set to our canonical name."""
+    shapes = json.loads(BOUNDARIES_GEOJSON.read_text(encoding="utf-8"))
+    for feature in shapes["features"]:
+        feature["properties"]["province"] = prov.lookup(feature["properties"]["shapeName"]).name
+    return shapes
+
+
+def _read_shapes(geojson: str | Path | None) -> dict:
+    """A user's GeoJSON (properties `shapeName` or `name` naming provinces) if given, else the vendored one."""
+    if geojson is None:
+        return json.loads(json.dumps(province_borders()))  # a copy: callers add properties
+    shapes = json.loads(Path(geojson).read_text(encoding="utf-8"))
+    for feature in shapes["features"]:
+        props = feature["properties"]
+        found = prov.try_lookup(props.get("shapeName") or props.get("name") or "")
+        props["province"] = found.name if found else str(props.get("shapeName") or props.get("name"))
+    return shapes
+
+
+class Legend(MacroElement):
+    """A legend as a Leaflet control in the bottom-right corner (controls in one corner stack, never overlap)."""
+
+    _template = Template(
+        """{% macro script(this, kwargs) %}
+        (function () {
+            var legend = L.control({position: "bottomright"});
+            legend.onAdd = function () {
+                var div = L.DomUtil.create("div", "geoloc-legend");
+                div.style.cssText = "background:white;padding:6px 8px;border:1px solid #999;font:12px sans-serif";
+                div.innerHTML = {{ this.body|tojson }};
+                return div;
+            };
+            legend.addTo({{ this._parent.get_name() }});
+        })();
+        {% endmacro %}"""
+    )
+
+    def __init__(self, title: str, entries: list[tuple[str, str]], shape: str = "square"):
+        super().__init__()
+        radius = "50%" if shape == "circle" else "0"
+        rows = "".join(
+            f'<div><span style="display:inline-block;width:11px;height:11px;background:{color};'
+            f'border-radius:{radius};margin-right:6px"></span>{html.escape(label)}</div>'
+            for label, color in entries
+        )
+        self.body = f"<b>{html.escape(title)}</b>{rows}"
+
+
+def base_map(points: pd.DataFrame | None = None) -> folium.Map:
+    """A map with the offline base (borders and town names) fitted to `points` (latitude, longitude)."""
+    m = folium.Map(tiles=None, control_scale=True, zoom_snap=0.25)
+    folium.TileLayer(
+        "OpenStreetMap", name="OpenStreetMap (needs internet)", overlay=False, show=False
+    ).add_to(m)
+    borders = folium.FeatureGroup(name="province borders (geoBoundaries)", overlay=True, control=True)
+    folium.GeoJson(
+        province_borders(),
+        style_function=lambda _: {"color": "#555", "weight": 1.2, "fillColor": "#f4f1ea", "fillOpacity": 0.6},
+        tooltip=folium.GeoJsonTooltip(fields=["province"], labels=False),
+    ).add_to(borders)
+    borders.add_to(m)
+    towns = folium.FeatureGroup(name="towns", overlay=True)
+    for town in pd.read_csv(PLACES_CSV).nlargest(LABELLED_TOWNS, "population").itertuples():
+        label = f'<div style="font:10px sans-serif;color:#333;white-space:nowrap">&#9679; {html.escape(town.name)}</div>'
+        folium.Marker(
+            (town.latitude, town.longitude), icon=folium.DivIcon(html=label, icon_size=(120, 12))
+        ).add_to(towns)
+    towns.add_to(m)
+    if points is not None and len(points):
+        lat, lon = points["latitude"].to_numpy(float), points["longitude"].to_numpy(float)
+        m.fit_bounds([[lat.min() - 0.3, lon.min() - 0.3], [lat.max() + 0.3, lon.max() + 0.3]])
+    else:
+        m.fit_bounds([[23.6, 60.8], [37.1, 77.9]])  # Pakistan
+    return m
+
+
+def finish(m: folium.Map) -> folium.Map:
+    folium.LayerControl(collapsed=True, position="topright").add_to(m)
+    return m
+
+
+def _inline_assets(page: str) -> str:
+    """Leaflet inlined, the layer icon inlined, every other CDN reference dropped."""
+    js = (LEAFLET_DIR / "leaflet.js").read_text(encoding="utf-8")
+    icon = base64.b64encode(LAYERS_ICON.encode()).decode()
+    css = (LEAFLET_DIR / "leaflet.css").read_text(encoding="utf-8") + (
+        f".leaflet-control-layers-toggle{{background-image:url(data:image/svg+xml;base64,{icon})}}"
+    )
+    page = re.sub(
+        r'<script src="[^"]*leaflet(?:@[\d.]+)?/dist/leaflet\.js"></script>',
+        lambda _: f"<script>{js}</script><script>{JQUERY_SHIM}</script>",
+        page,
+    )
+    page = re.sub(
+        r'<link rel="stylesheet" href="[^"]*leaflet(?:@[\d.]+)?/dist/leaflet\.css"\s*/?>',
+        lambda _: f"<style>{css}</style>",
+        page,
+    )
+    page = re.sub(r'<script src="https?://[^"]*"></script>', "", page)
+    return re.sub(r'<link rel="stylesheet" href="https?://[^"]*"\s*/?>', "", page)
+
+
+def offline_html(m: folium.Map) -> str:
+    """The map as a standalone HTML page that needs no network."""
+    return _inline_assets(m.get_root().render())
+
+
+def notebook_html(m: folium.Map, height_px: int = 480) -> str:
+    """The map as an HTML fragment for a notebook output: no iframe and no network, so it renders offline
+    (once the notebook is trusted) and in exported HTML. Page-wide styles of the standalone page are left out."""
+    page = offline_html(m)
+    head = page[page.index("<head>") + 6 : page.index("</head>")]
+    kept = [
+        b for b in re.findall(r"<style>.*?</style>|<script>.*?</script>", head, re.S) if "html, body" not in b
+    ]
+    kept = [b for b in kept if not re.search(r"#map\s*{", b)]
+    body = page[page.index("<body>") + 6 : page.index("</body>")]
+    scripts = "".join(re.findall(r"<script>.*?</script>", page[page.index("</body>") :], re.S))
+    return (
+        f'<div style="position:relative;width:100%;height:{height_px}px">{"".join(kept)}{body}{scripts}</div>'
+    )
+
+
+def show(m: folium.Map, height_px: int = 480):
+    """Display a map in a notebook without any network access (see `notebook_html`)."""
+    from IPython.display import HTML
+
+    return HTML(notebook_html(m, height_px))
+
+
+def save_map(m: folium.Map, path: str | Path, offline: bool = True) -> Path:
+    """Write the map's page atomically (a kill leaves the old page or the new one, never half of one)."""
+    path = Path(path)
+    atomic_write_text(path, offline_html(m) if offline else m.get_root().render())
+    return path
+
+
+def safe_text(value) -> str:
+    """A value from a user's CSV as text that is inert in every context folium puts it in: HTML text and
+    attributes, and the JavaScript template literals (`...`) its tooltips and popups are written into."""
+    text = html.escape(str(value), quote=True)
+    return text.replace("\\", "&#92;").replace("`", "&#96;").replace("$", "&#36;")
+
+
+def error_color(error_km: float) -> str:
+    index = int(np.searchsorted(ERROR_BINS_KM, error_km, side="right")) - 1
+    return ERROR_COLORS[min(max(index, 0), len(ERROR_COLORS) - 1)]
+
+
+def error_legend_entries() -> list[tuple[str, str]]:
+    edges = ERROR_BINS_KM
+    return [
+        (f"{edges[i]:g}-{edges[i + 1]:g} km" if np.isfinite(edges[i + 1]) else f"> {edges[i]:g} km", c)
+        for i, c in enumerate(ERROR_COLORS)
+    ]
+
+
+def _province_legend() -> Legend:
+    return Legend("Province", [(p.name, PROVINCE_COLORS[p.id]) for p in prov.PROVINCES], shape="circle")
+
+
+def samples_map(split: pd.DataFrame, max_points: int = 5000, seed: int = 0) -> folium.Map:
+    """Photos as dots coloured by province (a seeded subsample above `max_points`)."""
+    m = base_map(split)
+    shown = split.sample(max_points, random_state=seed) if len(split) > max_points else split
+    for p in prov.PROVINCES:
+        layer = folium.FeatureGroup(name=f"{p.name} ({int((split['province_id'] == p.id).sum())} photos)")
+        for lat, lon in shown.loc[shown["province_id"] == p.id, ["latitude", "longitude"]].to_numpy():
+            folium.CircleMarker(
+                (lat, lon), radius=2, color=PROVINCE_COLORS[p.id], fill=True, weight=1, fill_opacity=0.7
+            ).add_to(layer)
+        layer.add_to(m)
+    m.add_child(_province_legend())
+    return finish(m)
+
+
+def geocell_map(cells: pd.DataFrame, value: pd.Series | None = None, value_label: str = "") -> folium.Map:
+    """Cells as circles of their radius, coloured by province or by `value` (an error in km, indexed by cell_id)."""
+    m = base_map(cells.rename(columns={"center_lat": "latitude", "center_lon": "longitude"}))
+    layer = folium.FeatureGroup(name="geocells")
+    for row in cells.itertuples():
+        v = None if value is None else value.get(row.cell_id, np.nan)
+        color = PROVINCE_COLORS[row.province_id] if value is None or np.isnan(v) else error_color(v)
+        tip = f"cell {row.cell_id} ({safe_text(row.province)}), radius {row.radius_km:.0f} km"
+        if v is not None and not np.isnan(v):
+            tip += f", {value_label} {v:.1f}"
+        folium.Circle(
+            (row.center_lat, row.center_lon),
+            radius=1000 * row.radius_km,
+            color=color,
+            weight=1,
+            fill=True,
+            fill_opacity=0.35,
+            tooltip=tip,
+        ).add_to(layer)
+    layer.add_to(m)
+    m.add_child(_province_legend() if value is None else Legend(value_label, error_legend_entries()))
+    return finish(m)
+
+
+def province_error_stats(pred: pd.DataFrame) -> dict[str, dict]:
+    """Per province (canonical name): photos, median error and province accuracy of a predictions table."""
+    return {
+        prov.by_id(pid).name: {
+            "photos": len(part),
+            "median_error_km": round(float(part["error_km"].median()), 1),
+            "province_acc": round(100 * float((part["pred_province_id"] == pid).mean()), 1),
+        }
+        for pid, part in pred.groupby("province_id")
+    }
+
+
+def _choropleth(m: folium.Map, pred: pd.DataFrame, geojson: str | Path | None) -> None:
+    stats = province_error_stats(pred)
+    shapes = _read_shapes(geojson)
+    for feature in shapes["features"]:
+        props = feature["properties"]
+        s = stats.get(props["province"])
+        props.update(s or {"photos": 0, "median_error_km": "n/a", "province_acc": "n/a"})
+        props["fill"] = error_color(s["median_error_km"]) if s else "#cccccc"
+    folium.GeoJson(
+        shapes,
+        name="median error by province",
+        style_function=lambda f: {
+            "fillColor": f["properties"]["fill"],
+            "color": "#333",
+            "weight": 1,
+            "fillOpacity": 0.55,
+        },
+        tooltip=folium.GeoJsonTooltip(
+            fields=["province", "photos", "median_error_km", "province_acc"],
+            aliases=["province", "photos", "median error (km)", "province accuracy (%)"],
+        ),
+    ).add_to(m)
+
+
+def _worst_lines(pred: pd.DataFrame, worst_n: int) -> folium.FeatureGroup:
+    """The worst predictions: a black dot at the truth, a red dot at the prediction, a dashed line between."""
+    worst = folium.FeatureGroup(name=f"worst {worst_n}: truth (black) -> prediction (red)")
+    for row in pred.nlargest(worst_n, "error_km").itertuples():
+        text = (
+            f"<b>photo {safe_text(row.id)}</b><br>truth: {safe_text(row.province)} ({row.latitude:.3f}, "
+            f"{row.longitude:.3f})<br>prediction: {safe_text(row.pred_province)} ({row.pred_lat:.3f}, "
+            f"{row.pred_lon:.3f})"
+            f"<br>error: {row.error_km:.0f} km"
+        )
+        folium.PolyLine(
+            [(row.latitude, row.longitude), (row.pred_lat, row.pred_lon)],
+            color=PREDICTION_COLOR,
+            weight=2,
+            dash_array="6 4",
+            popup=folium.Popup(text, max_width=300),
+        ).add_to(worst)
+        for (lat, lon), color in (
+            ((row.latitude, row.longitude), TRUTH_COLOR),
+            ((row.pred_lat, row.pred_lon), PREDICTION_COLOR),
+        ):
+            folium.CircleMarker(
+                (lat, lon),
+                radius=4,
+                color=color,
+                fill=True,
+                fill_opacity=1,
+                popup=folium.Popup(text, max_width=300),
+            ).add_to(worst)
+    return worst
+
+
+def error_map(
+    pred: pd.DataFrame,
+    boundaries_geojson: str | Path | None = None,
+    worst_n: int = 30,
+    max_points: int = 5000,
+) -> folium.Map:
+    """The per-province median error as a choropleth of the real borders (or of `boundaries_geojson`), the
+    photos coloured by error, and the worst predictions from truth to prediction."""
+    m = base_map(
+        pd.concat(
+            [
+                pred[["latitude", "longitude"]],
+                pred[["pred_lat", "pred_lon"]].set_axis(["latitude", "longitude"], axis=1),
+            ]
+        )
+    )
+    _choropleth(m, pred, boundaries_geojson)
+    points = folium.FeatureGroup(name="photos by error")
+    shown = pred.sample(max_points, random_state=0) if len(pred) > max_points else pred
+    for row in shown.itertuples():
+        folium.CircleMarker(
+            (row.latitude, row.longitude),
+            radius=3,
+            color=error_color(row.error_km),
+            fill=True,
+            fill_opacity=0.8,
+            weight=0,
+            tooltip=f"{safe_text(row.id)}: {row.error_km:.1f} km ({safe_text(row.province)} -> "
+            f"{safe_text(row.pred_province)})",
+        ).add_to(points)
+    points.add_to(m)
+    _worst_lines(pred, worst_n).add_to(m)
+    m.add_child(Legend("error", error_legend_entries()))
+    m.add_child(
+        Legend(
+            "worst predictions", [("truth", TRUTH_COLOR), ("prediction", PREDICTION_COLOR)], shape="circle"
+        )
+    )
+    return finish(m)
+
+
+def places_map(truth: tuple[float, float], hypotheses: list[dict]) -> folium.Map:
+    """A small map of one photo: the truth and its top hypotheses (province, cell, probability, coordinate)."""
+    points = pd.DataFrame(
+        [{"latitude": truth[0], "longitude": truth[1]}]
+        + [{"latitude": h["lat"], "longitude": h["lon"]} for h in hypotheses]
+    )
+    m = base_map(points)
+    folium.CircleMarker(
+        truth, radius=6, color=TRUTH_COLOR, fill=True, fill_opacity=1, tooltip="truth"
+    ).add_to(m)
+    for rank, h in enumerate(hypotheses, 1):
+        folium.CircleMarker(
+            (h["lat"], h["lon"]),
+            radius=3 + 8 * h["prob"],
+            color=PREDICTION_COLOR,
+            fill=True,
+            fill_opacity=0.8 if rank == 1 else 0.3,
+            tooltip=f"#{rank}: {safe_text(h['province'])}, cell {h['cell_id']}, p = {h['prob']:.2f}",
+        ).add_to(m)
+    m.add_child(
+        Legend(
+            "", [("truth", TRUTH_COLOR), ("hypotheses (size: probability)", PREDICTION_COLOR)], shape="circle"
+        )
+    )
+    return finish(m)

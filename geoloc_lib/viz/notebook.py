@@ -1,0 +1,67 @@
+"""Small helpers the notebooks share: project-root working directory, latest run, figure saving, thumbnails."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+from PIL import Image
+
+from geoloc_lib.base.atomic_files import atomic_write_bytes
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The nearest folder at or above `start` (default: cwd) that holds pyproject.toml."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "geoloc_lib").is_dir():
+            return folder
+    return here
+
+
+def setup() -> Path:
+    """Run from the project root, whether the notebook was opened from notebooks/ or run by papermill."""
+    root = project_root()
+    os.chdir(root)
+    matplotlib.rcParams["figure.dpi"] = 90
+    return root
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Save a figure atomically, in the format its suffix names."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def thumbnail_html(image_path: str, size: int = 96) -> str:
+    with Image.open(image_path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((size, size))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=80)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<img src="data:image/jpeg;base64,{data}" width="{size}"/>'
+
+
+def worst_predictions_html(pred: pd.DataFrame, split: pd.DataFrame, n: int = 10) -> str:
+    """An HTML table of the `n` worst predictions with thumbnails."""
+    worst = pred.nlargest(n, "error_km").merge(split[["id", "image_path"]], on="id", how="left")
+    rows = "".join(
+        f"<tr><td>{thumbnail_html(r.image_path)}</td><td>{html.escape(str(r.id))}</td><td>{r.province}</td>"
+        f"<td>{r.pred_province}</td><td>{r.error_km:.0f}</td><td>({r.latitude:.2f}, {r.longitude:.2f})</td>"
+        f"<td>({r.pred_lat:.2f}, {r.pred_lon:.2f})</td></tr>"
+        for r in worst.itertuples()
+    )
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("photo", "id", "true province", "predicted", "error km", "truth", "prediction")
+    )
+    return f"<table><tr>{head}</tr>{rows}</table>"

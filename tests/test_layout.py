@@ -1,0 +1,102 @@
+"""The package's layout: stages that import only downwards, and modules, functions and classes of a size one
+can read."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "geoloc_lib"
+STAGES = ["base", "geo", "data", "model", "evaluate", "train", "inference", "viz"]  # bottom to top
+TOP = len(STAGES)  # the command lines (geoloc_lib/*.py) may import every stage
+
+
+def _level(module: str) -> int:
+    parts = module.split(".")
+    return STAGES.index(parts[1]) if len(parts) >= 2 and parts[1] in STAGES else TOP
+
+
+def _runtime_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, module) of every geoloc_lib import that runs (those under `if TYPE_CHECKING:` do not)."""
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped.update(id(child) for child in ast.walk(node))
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = (
+                [node.module]
+                if node.module != "geoloc_lib"
+                else [f"geoloc_lib.{a.name}.x" for a in node.names]
+            )
+            found += [(node.lineno, n) for n in names if n.startswith("geoloc_lib")]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("geoloc_lib")]
+    return found
+
+
+def upward_imports(root: Path = PACKAGE) -> list[str]:
+    problems = []
+    for path in sorted(root.rglob("*.py")):
+        module = "geoloc_lib." + ".".join(path.relative_to(root).with_suffix("").parts)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                problems.append(f"{module}:{node.lineno} uses a relative import")
+        for line, imported in _runtime_imports(tree):
+            if _level(imported) > _level(module):
+                problems.append(f"{module}:{line} imports {imported}, a later stage")
+    return problems
+
+
+def test_stages_import_only_downwards():
+    assert upward_imports() == []
+
+
+def test_the_direction_test_finds_a_planted_upward_import(tmp_path):
+    planted = tmp_path / "geoloc_lib"
+    (planted / "data").mkdir(parents=True)
+    (planted / "train").mkdir()
+    (planted / "data" / "feature_cache.py").write_text("from geoloc_lib.train.config import TrainConfig\n")
+    (planted / "data" / "typed.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from geoloc_lib.model.encoders import X\n"
+    )
+    (planted / "train" / "loop.py").write_text("from geoloc_lib.data.feature_cache import CacheSpec\n")
+    assert upward_imports(planted) == [
+        "geoloc_lib.data.feature_cache:1 imports geoloc_lib.train.config, a later stage"
+    ]
+
+
+def test_every_module_sits_in_a_stage_that_says_what_it_owns():
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).parts
+        assert len(parts) == 1 or parts[0] in STAGES, path  # no folder outside the stages
+    for stage in STAGES:
+        doc = ast.get_docstring(ast.parse((PACKAGE / stage / "__init__.py").read_text()))
+        assert doc and "Owns" in doc and "mport" in doc, stage  # what it owns, what it may import
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_CLASS_LINES = 400, 50, 150
+
+
+def _sizes():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        name = str(path.relative_to(PACKAGE.parent))
+        yield name, "module", len(text.splitlines()), MAX_MODULE_LINES
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                yield f"{name}:{node.name}", "function", node.end_lineno - node.lineno + 1, MAX_FUNCTION_LINES
+            elif isinstance(node, ast.ClassDef):
+                yield f"{name}:{node.name}", "class", node.end_lineno - node.lineno + 1, MAX_CLASS_LINES
+
+
+@pytest.mark.parametrize("kind", ["module", "function", "class"])
+def test_nothing_is_too_long_to_read(kind):
+    too_long = [
+        f"{name} ({lines} lines)" for name, k, lines, limit in _sizes() if k == kind and lines > limit
+    ]
+    assert too_long == []

@@ -1,0 +1,108 @@
+"""Accuracy benchmark: the demo configuration over several seeds, against the baseline ladder.
+
+    python -m tools.bench_accuracy                 # seeds 0, 1, 2 on data/demo (make bench-accuracy)
+    python -m tools.bench_accuracy --seeds 0,1,2,3,4
+    python -m tools.bench_accuracy --set augment=strong --set beta=0.999 --splits val   # an ablation
+
+For each seed it trains Phase 0 and Phase 1 exactly as `make demo` does (the demo's epochs and batches,
+every other setting at its default), then evaluates the best checkpoint on the validation split and,
+once, on the test split. It prints the model's mean and range over the seeds next to the baseline
+ladder, computed on the same rows and features, and writes the table to runs/bench_accuracy/. `--set`
+changes any TrainConfig field in both phases (the ablations of docs/accuracy.md are such runs; each
+setting gets its own folder). Not a test: it takes several minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from geoloc_lib.data.demo_data import DEMO_PRESETS, generate_demo_dataset
+from geoloc_lib.evaluate.metrics import SUMMARY_METRICS, prediction_metrics
+from geoloc_lib.inference.run_evaluation import evaluate_run
+from geoloc_lib.train.config import TrainConfig, parse_settings
+from geoloc_lib.train.loop import fit
+from geoloc_lib.train.run_folder import RunFolder
+from tools.demo import DEMO_PHASE0, DEMO_PHASE1
+
+SHOWN = ["median_error_km", "p90_error_km", "acc_25km", "geoscore", "province_acc"]
+
+
+def train_seed(data_dir: str, runs_dir: Path, seed: int, overrides: dict) -> RunFolder:
+    """Phase 0, then Phase 1 from its best checkpoint, with the demo's settings; resumes finished runs."""
+    common = {"data_dir": data_dir, "runs_dir": str(runs_dir), "seed": seed, "resume": True} | overrides
+    phase0 = fit(TrainConfig(run_name=f"seed{seed}_phase0", phase=0, **common, **DEMO_PHASE0), progress=False)
+    best0 = RunFolder(phase0.run_dir).best_checkpoint(phase=0)
+    phase1 = fit(
+        TrainConfig(run_name=f"seed{seed}", phase0_checkpoint=str(best0), **common, **DEMO_PHASE1),
+        progress=False,
+    )
+    return RunFolder(phase1.run_dir)
+
+
+def mean_and_range(values: pd.Series) -> str:
+    return f"{values.mean():.1f} [{values.min():.1f}-{values.max():.1f}]"
+
+
+def ladder_report(model_rows: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
+    """The model's mean [min-max] over seeds above the baselines (one value each), as text."""
+    model = {c: mean_and_range(model_rows[c]) for c in SHOWN}
+    table = {"model (mean [min-max] over seeds)": model}
+    table |= {name: {c: f"{row[c]:.1f}" for c in SHOWN} for name, row in baselines.iterrows()}
+    return pd.DataFrame(table).T
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    parser.add_argument("--data-dir", default="data/demo", help="generated (default preset) when missing")
+    parser.add_argument("--runs-dir", default="runs/bench_accuracy")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="change a setting")
+    parser.add_argument(
+        "--splits", default="val,test", help="val, test or both (the test split is the report)"
+    )
+    args = parser.parse_args(argv)
+    overrides = parse_settings(args.set)
+    splits = args.splits.split(",")
+    if not (Path(args.data_dir) / "train.csv").exists():
+        generate_demo_dataset(args.data_dir, DEMO_PRESETS["default"])
+    runs_dir = Path(args.runs_dir) / ("_".join(f"{k}={v}" for k, v in overrides.items()) or "defaults")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows, baselines = [], {}
+    for seed in seeds:
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):  # the per-epoch logs stay in each run's log.txt
+            folder = train_seed(args.data_dir, runs_dir, seed, overrides)
+            for split in splits:
+                evaluation = evaluate_run(
+                    folder.root,
+                    split,
+                    out_dir=folder.evaluation / split,
+                    baselines=split not in baselines,
+                    progress=False,
+                )
+                baselines.setdefault(split, evaluation.tables.get("baselines"))
+                rows.append({"seed": seed, "split": split, **prediction_metrics(evaluation.predictions)})
+        print(f"seed {seed}: {time.perf_counter() - started:.0f}s ({folder.root})", flush=True)
+    results = pd.DataFrame(rows)
+    results.to_csv(runs_dir / "seeds.csv", index=False)
+    for split in splits:
+        part = results[results["split"] == split]
+        report = ladder_report(part, baselines[split][SUMMARY_METRICS])
+        report.to_csv(runs_dir / f"ladder_{split}.csv")
+        median = part["median_error_km"]
+        spread = (median.max() - median.min()) / median.mean()
+        setting = overrides or "default settings"
+        print(f"\n{split} split, seeds {seeds}, {setting}; median range / mean = {100 * spread:.0f} %")
+        print(report.to_string())
+
+
+if __name__ == "__main__":
+    main()

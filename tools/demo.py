@@ -1,0 +1,99 @@
+"""`make demo`: from nothing to a trained model and error maps on the embedded demo data.
+
+1. generate data/demo (if missing)  2. audit it (00)  3. sampler check (01)  4. Phase 0 (02b)
+5. model build (02)  6. Phase 1 (03)  7. evaluation on the test split and error maps (04)
+
+Every notebook is executed by papermill into runs/<run_name>/, next to the run's outputs, and saved
+beside it as a self-contained HTML page that reads offline (notebook_export.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import papermill as pm
+
+from geoloc_lib.base.progress import TEXT_PROGRESS_ENV
+from geoloc_lib.data.demo_data import DEMO_PRESETS, generate_demo_dataset
+from geoloc_lib.inference.run_evaluation import read_evaluation
+from geoloc_lib.train.run_folder import RunFolder
+from geoloc_lib.viz.notebook import project_root
+from geoloc_lib.viz.notebook_export import export_html
+
+KERNEL = "geoloc"
+# The demo's training length; every other setting is the TrainConfig default (bench_accuracy uses these too).
+DEMO_PHASE0 = {"epochs": 3, "batches_per_epoch": 150}
+DEMO_PHASE1 = {"epochs": 6, "batches_per_epoch": 300}
+
+
+def run_notebook(name: str, out_dir: Path, **parameters) -> Path:
+    os.environ[TEXT_PROGRESS_ENV] = "1"  # the kernel inherits it: saved outputs end on each bar's final state
+    out = out_dir / f"{name}.ipynb"
+    print(f"--- {name} -> {out}", flush=True)
+    pm.execute_notebook(
+        f"notebooks/{name}.ipynb",
+        str(out),
+        parameters=parameters,
+        kernel_name=KERNEL,
+        progress_bar=False,
+        log_output=True,
+        cwd=".",
+    )
+    export_html(out)
+    return out
+
+
+def run_demo(run_name: str = "demo", data_dir: str = "data/demo", size: str = "default") -> Path:
+    os.chdir(project_root(Path(__file__).parent))
+    started = time.perf_counter()
+    if not (Path(data_dir) / "train.csv").exists():
+        generate_demo_dataset(data_dir, DEMO_PRESETS[size])
+    out_dir = Path("runs") / run_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_notebook(
+        "00_data_audit", out_dir, data_dir=data_dir, output_dir=str(out_dir / "audit"), generate_demo=""
+    )
+    run_notebook("01_sampler_check", out_dir, data_dir=data_dir)
+    phase0 = RunFolder(Path("runs") / f"{run_name}_phase0")
+    run_notebook(
+        "02b_train_phase0", out_dir, data_dir=data_dir, run_name=phase0.root.name, resume=True, **DEMO_PHASE0
+    )
+    run_notebook(
+        "02_model_build", out_dir, data_dir=data_dir, phase0_checkpoint=str(phase0.best_checkpoint(0))
+    )
+    run_notebook(
+        "03_train_phase1",
+        out_dir,
+        data_dir=data_dir,
+        run_name=run_name,
+        resume=True,
+        phase0_checkpoint=str(phase0.best_checkpoint(0)),
+        **DEMO_PHASE1,
+    )
+    run_notebook("04_error_maps", out_dir, run_dir=str(out_dir))
+    ladder = read_evaluation(RunFolder(out_dir).evaluation, "ladder")
+    print("\nTest split, the model against the baseline ladder (same photos, same frozen features):")
+    print(ladder[["median_error_km", "p90_error_km", "acc_25km", "geoscore"]].round(1).to_string())
+    print(
+        f"\ndemo finished in {time.perf_counter() - started:.0f}s: see {out_dir}/ (notebooks, each also as an "
+        "offline .html page, maps/, figures/)"
+    )
+    return out_dir
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run-name", default="demo")
+    parser.add_argument("--data-dir", default="data/demo")
+    parser.add_argument("--size", choices=sorted(DEMO_PRESETS), default="default")
+    args = parser.parse_args(argv)
+    run_demo(args.run_name, args.data_dir, args.size)
+
+
+if __name__ == "__main__":
+    main()
