@@ -1,6 +1,6 @@
 """A run folder cannot be destroyed, mixed up or stranded, and bad photos are caught before any work.
 
-One test per failure found by a hostile test pass (numbered as in that report)."""
+Each test names the failure it guards against."""
 
 import json
 import os
@@ -42,7 +42,7 @@ def finished_run(tiny_config):
     return cfg
 
 
-def test_1_overwrite_with_bad_data_leaves_the_old_run_alone(finished_run, tiny_copy):
+def test_overwrite_with_bad_data_leaves_the_old_run_alone(finished_run, tiny_copy):
     before = _snapshot(finished_run.run_dir)
     _edit_csv(tiny_copy / "train.csv", lambda d: d.assign(latitude=d["latitude"].where(d.index != 3, 99.0)))
     with pytest.raises(DataContractError, match="outside Pakistan"):
@@ -51,7 +51,7 @@ def test_1_overwrite_with_bad_data_leaves_the_old_run_alone(finished_run, tiny_c
 
 
 @pytest.mark.parametrize("name", ["/tmp/elsewhere", "sub/..", "../outside", ".", "a/../../b"])
-def test_2_run_names_stay_inside_runs_dir(tiny_config, tmp_path, name):
+def test_run_names_stay_inside_runs_dir(tiny_config, tmp_path, name):
     (tmp_path / "runs" / "other").mkdir(parents=True)
     (tmp_path / "runs" / "other" / "keep.txt").write_text("another run")
     with pytest.raises(ValueError, match="inside runs_dir|must name a folder"):
@@ -59,7 +59,7 @@ def test_2_run_names_stay_inside_runs_dir(tiny_config, tmp_path, name):
     assert (tmp_path / "runs" / "other" / "keep.txt").read_text() == "another run"
 
 
-def test_2_a_symbolic_link_out_of_runs_dir_is_refused(tiny_config, tmp_path):
+def test_a_symbolic_link_out_of_runs_dir_is_refused(tiny_config, tmp_path):
     outside = tmp_path / "precious"
     outside.mkdir()
     (outside / "data.txt").write_text("keep me")
@@ -70,7 +70,7 @@ def test_2_a_symbolic_link_out_of_runs_dir_is_refused(tiny_config, tmp_path):
     assert (outside / "data.txt").read_text() == "keep me"
 
 
-def test_3_phase1_resume_into_a_phase0_folder_keeps_phase0(tiny_config):
+def test_phase1_resume_into_a_phase0_folder_keeps_phase0(tiny_config):
     phase0 = tiny_config(phase=0, run_name="p0", batches_per_epoch=4)
     fit(phase0, progress=False)
     before = _snapshot(phase0.run_dir)
@@ -106,7 +106,7 @@ def _wait_until_locked(cfg, seconds=120):
         time.sleep(0.05)
 
 
-def test_4_two_trainers_into_one_folder_exactly_one_runs(tiny_config):
+def test_two_trainers_into_one_folder_exactly_one_runs(tiny_config):
     cfg = tiny_config(epochs=3, batches_per_epoch=400)
     first = _start(cfg)
     _wait_until_locked(cfg)
@@ -120,7 +120,7 @@ def test_4_two_trainers_into_one_folder_exactly_one_runs(tiny_config):
     fit(replace(cfg, epochs=4, resume=True), progress=False)  # released at exit: a later run may continue
 
 
-def test_5_resume_refuses_changed_geocells_and_data(tiny_config, tiny_copy):
+def test_resume_refuses_changed_geocells_and_data(tiny_config, tiny_copy):
     cfg = tiny_config(data_dir=str(tiny_copy), epochs=1, batches_per_epoch=4)
     fit(cfg, progress=False)
     cells = pd.read_csv(tiny_copy / "cell_metadata.csv")
@@ -134,7 +134,7 @@ def test_5_resume_refuses_changed_geocells_and_data(tiny_config, tiny_copy):
         fit(replace(cfg, epochs=2, resume=True), progress=False)
 
 
-def test_6_a_fractional_cell_id_is_refused(tiny_copy):
+def test_a_fractional_cell_id_is_refused(tiny_copy):
     _edit_csv(
         tiny_copy / "train.csv",
         lambda d: d.assign(cell_id=d["cell_id"].astype(float).where(d.index != 5, 2.7)),
@@ -143,7 +143,7 @@ def test_6_a_fractional_cell_id_is_refused(tiny_copy):
         load_dataset(tiny_copy)
 
 
-def test_7_moved_and_copied_runs_resume_and_predict_anywhere(tiny_config, tiny_copy, tmp_path, monkeypatch):
+def test_moved_and_copied_runs_resume_and_predict_anywhere(tiny_config, tiny_copy, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # tiny_copy is tmp_path/data
     cfg = tiny_config(data_dir="data", runs_dir="runs/", run_name="a", epochs=1, batches_per_epoch=4)
     fit(cfg, progress=False)
@@ -162,7 +162,7 @@ def test_7_moved_and_copied_runs_resume_and_predict_anywhere(tiny_config, tiny_c
     assert len(tables["predictions"]) > 0
 
 
-def test_8_a_decompression_bomb_is_a_contract_error(tiny_copy):
+def test_a_decompression_bomb_is_a_contract_error(tiny_copy):
     Image.new("1", (14_000, 14_000)).save(tiny_copy / "images" / "bomb.png")
     _edit_csv(
         tiny_copy / "test.csv", lambda d: d.assign(image=d["image"].where(d.index != 2, "images/bomb.png"))
@@ -172,7 +172,7 @@ def test_8_a_decompression_bomb_is_a_contract_error(tiny_copy):
     assert "bomb.png" in str(err.value) and "Fix:" in str(err.value)
 
 
-def test_9_undecodable_photos_stop_the_run_before_anything_is_written(tiny_config, tiny_copy):
+def test_undecodable_photos_stop_the_run_before_anything_is_written(tiny_config, tiny_copy):
     (tiny_copy / "images" / "pk000003.jpg").write_bytes(b"")  # a 0-byte file
     (tiny_copy / "images" / "pk000004.jpg").write_bytes(b"not a jpeg at all")
     cfg = tiny_config(data_dir=str(tiny_copy))
@@ -182,7 +182,7 @@ def test_9_undecodable_photos_stop_the_run_before_anything_is_written(tiny_confi
     assert not cfg.run_dir.exists()  # no folder, no empty log.txt
 
 
-def test_10_resume_and_overwrite_together_are_refused(tiny_config):
+def test_resume_and_overwrite_together_are_refused(tiny_config):
     with pytest.raises(ValueError, match="resume and overwrite exclude each other"):
         tiny_config(resume=True, overwrite=True)
 
@@ -204,7 +204,7 @@ fit(TrainConfig.from_dict(json.loads({config!r})), progress=False)
 """
 
 
-def test_11_a_kill_after_the_epoch_checkpoint_retrains_no_epoch(tiny_config, tmp_path):
+def test_a_kill_after_the_epoch_checkpoint_retrains_no_epoch(tiny_config, tmp_path):
     reference = tiny_config(runs_dir=tmp_path / "ref", epochs=4, batches_per_epoch=20)
     fit(reference, progress=False)
     cfg = tiny_config(runs_dir=tmp_path / "killed", epochs=4, batches_per_epoch=20, resume=True)
@@ -229,7 +229,7 @@ def test_11_a_kill_after_the_epoch_checkpoint_retrains_no_epoch(tiny_config, tmp
             torch.testing.assert_close(got["model_state"][key], value, atol=1e-5, rtol=1e-4)
 
 
-def test_12_image_paths_cannot_climb_out_of_the_data_folder(tiny_copy):
+def test_image_paths_cannot_climb_out_of_the_data_folder(tiny_copy):
     _edit_csv(
         tiny_copy / "train.csv",
         lambda d: d.assign(image=d["image"].where(d.index != 0, "../../../../etc/passwd")),

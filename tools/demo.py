@@ -4,7 +4,7 @@
 5. model build (02)  6. Phase 1 (03)  7. evaluation on the test split and error maps (04)
 
 Every notebook is executed by papermill into runs/<run_name>/, next to the run's outputs, and saved
-beside it as a self-contained HTML page that reads offline (notebook_export.py).
+beside it as a self-contained HTML page that reads offline (viz/notebook_export.py).
 """
 
 from __future__ import annotations

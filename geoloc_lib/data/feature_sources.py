@@ -6,7 +6,7 @@ evaluation have no branch on the path, and they use the rows each batch reports 
 the order in which it was asked for.
 
 - `CachedFeatures` (frozen encoders): K augmented views of every training photo and the clean view
-  of every evaluation photo are encoded once (see `features.py`); a training step picks one random
+  of every evaluation photo are encoded once (see `data/feature_cache.py`); a training step picks one random
   view per photo.
 - `EncodedImages`: every batch is decoded, augmented and encoded when it is needed. This is the only
   path when an encoder is trained, and the reference the cached path is checked against.

@@ -8,7 +8,7 @@ before any repeats, and small provinces cycle (they are drawn "with replacement"
 never twice in a row by accident). The order of epoch `e` depends only on (seed, e), so a resumed run
 sees the same batches as an uninterrupted one, and consecutive epochs differ.
 
-A province with no training photos (allowed only with `allow_missing_provinces`, see contract.py)
+A province with no training photos (allowed only with `allow_missing_provinces`, see data/contract.py)
 gives its share to the other provinces in proportion, with a warning.
 """
 

@@ -5,7 +5,7 @@ Error columns:
 - oracle-cell (`oracle_*`): the true cell's centre + the predicted offset. It measures the offset
   head alone and is not a geolocation result.
 - per decoding mode (`hierarchical_*`, `joint_*`, `mixture_*`): the same photos decoded each way
-  (see decoding.py); the unprefixed columns are the run's chosen mode.
+  (see model/decoding.py); the unprefixed columns are the run's chosen mode.
 """
 
 from __future__ import annotations

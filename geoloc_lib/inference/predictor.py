@@ -1,7 +1,7 @@
 """Predict photos with a trained run (`Predictor`); `run_evaluation.py` scores a run on a labelled split.
 
 The hypotheses (top provinces x top cells) become one coordinate by the run's decoding mode
-(hierarchical, joint or mixture; see decoding.py). The command line is in predict.py.
+(hierarchical, joint or mixture; see model/decoding.py). The command line is in predict.py.
 """
 
 from __future__ import annotations

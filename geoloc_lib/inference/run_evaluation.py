@@ -66,7 +66,7 @@ def evaluate_run(
     `split`: "test" (the data folder's test.csv, the final report), "val" (the validation split the run
     made its choices on), or the path of another labelled CSV. Writes predictions.csv, summary.csv (every
     decoding mode), per_province.csv and confusion.csv; with `baselines`, also baselines.csv (the
-    baseline ladder on the same rows and features, see baselines.py) and ladder.csv (the model above it).
+    baseline ladder on the same rows and features, see evaluate/baselines.py) and ladder.csv (the model above it).
     """
     folder = RunFolder(run_dir)
     cfg = folder.read_config(data_dir)

@@ -1,6 +1,6 @@
 """The names of the decoding modes, in a module without torch so that command lines can offer them at once."""
 
-DECODE_MODES = ("hierarchical", "joint", "mixture")  # see decoding.py
+DECODE_MODES = ("hierarchical", "joint", "mixture")  # see model/decoding.py
 MODE_HELP = (
     "how the top provinces x top cells hypotheses become one place: 'joint' takes the most probable "
     "hypothesis (p(province) x p(cell | province)); 'hierarchical' the most probable province, then its most "

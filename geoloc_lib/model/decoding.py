@@ -10,7 +10,7 @@ probability at all. Three ways of choosing the prediction (`DecodeConfig.mode`):
 - `mixture`: the probability-weighted mean of all hypotheses' coordinates (its cell is the joint one's).
 
 The reported province is always the province of the predicted cell. With a retrieval index
-(retrieval.py) the hierarchical and joint coordinates move to the most similar training photos inside
+(model/retrieval.py) the hierarchical and joint coordinates move to the most similar training photos inside
 the chosen cell and its neighbours.
 
 Prior correction (logit adjustment, Menon et al., ICLR 2021): the balanced sampler and the province

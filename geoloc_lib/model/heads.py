@@ -3,7 +3,7 @@
 `GeoHeads` holds every trainable layer and runs on encoder features, so the same heads serve training
 on cached features and training with images through the encoders. All seven geocell heads run as one
 packed matrix product and one batched product. Building a model (and loading one from a checkpoint)
-lives in `factory.py`; turning outputs into predictions lives in `decoding.py`.
+lives in `model/factory.py`; turning outputs into predictions lives in `model/decoding.py`.
 """
 
 from __future__ import annotations

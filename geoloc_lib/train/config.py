@@ -2,7 +2,7 @@
 
 A run folder's `config.json` holds exactly `asdict(TrainConfig)`, so `TrainConfig.from_dict` reads it back.
 Facts derived while the run starts (device, encoder fingerprint, cell signature, versions) are written
-to `run_info.json` instead (see `runfolder.py`).
+to `run_info.json` instead (see `train/run_folder.py`).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA, then MPS, then CPU
     seed: int = 0
     allow_missing_provinces: bool = False
-    # decoding (see decoding.py)
+    # decoding (see model/decoding.py)
     decode_mode: str = "joint"  # hierarchical, joint or mixture
     prior_correction: float = 1.0  # logit adjustment of the province head: 1 undoes the training prior, 0 off
     top_provinces: int = 2
@@ -236,7 +236,7 @@ def _type_problems(cfg: TrainConfig) -> list[str]:
 
 
 # Fields that may differ between a run and its resumption; anything else must match. Locations may change
-# (a moved run, data or cache folder): the data itself is compared by its signature (runstate.py).
+# (a moved run, data or cache folder): the data itself is compared by its signature (train/run_state.py).
 RESUMABLE_CHANGES = frozenset(
     {
         "epochs",

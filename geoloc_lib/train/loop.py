@@ -2,7 +2,7 @@
 
 Its parts, in the order they run: `training_setup.build_training` (data, model, loss, sampler,
 optimiser, feature source and stepper, resumed state), then per epoch `train_one_epoch`, `validate`, and writing the
-epoch's rows, predictions and checkpoints (`runfolder.py`).
+epoch's rows, predictions and checkpoints (`train/run_folder.py`).
 
 Reproducibility: the batch order, the view choice and dropout of epoch e are seeded from (seed, e)
 at the start of the epoch, so a run resumed after a kill continues exactly as the uninterrupted run.

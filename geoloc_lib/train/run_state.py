@@ -9,7 +9,7 @@ What a run folder guarantees:
   and the ways forward.
 - The folder lies strictly inside `runs_dir`; an overwrite deletes that folder's contents only, and a resume
   after a kill removes only this phase's unfinished checkpoints.
-- One training at a time: an exclusive OS lock (runlock.py) is held from the start to the end of a run.
+- One training at a time: an exclusive OS lock (base/folder_lock.py) is held from the start to the end of a run.
 - An epoch is committed once, by its epoch checkpoint, which holds everything else the epoch writes (its
   losses.csv rows and validation predictions). A run killed at any moment resumes after its last committed
   epoch, rewrites whatever of that epoch's files the kill cut short, and retrains nothing that was finished.

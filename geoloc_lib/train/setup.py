@@ -1,6 +1,6 @@
 """Setting up a training run: `build_training(cfg)` checks the config and the data, builds the model,
 loss, sampler, optimiser, decoder, feature source and stepper, claims the run folder, and loads the
-state a resumed run continues from. `fit.py` runs the epochs on what it returns.
+state a resumed run continues from. `train/loop.py` runs the epochs on what it returns.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
 
     Nothing in the run folder is written until every check that can refuse the start has passed: the
     config, the data, the model, loss, sampler and optimiser, the resume point or Phase 0's weights, and
-    the features (runstate.py). Only then `runstate.begin` clears, repairs or starts the folder.
+    the features (train/run_state.py). Only then `runstate.begin` clears, repairs or starts the folder.
     """
     world = distributed.from_env(cfg.device)
     _check_world(cfg, world)
