@@ -18,7 +18,7 @@ from geoloc_lib.data.feature_cache import augmented_features, clean_features
 from geoloc_lib.data.transforms import AUGMENT_PRESETS
 from geoloc_lib.model.encoders import DualEncoder
 from geoloc_lib.train.config import TrainConfig, config_from_command_line
-from geoloc_lib.train.setup import cache_spec_of, encoder_config_of
+from geoloc_lib.train.from_config import cache_spec_of, encoder_config_of, load_run_data
 
 
 def extract(cfg: TrainConfig) -> None:
@@ -29,7 +29,7 @@ def extract(cfg: TrainConfig) -> None:
         if world.is_main:
             print(message, flush=True)
 
-    data = cfg.load_data(cfg.image_check if world.is_main else "exists")
+    data = load_run_data(cfg, cfg.image_check if world.is_main else "exists")
     encoders = DualEncoder(encoder_config_of(cfg)).to(device)
     fingerprint = encoders.fingerprint()
     spec = cache_spec_of(cfg)

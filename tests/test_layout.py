@@ -100,3 +100,8 @@ def test_nothing_is_too_long_to_read(kind):
         f"{name} ({lines} lines)" for name, k, lines, limit in _sizes() if k == kind and lines > limit
     ]
     assert too_long == []
+
+
+def test_the_config_imports_nothing_from_the_library():
+    tree = ast.parse((PACKAGE / "train" / "config.py").read_text(encoding="utf-8"))
+    assert _runtime_imports(tree) == []

@@ -63,6 +63,8 @@ LATE_FAILURES = {
     "top_cells above the cells": lambda tmp: {"top_cells": 10_000},
     "batch too small for the provinces": lambda tmp: {"batch_size": 6},
     "a device this machine lacks": lambda tmp: {"device": "cuda:7"},
+    "an augmentation no stage knows": lambda tmp: {"augment": "bogus"},
+    "more provinces searched than exist": lambda tmp: {"top_provinces": 8},
 }
 
 
@@ -96,7 +98,6 @@ def test_a_refused_start_creates_no_folder(tiny_config, tmp_path):
         {"val_block_km": float("inf")},
         {"small_geocell_hidden": 0},
         {"batch_size": True},
-        {"top_provinces": 8},
     ],
     ids=lambda s: next(iter(s)),
 )

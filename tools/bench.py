@@ -37,8 +37,9 @@ from geoloc_lib.data.transforms import AugmentConfig
 from geoloc_lib.geo.geocell_builder import assign_cells, build_geocells
 from geoloc_lib.model.encoders import DualEncoder
 from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.from_config import cache_spec_of, encoder_config_of
 from geoloc_lib.train.loop import seed_epoch, train_one_epoch
-from geoloc_lib.train.setup import Training, build_training, cache_spec_of, encoder_config_of
+from geoloc_lib.train.setup import Training, build_training
 
 DEFAULT_ENCODERS = "tiny-random,vit-b-32-resnet18-random"
 EPOCH_STEPS = 1300  # the specification's batches per epoch

@@ -40,8 +40,8 @@ from geoloc_lib.geo.geocell_builder import GeocellConfig, assign_cells, build_ge
 from geoloc_lib.inference.run_evaluation import evaluate_run
 from geoloc_lib.model.encoders import DualEncoder
 from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.from_config import cache_spec_of, encoder_config_of, load_run_data
 from geoloc_lib.train.loop import fit
-from geoloc_lib.train.setup import cache_spec_of, encoder_config_of
 
 GEOPAK_PHOTOS = sum(REAL_PROVINCE_COUNTS)  # 90,515
 GEOPAK_CELLS = 699
@@ -116,7 +116,7 @@ def run_size(size: int, work: Path, stages: list[Stage]) -> None:
         data_dir=str(data_dir), runs_dir=str(runs_dir), run_name=f"scale{size}", cache_dir=str(work / f"cache{size}"),
         epochs=1, batches_per_epoch=EPOCH_BATCHES, image_check="exists", overwrite=True,
     )  # fmt: skip
-    carved = cfg.load_data()
+    carved = load_run_data(cfg)
     encoders = DualEncoder(encoder_config_of(cfg))
     with timer.stage("extraction (clean, all photos)", work / f"cache{size}"):
         for split in (carved.train, carved.val, carved.test):

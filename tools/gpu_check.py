@@ -39,8 +39,8 @@ from geoloc_lib.data.feature_cache import augmented_features, clean_features
 from geoloc_lib.data.transforms import AUGMENT_PRESETS
 from geoloc_lib.model.encoders import DualEncoder, resolve_encoder_config
 from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.from_config import cache_spec_of, load_run_data
 from geoloc_lib.train.loop import fit
-from geoloc_lib.train.setup import cache_spec_of
 from tools.bench import StepTiming, time_encoder
 
 FULL = {"photos": 90_515, "epochs": 30, "batches": 1300, "extract_photos": 4000, "steps": 1300}
@@ -89,7 +89,7 @@ def extraction_bench(work: Path, sizes: dict, device: torch.device, encoder: str
         cache_views=4, augment="strong", eval_batch_size=256, num_workers=WORKERS,
     )  # fmt: skip
     encoders = DualEncoder(resolve_encoder_config(cfg.encoder)).to(device)
-    train = cfg.load_data("exists").train
+    train = load_run_data(cfg, "exists").train
     fingerprint = encoders.fingerprint()
     synchronize(device)
     start = time.perf_counter()

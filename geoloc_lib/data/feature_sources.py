@@ -99,6 +99,7 @@ class EncodedImages:
         encoders: DualEncoder,
         device: torch.device,
         eval_split: pd.DataFrame,
+        *,
         eval_batch_size: int,
         num_workers: int,
         train_split: pd.DataFrame | None = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,6 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from geoloc_lib.base.atomic_files import load_checkpoint
 from geoloc_lib.base.devices import select_device
 from geoloc_lib.base.progress import progress_bar
 from geoloc_lib.data.contract import load_cell_metadata
@@ -28,12 +28,48 @@ from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.cell_table import CellTable
 from geoloc_lib.model.decode_modes import DECODE_MODES
 from geoloc_lib.model.decoding import Decoder
-from geoloc_lib.model.factory import model_from_checkpoint
-from geoloc_lib.model.heads import GeolocModel
+from geoloc_lib.model.encoders import EncoderConfig, verify_fingerprint
+from geoloc_lib.model.factory import CheckpointMismatchError, build_model
+from geoloc_lib.model.heads import GeolocModel, HeadConfig
 from geoloc_lib.model.retrieval import RetrievalIndex
+from geoloc_lib.train.checkpoint import Checkpoint
 from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.from_config import cache_spec_of, decode_config_of, load_run_data
 from geoloc_lib.train.run_folder import RunFolder
-from geoloc_lib.train.setup import cache_spec_of
+
+
+def model_from_checkpoint(checkpoint: Checkpoint, cells: CellTable, source: str) -> GeolocModel:
+    """Rebuild the model a Phase 1 checkpoint was trained as, on `cells`, and load its weights.
+
+    Refuses other geocells and encoders whose weights changed since training (`source` names the
+    checkpoint in the messages).
+    """
+    if checkpoint.phase != 1:
+        raise CheckpointMismatchError(
+            f"{source} is a Phase {checkpoint.phase} checkpoint; prediction needs a Phase 1 run"
+        )
+    if cells.signature() != checkpoint.cells:
+        raise CheckpointMismatchError(
+            f"{source} was trained with other geocells (checkpoint {checkpoint.cells}, metadata "
+            f"{cells.signature()}). Use the cell_metadata.csv the run was trained with."
+        )
+    head_config = HeadConfig(**{f.name: checkpoint.head_config[f.name] for f in fields(HeadConfig)})
+    cfg = checkpoint.config
+    model = build_model(
+        cells,
+        EncoderConfig(**checkpoint.encoder_config),
+        head_config,
+        cfg["freeze_clip"],
+        cfg["freeze_scene"],
+    )
+    missing, unexpected = model.load_state_dict(checkpoint.model_state, strict=False)
+    missing = [k for k in missing if k in model.trainable_state_dict()]
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"{source} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    verify_fingerprint(model.encoders, checkpoint.encoder_fingerprint, source)
+    return model
 
 
 class Predictor:
@@ -50,11 +86,11 @@ class Predictor:
         cls, checkpoint_path: str | os.PathLike, cell_metadata_path: str | os.PathLike, device: str = "auto"
     ) -> Predictor:
         """Rebuild the model of a Phase 1 checkpoint (read with weights_only=True) on these cells."""
-        checkpoint = load_checkpoint(checkpoint_path)
+        checkpoint = Checkpoint.load(checkpoint_path)
         cells = CellTable(load_cell_metadata(cell_metadata_path))
         model = model_from_checkpoint(checkpoint, cells, str(checkpoint_path))
         decoder = Decoder(
-            TrainConfig.from_dict(checkpoint["config"]).decode_config, torch.tensor(checkpoint["prior_shift"])
+            decode_config_of(TrainConfig.from_dict(checkpoint.config)), torch.tensor(checkpoint.prior_shift)
         )
         return cls(model, select_device(device), decoder)
 
@@ -76,7 +112,7 @@ class Predictor:
             folder.checkpoint(1, checkpoint), Path(cfg.data_dir) / "cell_metadata.csv", device
         )
         if cfg.retrieval_k > 0:
-            train = cfg.load_data().train
+            train = load_run_data(cfg).train
             encoders = predictor.model.encoders
             features = clean_features(
                 cache_spec_of(cfg),
@@ -155,7 +191,9 @@ class Predictor:
         self, split: pd.DataFrame, batch_size: int = 64, num_workers: int = 2, progress: bool = True
     ) -> pd.DataFrame:
         """Predictions table of a validated, labelled split (see `evaluation.evaluate`)."""
-        images = EncodedImages(self.model.encoders, self.device, split, batch_size, num_workers)
+        images = EncodedImages(
+            self.model.encoders, self.device, split, eval_batch_size=batch_size, num_workers=num_workers
+        )
         return evaluate(
             self.model.heads, images.eval_batches(), split, self.decoder, progress=progress
         ).predictions

@@ -29,8 +29,8 @@ from geoloc_lib.evaluate.metrics import (
 )
 from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.model.decode_modes import DECODE_MODES
+from geoloc_lib.train.from_config import cache_spec_of, load_run_data
 from geoloc_lib.train.run_folder import RunFolder
-from geoloc_lib.train.setup import cache_spec_of
 
 EVALUATION_SOURCE = "source.json"
 
@@ -74,7 +74,7 @@ def evaluate_run(
     lock = RunLock(out_dir)  # one evaluation into a folder at a time
     try:
         predictor = Predictor.from_run(run_dir, checkpoint, device, data_dir)
-        dataset = cfg.load_data()
+        dataset = load_run_data(cfg)
         split_name = str(split)
         if split_name in ("test", "val"):
             rows = getattr(dataset, split_name)

@@ -4,7 +4,7 @@ a checkpoint for the predictor. Loading Phase 0 weights into a model lives here 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,15 +14,6 @@ from geoloc_lib.data.contract import load_cell_metadata
 from geoloc_lib.geo.cell_table import CellTable
 from geoloc_lib.model.encoders import DualEncoder, EncoderConfig, resolve_encoder_config, verify_fingerprint
 from geoloc_lib.model.heads import GeoHeads, GeolocModel, HeadConfig
-
-# Phase 0 trains (and saves) only these parts of the heads.
-PHASE0_PREFIXES = (
-    "heads.input_norm.",
-    "heads.clip_proj.",
-    "heads.scene_proj.",
-    "heads.gate.",
-    "heads.province_head.",
-)
 
 
 class CheckpointMismatchError(ValueError):
@@ -39,59 +30,29 @@ def build_model(
     return GeolocModel(DualEncoder(encoder_config, freeze_clip, freeze_scene), cells, head_config)
 
 
-def trainable_parameters(model: GeolocModel, phase: int) -> list[torch.nn.Parameter]:
-    """What the optimiser updates: every parameter that requires a gradient (Phase 0: its prefixes only)."""
+def trainable_parameters(
+    model: GeolocModel, prefixes: tuple[str, ...] | None = None
+) -> list[torch.nn.Parameter]:
+    """What the optimiser updates: every parameter that requires a gradient (only those under `prefixes`,
+    when given: a phase that trains part of the heads)."""
     return [
         p
         for name, p in model.named_parameters()
-        if p.requires_grad and (phase == 1 or name.startswith(PHASE0_PREFIXES))
+        if p.requires_grad and (prefixes is None or name.startswith(prefixes))
     ]
 
 
 def checkpoint_state(
-    model: GeolocModel, phase: int, heads: GeoHeads | None = None
+    model: GeolocModel, prefixes: tuple[str, ...] | None = None, heads: GeoHeads | None = None
 ) -> dict[str, torch.Tensor]:
-    """The weights a checkpoint of `phase` stores, on the CPU; `heads` replace the model's own (an average)."""
+    """The trained weights a checkpoint stores (only those under `prefixes`, when given), on the CPU; `heads`
+    replace the model's own (an average)."""
     state = model.trainable_state_dict()
     if heads is not None:
         state |= {f"heads.{k}": v for k, v in heads.state_dict().items() if f"heads.{k}" in state}
-    if phase == 0:
-        state = {k: v for k, v in state.items() if k.startswith(PHASE0_PREFIXES)}
+    if prefixes is not None:
+        state = {k: v for k, v in state.items() if k.startswith(prefixes)}
     return {k: v.detach().cpu() for k, v in state.items()}
-
-
-def model_from_checkpoint(checkpoint: dict, cells: CellTable, source: str) -> GeolocModel:
-    """Rebuild the model a Phase 1 checkpoint was trained as, on `cells`, and load its weights.
-
-    Refuses other geocells and encoders whose weights changed since training (`source` names the
-    checkpoint in the messages).
-    """
-    if checkpoint.get("phase") != 1:
-        raise CheckpointMismatchError(
-            f"{source} is a Phase {checkpoint.get('phase')} checkpoint; prediction needs a Phase 1 run"
-        )
-    if cells.signature() != checkpoint["cells"]:
-        raise CheckpointMismatchError(
-            f"{source} was trained with other geocells (checkpoint {checkpoint['cells']}, metadata "
-            f"{cells.signature()}). Use the cell_metadata.csv the run was trained with."
-        )
-    head_config = HeadConfig(**{f.name: checkpoint["head_config"][f.name] for f in fields(HeadConfig)})
-    cfg = checkpoint["config"]
-    model = build_model(
-        cells,
-        EncoderConfig(**checkpoint["encoder_config"]),
-        head_config,
-        cfg["freeze_clip"],
-        cfg["freeze_scene"],
-    )
-    missing, unexpected = model.load_state_dict(checkpoint["model_state"], strict=False)
-    missing = [k for k in missing if k in model.trainable_state_dict()]
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f"{source} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    verify_fingerprint(model.encoders, checkpoint.get("encoder_fingerprint"), source)
-    return model
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""`TrainConfig`: every setting of a training run, in one dataclass.
+"""`TrainConfig`: every setting of a training run, in one dataclass that imports nothing of the library.
+
+It checks what a value alone can tell (types, finiteness, ranges); each stage checks the options it owns when
+the run is built (`from_config.check_options`), before anything is written.
 
 A run folder's `config.json` holds exactly `asdict(TrainConfig)`, so `TrainConfig.from_dict` reads it back.
 Facts derived while the run starts (device, encoder fingerprint, cell signature, versions) are written
@@ -13,14 +16,6 @@ import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-
-from geoloc_lib.data.contract import IMAGE_CHECKS, GeoDataset, load_dataset
-from geoloc_lib.data.transforms import AUGMENT_PRESETS
-from geoloc_lib.geo.provinces import NUM_PROVINCES
-from geoloc_lib.model.decode_modes import DECODE_MODES
-from geoloc_lib.model.decoding import DecodeConfig
-from geoloc_lib.model.losses import SOFT_LABEL_SUPPORTS, LossWeights
-from geoloc_lib.train.schedule import LR_SCHEDULES
 
 
 @dataclass
@@ -91,34 +86,13 @@ class TrainConfig:
 
     def __post_init__(self):
         problems = _type_problems(self)
-        problems = problems or _range_problems(self) + _choice_problems(self)  # ranges assume the types
+        problems = problems or _range_problems(self)  # ranges assume the types
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 
     @property
-    def decode_config(self) -> DecodeConfig:
-        return DecodeConfig(self.decode_mode, self.top_provinces, self.top_cells, self.prior_correction)
-
-    @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.run_name
-
-    def load_data(self, image_check: str = "exists") -> GeoDataset:
-        """The run's data folder, validated, with its validation split carved out of train."""
-        data = load_dataset(
-            self.data_dir,
-            self.images_root,
-            image_check,
-            self.allow_missing_provinces,
-            self.allow_images_outside,
-        )
-        return data.with_validation(self.val_fraction, self.val_block_km, self.val_seed)
-
-    @property
-    def loss_weights(self) -> LossWeights:
-        if self.phase == 0:
-            return LossWeights(province=1.0, geocell=0.0, offset=0.0, aux=0.0)
-        return LossWeights(self.loss_province, self.loss_geocell, self.loss_offset, self.loss_aux)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -158,8 +132,6 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
     for name in ("seed", "val_seed", "num_workers", "retrieval_k", "warmup_steps"):
         if getattr(cfg, name) < 0:
             problems.append(f"{name} must be 0 or more, not {getattr(cfg, name)}")
-    if cfg.top_provinces > NUM_PROVINCES:
-        problems.append(f"top_provinces must be at most {NUM_PROVINCES}, not {cfg.top_provinces}")
     for name in ("lr", "temperature", "aux_scale_km", "val_block_km", "retrieval_temperature"):
         if not getattr(cfg, name) > 0:
             problems.append(f"{name} must be positive, not {getattr(cfg, name)}")
@@ -187,22 +159,6 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
         problems.append(
             "resume and overwrite exclude each other: resume continues a run, overwrite replaces it"
         )
-    return problems
-
-
-def _choice_problems(cfg: TrainConfig) -> list[str]:
-    """Options that name one of a fixed set of choices."""
-    problems = []
-    choices = {
-        "soft_label_support": SOFT_LABEL_SUPPORTS,
-        "lr_schedule": LR_SCHEDULES,
-        "augment": tuple(AUGMENT_PRESETS),
-        "decode_mode": DECODE_MODES,
-        "image_check": IMAGE_CHECKS,
-    }
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            problems.append(f"{name} must be one of {allowed}, not {getattr(cfg, name)!r}")
     return problems
 
 

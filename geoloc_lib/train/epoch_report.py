@@ -1,10 +1,11 @@
-"""The per-epoch summary written to the console and log.txt, and the selection metric it announces."""
+"""The per-epoch summary written to the console and log.txt."""
 
 from __future__ import annotations
 
 from geoloc_lib.evaluate.metrics import ERROR_STATS, PROVINCE_ACCURACY_COLUMNS
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.model.losses import LOSS_LABELS, LOSS_TERMS
+from geoloc_lib.train.phases import Phase
 
 
 def _losses(row: dict) -> str:
@@ -21,13 +22,13 @@ def _province_accuracies(row: dict) -> str:
     return ", ".join(f"{p.key}={row[column]:.1f}" for p, column in pairs)
 
 
-def epoch_summary(phase: int, epoch: int, epochs: int, rows: dict) -> str:
+def epoch_summary(phase: Phase, epoch: int, epochs: int, rows: dict) -> str:
     """Phase 1: losses, errors, oracle error, accuracy within radii and per-province accuracy of the train
     and val rows. Phase 0 trains the province head alone, so it reports only the province loss and
     accuracies."""
     tr, va = rows["train"], rows["val"]
     lines = [f"Epoch {epoch}/{epochs}:"]
-    if phase == 0:
+    if phase.province_only:
         lines += [
             f"   Train province loss: {tr['loss_province']:.4f}   Val province loss: {va['loss_province']:.4f}",
             f"   Val province accuracy: {va['province_acc']:.1f} % (balanced {va['province_balanced_acc']:.1f} %)",
@@ -45,18 +46,7 @@ def epoch_summary(phase: int, epoch: int, epochs: int, rows: dict) -> str:
         f"   Province acc (%) train: {_province_accuracies(tr)}",
         f"   Province acc (%) val:   {_province_accuracies(va)}",
         f"   offset weight: {va['offset_weight']:.2f}, {va['seconds']:.1f}s"
-        if phase
+        if not phase.province_only
         else f"   {va['seconds']:.1f}s",
     ]
     return "\n".join(lines)
-
-
-def selection_metric(phase: int, val_row: dict) -> float:
-    """Lower is better. Phase 1: the end-to-end validation median; Phase 0: the balanced province error."""
-    return val_row["median_error_km"] if phase == 1 else 100 - val_row["province_balanced_acc"]
-
-
-def selection_text(phase: int, metric: float) -> str:
-    if phase == 1:
-        return f"validation median {metric:.2f} km"
-    return f"balanced province accuracy {100 - metric:.1f} %"

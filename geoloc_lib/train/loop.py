@@ -20,10 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from geoloc_lib.base.atomic_files import to_plain
 from geoloc_lib.base.progress import progress_bar
 from geoloc_lib.evaluate.evaluation import Evaluation, evaluate
-from geoloc_lib.evaluate.metrics import PROVINCE_ACCURACY_COLUMNS, prediction_metrics, predictions_frame
+from geoloc_lib.evaluate.metrics import prediction_metrics, predictions_frame
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.model.factory import checkpoint_state
 from geoloc_lib.model.losses import (
@@ -32,11 +31,14 @@ from geoloc_lib.model.losses import (
     offset_ramp,
 )
 from geoloc_lib.model.retrieval import RetrievalIndex
+from geoloc_lib.train.checkpoint import Checkpoint
 from geoloc_lib.train.config import TrainConfig
-from geoloc_lib.train.epoch_report import epoch_summary, selection_metric, selection_text
+from geoloc_lib.train.epoch_report import epoch_summary
+from geoloc_lib.train.from_config import head_config_of
+from geoloc_lib.train.phases import phase_of
 from geoloc_lib.train.run_state import commit_epoch
 from geoloc_lib.train.schedule import lr_at
-from geoloc_lib.train.setup import Training, build_training, head_config_of
+from geoloc_lib.train.setup import Training, build_training
 from geoloc_lib.train.step import PRED_FIELDS
 
 FINITE_CHECK_EVERY = 25  # steps between checks that the loss is finite (each check syncs the device)
@@ -128,35 +130,28 @@ def validate(t: Training, epoch: int) -> Evaluation:
     )
 
 
-def _checkpoint_payload(t: Training, epoch: int, rows: dict, predictions: pd.DataFrame) -> dict:
-    plain = to_plain(
-        {
-            "phase": t.cfg.phase,
-            "epoch": epoch,
-            "model_state": checkpoint_state(t.model, t.cfg.phase, t.eval_heads),
-            "losses": {
-                split: {k: v for k, v in r.items() if k.startswith("loss_")} for split, r in rows.items()
-            },
-            "province_accuracies": {
-                split: {c: r[c] for c in PROVINCE_ACCURACY_COLUMNS} for split, r in rows.items()
-            },
-            "median_error": rows["val"]["median_error_km"],
-            "metrics": rows,
-            "val_predictions": {column: predictions[column].tolist() for column in predictions},
-            "best_metric": t.best_metric,
-            "best_epoch": t.best_epoch,
-            "config": asdict(t.cfg),
-            "head_config": asdict(head_config_of(t.cfg)),
-            "encoder_config": asdict(t.model.encoders.config),
-            "cells": t.model.cells.signature(),
-            "encoder_fingerprint": t.encoder_fingerprint(),
-            "prior_shift": t.decoder.prior_shift.tolist(),
-            "data": t.data.signature,
-        }
+def _checkpoint(t: Training, epoch: int, rows: dict, predictions: pd.DataFrame) -> Checkpoint:
+    trains = phase_of(t.cfg).trains
+    return Checkpoint(
+        phase=t.cfg.phase,
+        epoch=epoch,
+        model_state=checkpoint_state(t.model, trains, t.eval_heads),
+        metrics=rows,
+        val_predictions={column: predictions[column].tolist() for column in predictions},
+        best_metric=t.best_metric,
+        best_epoch=t.best_epoch,
+        config=asdict(t.cfg),
+        head_config=asdict(head_config_of(t.cfg)),
+        encoder_config=asdict(t.model.encoders.config),
+        cells=t.model.cells.signature(),
+        encoder_fingerprint=t.encoder_fingerprint(),
+        prior_shift=t.decoder.prior_shift.tolist(),
+        data=t.data.signature,
+        optimizer_state=t.optimizer.state_dict(),
+        # resuming an averaged run needs the raw weights and the average
+        train_state=None if t.ema is None else checkpoint_state(t.model, trains),
+        ema_state=None if t.ema is None else t.ema.state_dict(),
     )
-    if t.ema is not None:  # resuming needs the raw weights and the average
-        plain |= {"train_state": checkpoint_state(t.model, t.cfg.phase), "ema_state": t.ema.state_dict()}
-    return plain | {"optimizer_state": t.optimizer.state_dict()}
 
 
 def run_info(t: Training) -> dict:
@@ -194,18 +189,15 @@ def run_epoch(t: Training, epoch: int) -> None:
         },
         "val": {"epoch": epoch, "split": "val", **val.losses, **prediction_metrics(val.predictions), **ramp},
     }
-    t.log.info(epoch_summary(t.cfg.phase, epoch, t.cfg.epochs, rows))
-    metric = selection_metric(t.cfg.phase, rows["val"])
+    phase = phase_of(t.cfg)
+    t.log.info(epoch_summary(phase, epoch, t.cfg.epochs, rows))
+    metric = phase.selection_metric(rows["val"])
     improved = metric < t.best_metric
     if improved:
         t.best_metric, t.best_epoch = metric, epoch
-        t.log.info(
-            f"   new best ({selection_text(t.cfg.phase, metric)}) -> {t.folder.best_checkpoint(t.cfg.phase)}"
-        )
+        t.log.info(f"   new best ({phase.selection_text(metric)}) -> {t.folder.best_checkpoint(t.cfg.phase)}")
     if t.world.is_main:  # the first process writes the run folder
-        commit_epoch(
-            t.folder, t.cfg.phase, epoch, _checkpoint_payload(t, epoch, rows, val.predictions), improved
-        )
+        commit_epoch(t.folder, t.cfg.phase, _checkpoint(t, epoch, rows, val.predictions), improved)
 
 
 def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
@@ -222,4 +214,4 @@ def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
         best = t.folder.load_checkpoint(cfg.phase, "best")
     finally:
         t.close()
-    return FitResult(t.folder.root, int(best["epoch"]), float(best["best_metric"]), best["metrics"]["val"])
+    return FitResult(t.folder.root, best.epoch, best.best_metric, best.metrics["val"])

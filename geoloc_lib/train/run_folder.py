@@ -27,10 +27,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from geoloc_lib.base.atomic_files import atomic_write_text, load_checkpoint, write_json
+from geoloc_lib.base.atomic_files import atomic_write_text, write_json
 from geoloc_lib.base.folder_lock import LOCK_NAME
 from geoloc_lib.evaluate.metrics import EXTRA_METRIC_COLUMNS, SEED_METRIC_COLUMNS
 from geoloc_lib.model.losses import LOSS_TERMS
+from geoloc_lib.train.checkpoint import Checkpoint
 from geoloc_lib.train.config import TrainConfig
 
 # The specification's columns first, in its order; everything else after them.
@@ -186,8 +187,8 @@ class RunFolder:
         return pd.read_csv(self.losses)
 
     # ------------------------------------------------------------------ checkpoints
-    def load_checkpoint(self, phase: int, name: str = "best") -> dict:
-        return load_checkpoint(self.checkpoint(phase, name))
+    def load_checkpoint(self, phase: int, name: str = "best") -> Checkpoint:
+        return Checkpoint.load(self.checkpoint(phase, name))
 
     # ------------------------------------------------------------------ log
 

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from geoloc_lib.base.atomic_files import atomic_copy, atomic_torch_save, atomic_write_csv, load_checkpoint
+from geoloc_lib.base.atomic_files import atomic_copy, atomic_torch_save, atomic_write_csv
 from geoloc_lib.base.distributed import World
 from geoloc_lib.base.folder_lock import LOCK_NAME, RunLock
+from geoloc_lib.train.checkpoint import Checkpoint, CheckpointVersionError
 from geoloc_lib.train.config import TrainConfig, resume_differences
 from geoloc_lib.train.run_folder import RunFolder
 
@@ -41,7 +42,7 @@ class StartPlan:
     """How a run starts in its folder, decided by reading only (`inspect`); `begin` carries it out."""
 
     action: str  # "fresh": nothing to keep; "overwrite": replace what is there; "resume": continue it
-    state: dict | None = None  # the checkpoint a resume continues from (None: no epoch was committed)
+    state: Checkpoint | None = None  # the checkpoint a resume continues from (None: no epoch was committed)
     created_folder: bool = False  # the folder did not exist before this start
 
 
@@ -76,14 +77,16 @@ def _damaged(folder: RunFolder, what: str, forward: str) -> RunFolderDamagedErro
     )
 
 
-def _resume_point(cfg: TrainConfig, folder: RunFolder) -> dict | None:
+def _resume_point(cfg: TrainConfig, folder: RunFolder) -> Checkpoint | None:
     """The newest epoch checkpoint, if any; unreadable committed work stops the resume instead of being
     taken for a run that never finished an epoch."""
     unreadable = []
     for epoch in _epochs(folder, cfg.phase):
         path = folder.epoch_checkpoint(cfg.phase, epoch)
         try:
-            state = load_checkpoint(path)
+            state = Checkpoint.load(path)
+        except CheckpointVersionError:
+            raise
         except ValueError:
             unreadable.append(path)
             continue
@@ -187,15 +190,15 @@ def begin(folder: RunFolder, phase: int, plan: StartPlan) -> None:
         repair(folder, phase, plan.state)
 
 
-def check_resumable(cfg: TrainConfig, folder: RunFolder, state: dict, data_signature: dict) -> None:
+def check_resumable(cfg: TrainConfig, folder: RunFolder, state: Checkpoint, data_signature: dict) -> None:
     """Refuse to continue a run on settings or data other than the ones its checkpoint was trained on."""
-    changed = resume_differences(state["config"], cfg)
+    changed = resume_differences(state.config, cfg)
     if changed:
         raise ValueError(
             f"cannot resume {folder.root}: the config differs from the saved run in {changed} (saved, now). "
             f"Use the saved values, or start a new run_name."
         )
-    saved = state.get("data", {})
+    saved = state.data
     differing = sorted(k for k in data_signature if saved.get(k) != data_signature[k])
     if differing:
         raise ValueError(
@@ -205,26 +208,28 @@ def check_resumable(cfg: TrainConfig, folder: RunFolder, state: dict, data_signa
         )
 
 
-def commit_epoch(folder: RunFolder, phase: int, epoch: int, payload: dict, improved: bool) -> None:
+def commit_epoch(folder: RunFolder, phase: int, payload: Checkpoint, improved: bool) -> None:
     """Write an epoch: its checkpoint first (the commit point), then the files derived from it."""
-    epoch_file = folder.epoch_checkpoint(phase, epoch)
-    atomic_torch_save(payload, epoch_file)
+    epoch_file = folder.epoch_checkpoint(phase, payload.epoch)
+    atomic_torch_save(payload.to_dict(), epoch_file)
     _derived_files(folder, phase, payload, improved, rows_written=False)
 
 
-def repair(folder: RunFolder, phase: int, state: dict) -> None:
+def repair(folder: RunFolder, phase: int, state: Checkpoint) -> None:
     """After a kill: bring losses.csv, the predictions and best/last in line with the committed epoch."""
-    epoch = int(state["epoch"])
+    epoch = state.epoch
     folder.truncate_losses(epoch)  # torn rows and an epoch with only one of its two rows are cut
     written = folder.losses.exists() and (folder.read_losses()["epoch"] == epoch).any()
-    _derived_files(folder, phase, state, improved=int(state["best_epoch"]) == epoch, rows_written=written)
+    _derived_files(folder, phase, state, improved=state.best_epoch == epoch, rows_written=written)
 
 
-def _derived_files(folder: RunFolder, phase: int, payload: dict, improved: bool, rows_written: bool) -> None:
-    epoch_file = folder.epoch_checkpoint(phase, int(payload["epoch"]))
+def _derived_files(
+    folder: RunFolder, phase: int, payload: Checkpoint, improved: bool, rows_written: bool
+) -> None:
+    epoch_file = folder.epoch_checkpoint(phase, payload.epoch)
     if not rows_written:
-        folder.append_losses([payload["metrics"]["train"], payload["metrics"]["val"]])
-    predictions = pd.DataFrame(payload["val_predictions"])
+        folder.append_losses([payload.metrics["train"], payload.metrics["val"]])
+    predictions = pd.DataFrame(payload.val_predictions)
     atomic_write_csv(predictions, folder.val_predictions)
     if improved:
         atomic_copy(epoch_file, folder.best_checkpoint(phase))

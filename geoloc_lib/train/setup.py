@@ -16,58 +16,35 @@ from geoloc_lib.base import distributed
 from geoloc_lib.base.distributed import World
 from geoloc_lib.base.folder_lock import RunLock
 from geoloc_lib.data.contract import GeoDataset
-from geoloc_lib.data.feature_cache import CacheSpec, clean_features
+from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.data.feature_sources import CachedFeatures, EncodedImages
 from geoloc_lib.data.photos import label_tensors
 from geoloc_lib.data.sampler import ProvinceBalancedBatchSampler
 from geoloc_lib.data.transforms import AUGMENT_PRESETS
 from geoloc_lib.geo.cell_table import CellTable
 from geoloc_lib.model.decoding import Decoder, province_prior_shift
-from geoloc_lib.model.encoders import EncoderConfig, resolve_encoder_config, verify_fingerprint
-from geoloc_lib.model.factory import build_model, load_phase0_weights, trainable_parameters
-from geoloc_lib.model.heads import GeoHeads, GeolocModel, HeadConfig
+from geoloc_lib.model.encoders import verify_fingerprint
+from geoloc_lib.model.factory import load_phase0_weights, trainable_parameters
+from geoloc_lib.model.heads import GeoHeads, GeolocModel
 from geoloc_lib.model.losses import (
     GeolocLoss,
     province_counts,
     province_weights_from_split,
 )
+from geoloc_lib.train.checkpoint import Checkpoint
 from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.from_config import (
+    cache_spec_of,
+    check_options,
+    decode_config_of,
+    load_run_data,
+    model_for_training,
+)
+from geoloc_lib.train.phases import phase_of
 from geoloc_lib.train.run_folder import RunFolder, open_log_file, run_logger, silent_logger
 from geoloc_lib.train.run_state import StartPlan, abandon, begin, check_resumable, claim
 from geoloc_lib.train.schedule import exponential_average
 from geoloc_lib.train.step import EagerStepper, GraphStepper, TrainStep, select_stepper
-
-
-def head_config_of(cfg: TrainConfig) -> HeadConfig:
-    return HeadConfig(
-        proj_dim=cfg.proj_dim,
-        geocell_hidden=cfg.geocell_hidden,
-        small_geocell_hidden=cfg.small_geocell_hidden,
-        dropout=cfg.dropout,
-        temperature=cfg.temperature,
-    )
-
-
-def encoder_config_of(cfg: TrainConfig) -> EncoderConfig:
-    return resolve_encoder_config(
-        cfg.encoder, clip_pretrained=cfg.clip_pretrained, scene_weights=cfg.scene_weights
-    )
-
-
-def cache_spec_of(cfg: TrainConfig) -> CacheSpec:
-    """What the feature cache needs of a run's settings."""
-    return CacheSpec(
-        cache_dir=cfg.cache_dir,
-        dtype=cfg.cache_dtype,
-        views=cfg.cache_views,
-        seed=cfg.seed,
-        batch_size=cfg.eval_batch_size,
-        num_workers=cfg.num_workers,
-    )
-
-
-def model_for_training(cfg: TrainConfig, cells: CellTable) -> GeolocModel:
-    return build_model(cells, encoder_config_of(cfg), head_config_of(cfg), cfg.freeze_clip, cfg.freeze_scene)
 
 
 @dataclass
@@ -84,8 +61,8 @@ class Training:
     loss_fn: GeolocLoss
     sampler: ProvinceBalancedBatchSampler
     optimizer: torch.optim.Optimizer
-    source: CachedFeatures | EncodedImages | None  # set once the features are ready
-    stepper: EagerStepper | GraphStepper | None
+    source: CachedFeatures | EncodedImages
+    stepper: EagerStepper | GraphStepper
     decoder: Decoder
     frozen_fingerprint: str | None  # fingerprint of frozen encoders (None: one is trained)
     ema: AveragedModel | None  # exponential average of the heads (cfg.ema_decay > 0)
@@ -115,7 +92,7 @@ def _optimizer(cfg: TrainConfig, model: GeolocModel, use_graph: bool) -> torch.o
     # fused: one kernel over all parameters (3x faster step on CPU); capturable keeps the step count on
     # the device so that the update can live inside a CUDA graph
     return torch.optim.AdamW(
-        trainable_parameters(model, cfg.phase),
+        trainable_parameters(model, phase_of(cfg).trains),
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         fused=device_type in ("cpu", "cuda"),
@@ -135,49 +112,62 @@ def _feature_source(
         model.encoders,
         device,
         data.val,
-        cfg.eval_batch_size,
-        cfg.num_workers,
-        data.train,
-        augment,
-        encoders_forward,
+        eval_batch_size=cfg.eval_batch_size,
+        num_workers=cfg.num_workers,
+        train_split=data.train,
+        augment=augment,
+        forward=encoders_forward,
     )
 
 
-def _restore(t: Training, state: dict) -> None:
+@dataclass(frozen=True)
+class StartPoint:
+    """Where the epochs begin: after the resumed run's last committed epoch, or at epoch 1."""
+
+    epoch: int = 1
+    best_metric: float = math.inf
+    best_epoch: int = 0
+
+
+def _restore(state: Checkpoint, *, cfg, folder, data, model, ema, optimizer) -> StartPoint:
     """Load the last committed epoch after checking that nothing that matters changed since."""
-    check_resumable(t.cfg, t.folder, state, t.data.signature)
-    t.model.load_state_dict(state.get("train_state", state["model_state"]), strict=False)
-    if t.ema is not None:
-        t.ema.load_state_dict(state["ema_state"])
-    verify_fingerprint(t.model.encoders, state.get("encoder_fingerprint"), str(t.folder.root))
-    t.optimizer.load_state_dict(state["optimizer_state"])
-    t.start_epoch, t.best_metric, t.best_epoch = (
-        int(state["epoch"]) + 1,
-        float(state["best_metric"]),
-        int(state["best_epoch"]),
-    )
+    check_resumable(cfg, folder, state, data.signature)
+    model.load_state_dict(state.train_state or state.model_state, strict=False)
+    if ema is not None:
+        ema.load_state_dict(state.ema_state)
+    verify_fingerprint(model.encoders, state.encoder_fingerprint, str(folder.root))
+    optimizer.load_state_dict(state.optimizer_state)
+    return StartPoint(state.epoch + 1, state.best_metric, state.best_epoch)
 
 
-def _start_from(t: Training, plan: StartPlan) -> None:
+def _start_from(plan: StartPlan, *, cfg, folder, data, model, ema, optimizer, log) -> StartPoint:
     """Resume the run from its last checkpoint, or start Phase 1 from Phase 0's weights when given."""
-    cfg = t.cfg
     if plan.state is not None:
-        _restore(t, plan.state)
-        t.log.info(
-            f"Resuming {t.folder.root} after epoch {t.start_epoch - 1} (best so far {t.best_metric:.3f})"
+        start = _restore(
+            plan.state, cfg=cfg, folder=folder, data=data, model=model, ema=ema, optimizer=optimizer
         )
-        return
+        log.info(
+            f"Resuming {folder.root} after epoch {start.epoch - 1} (best so far {start.best_metric:.3f})"
+        )
+        return start
     if plan.action == "resume":
-        t.log.info(f"Resuming {t.folder.root}: no epoch was committed before, so training starts at epoch 1")
+        log.info(f"Resuming {folder.root}: no epoch was committed before, so training starts at epoch 1")
     if cfg.phase0_checkpoint and cfg.phase == 1:
-        t.log.info(load_phase0_weights(t.model, cfg.phase0_checkpoint).summary())
+        log.info(load_phase0_weights(model, cfg.phase0_checkpoint).summary())
+    return StartPoint()
+
+
+def _loss(cfg: TrainConfig, model: GeolocModel, data: GeoDataset, device: torch.device) -> GeolocLoss:
+    weights = province_weights_from_split(data.train, cfg.beta)
+    loss_weights = phase_of(cfg).loss_weights(cfg)
+    return GeolocLoss(model.cells, weights, loss_weights, cfg.aux_scale_km, cfg.soft_label_support).to(device)
 
 
 def _decoder(cfg: TrainConfig, data: GeoDataset, sampler, loss_fn: GeolocLoss, device) -> Decoder:
     """The run's decoding, with the prior shift between the training data and what the loss sees."""
     counts = province_counts(data.train["province_id"])
     shift = province_prior_shift(counts, sampler.counts, loss_fn.province_weights.cpu())
-    return Decoder(cfg.decode_config, torch.tensor(shift, dtype=torch.float32, device=device))
+    return Decoder(decode_config_of(cfg), torch.tensor(shift, dtype=torch.float32, device=device))
 
 
 def _clean_training_features(cfg, model, data, fingerprint, device, log) -> dict[str, torch.Tensor] | None:
@@ -202,11 +192,10 @@ def _check_world(cfg: TrainConfig, world: World) -> None:
         )
 
 
-def _start_line(t: Training) -> str:
-    cfg, data = t.cfg, t.data
+def _start_line(cfg: TrainConfig, data: GeoDataset, model: GeolocModel, device: torch.device) -> str:
     return (
-        f"Phase {cfg.phase} on {t.device}: {len(data.train)} train / {len(data.val)} validation photos "
-        f"(whole {cfg.val_block_km:g} km blocks of train.csv; test.csv is not read), {t.model.cells.num_cells} "
+        f"Phase {cfg.phase} on {device}: {len(data.train)} train / {len(data.val)} validation photos "
+        f"(whole {cfg.val_block_km:g} km blocks of train.csv; test.csv is not read), {model.cells.num_cells} "
         f"cells, {'cached features' if cfg.feature_cache else 'images through the encoders at every step'}"
     )
 
@@ -218,11 +207,12 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     config, the data, the model, loss, sampler and optimiser, the resume point or Phase 0's weights, and
     the features (train/run_state.py). Only then `runstate.begin` clears, repairs or starts the folder.
     """
+    check_options(cfg)
     world = distributed.from_env(cfg.device)
     _check_world(cfg, world)
     folder = RunFolder.of(cfg)
     torch.manual_seed(cfg.seed)  # head initialisation
-    data = cfg.load_data(cfg.image_check if world.is_main else "exists")
+    data = load_run_data(cfg, cfg.image_check if world.is_main else "exists")
     device = world.device(cfg.device)
     model = model_for_training(cfg, CellTable(data.cells)).to(device)
     _check_decoding(cfg, model.cells)
@@ -268,10 +258,7 @@ def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampl
     frozen_fingerprint = model.encoders.fingerprint() if model.encoders.frozen else None
     fingerprint = frozen_fingerprint or model.encoders.fingerprint()
     train_clean = _clean_training_features(cfg, model, data, fingerprint, device, log)
-    weights = province_weights_from_split(data.train, cfg.beta)
-    loss_fn = GeolocLoss(model.cells, weights, cfg.loss_weights, cfg.aux_scale_km, cfg.soft_label_support).to(
-        device
-    )
+    loss_fn = _loss(cfg, model, data, device)
     use_graph = cfg.cuda_graph and cfg.feature_cache and device.type == "cuda"
     optimizer = _optimizer(cfg, model, use_graph)
     decoder = _decoder(cfg, data, sampler, loss_fn, device)
@@ -279,8 +266,19 @@ def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampl
     labels = label_tensors(data.train, device)
     step = TrainStep(model, loss_fn, optimizer, labels, decoder, device, heads=heads_forward)
     ema = exponential_average(model.heads, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    start = _start_from(
+        plan, cfg=cfg, folder=folder, data=data, model=model, ema=ema, optimizer=optimizer, log=log
+    )
+    log.info(_start_line(cfg, data, model, device))
     retrieval_features = train_clean if cfg.retrieval_k > 0 and frozen_fingerprint else None
-    t = Training(
+    if cfg.retrieval_k > 0 and retrieval_features is None:
+        log.info("retrieval is left out of the per-epoch validation while an encoder trains")
+    source = _feature_source(cfg, model, fingerprint, data, device, log.info, encoders_forward)
+    model.train()  # a captured graph keeps the mode it was captured in
+    stepper = select_stepper(step, source, cfg.batch_size, use_graph, log.info)
+    if isinstance(stepper, GraphStepper):
+        log.info("the cached-feature step runs as one CUDA graph")
+    return Training(
         cfg=cfg,
         folder=folder,
         lock=lock,
@@ -291,22 +289,15 @@ def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampl
         loss_fn=loss_fn,
         sampler=sampler,
         optimizer=optimizer,
-        source=None,
-        stepper=None,
+        source=source,
+        stepper=stepper,
         decoder=decoder,
         frozen_fingerprint=frozen_fingerprint,
         ema=ema,
         retrieval_features=retrieval_features,
         world=world,
         progress=progress,
+        start_epoch=start.epoch,
+        best_metric=start.best_metric,
+        best_epoch=start.best_epoch,
     )
-    _start_from(t, plan)
-    log.info(_start_line(t))
-    if cfg.retrieval_k > 0 and retrieval_features is None:
-        log.info("retrieval is left out of the per-epoch validation while an encoder trains")
-    t.source = _feature_source(cfg, model, fingerprint, data, device, log.info, encoders_forward)
-    model.train()  # a captured graph keeps the mode it was captured in
-    t.stepper = select_stepper(step, t.source, cfg.batch_size, use_graph, log.info)
-    if isinstance(t.stepper, GraphStepper):
-        log.info("the cached-feature step runs as one CUDA graph")
-    return t
