@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> None:
         raise CommandError("none of the photos could be read (see above); nothing to predict")
     predictor = load_predictor(args)
     frame = predictor.predict(photos, args.batch_size, args.mode)
-    print(frame[["image", "lat", "lon", "province"]].to_string(index=False))
+    shown = ["image", "lat", "lon", "province", "confidence", *[c for c in frame if c.startswith("radius_")]]
+    print(frame[shown].to_string(index=False))
     if args.csv:
         from geoloc_lib.base.atomic_files import atomic_write_csv
 

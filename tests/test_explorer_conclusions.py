@@ -2,8 +2,10 @@
 
 import html
 import io
+import re
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from geoloc_lib.evaluate import conclusions
@@ -79,11 +81,82 @@ def test_the_training_conclusion_compares_with_the_baseline():
             "epoch": [1, 1, 2, 2, 3, 3],
             "split": ["train", "val"] * 3,
             "median_error_km": [9, 60.0, 9, 30.0, 9, 40.0],
+            "loss_total": [3.0, 2.0, 2.0, 1.5, 1.5, 1.4],
         }
     )
     text = conclusions.training(losses, best_epoch=2, baseline_km=180.0)
     assert (
-        "Best epoch 2 of 3: validation median 30.0 km, 6.0x better than the constant baseline (180 km)"
+        "Best epoch 2 of 3: validation median 30.0 km, 6.0x better than the constant baseline (180.0 km)"
         in text
     )
     assert "ranged 30.0-60.0 km" in text
+    assert "Warning" not in text and "Overfitting" not in text
+
+
+def test_a_model_worse_than_the_baseline_is_called_worse_with_the_right_factor():
+    losses = pd.DataFrame(
+        {
+            "epoch": [1, 1],
+            "split": ["train", "val"],
+            "median_error_km": [700.0, 680.8],
+            "loss_total": [5.0, 5.0],
+        }
+    )
+    text = conclusions.training(losses, best_epoch=1, baseline_km=203.0)
+    assert "3.4x worse than the constant baseline (203.0 km)" in text  # 680.8 / 203 = 3.35
+    assert "better" not in text and "**Warning**: the model does not beat a constant guess" in text
+
+
+def test_overfitting_is_named_with_the_epoch_kept():
+    losses = pd.DataFrame(
+        {
+            "epoch": [e for e in range(1, 6) for _ in range(2)],
+            "split": ["train", "val"] * 5,
+            "median_error_km": [50, 40, 45, 30, 40, 32, 35, 35, 30, 38],
+            "loss_total": [1.0, 0.70, 0.8, 0.67, 0.6, 0.75, 0.5, 0.82, 0.4, 0.88],
+        }
+    )
+    text = conclusions.training(losses, best_epoch=2, baseline_km=190.0)
+    assert "**Overfitting**: the validation loss rose from 0.670 (epoch 2) to 0.880 (epoch 5)" in text
+    assert "training loss fell from 0.800 to 0.400" in text and "kept checkpoint is epoch 2" in text
+
+
+def test_the_ladder_conclusion_warns_about_every_rung_the_model_loses_to():
+    table = pd.DataFrame(
+        {"median_error_km": [503.0, 190.0, 600.0]},
+        index=["model (joint decoding)", "constant", "1-NN"],
+    )
+    text = conclusions.ladder(table)
+    assert "2.6x worse than constant (190.0 km)" in text  # 503 / 190 = 2.65
+    assert "19 % better than 1-NN (600.0 km)" in text  # 600 / 503 = 1.19
+    assert "**Warning**: the model does not beat constant;" in text
+
+
+def test_a_one_step_model_is_reported_worse_than_the_constant_in_03_and_04(tiny_config):
+    from geoloc_lib.evaluate.baselines import constant_baseline
+    from geoloc_lib.inference.run_evaluation import evaluate_run
+    from geoloc_lib.train.from_config import load_run_data
+    from geoloc_lib.train.loop import fit
+
+    cfg = tiny_config(epochs=1, batches_per_epoch=1, warmup_steps=0)
+    result = fit(cfg, progress=False)
+    losses = pd.read_csv(cfg.run_dir / "losses.csv")
+    constant = constant_baseline(load_run_data(cfg).train, load_run_data(cfg).val)["median_error_km"]
+    model_km = result.best_val["median_error_km"]
+    assert model_km > constant  # one step has learnt nothing yet
+    text = conclusions.training(losses, result.best_epoch, constant)
+    assert _stated_factor(text, "the constant baseline") == pytest.approx(model_km / constant, abs=0.051)
+    table = evaluate_run(cfg.run_dir, "test", progress=False).tables["ladder"]
+    model_test, constant_test = table.iloc[0]["median_error_km"], table.iloc[1]["median_error_km"]
+    assert model_test > constant_test
+    text = conclusions.ladder(table)
+    assert _stated_factor(text, table.index[1]) == pytest.approx(model_test / constant_test, abs=0.051)
+    assert "**Warning**: the model does not beat" in text
+
+
+def _stated_factor(text: str, other: str) -> float:
+    """The factor a conclusion states for being worse than `other` ("2.6x" or "9 %" -> 1.09)."""
+    match = re.search(r"([0-9.]+)(x| %) worse than " + re.escape(other), text)
+    assert match, text
+    value = float(match.group(1))
+    return value if match.group(2) == "x" else 1 + value / 100

@@ -11,6 +11,32 @@ import pandas as pd
 
 LARGE_CELL_KM = 100  # a cell this wide caps how close a correct cell can get
 FEW_PHOTOS = 50  # a province with fewer training photos than this is thin
+OVERFIT_EPOCHS = 2  # validation loss above its minimum for this many epochs, training loss still falling
+
+
+def compare_errors(model_km: float, other_km: float, other: str) -> str:
+    """The model's error against another's, in the right direction: "3.4x worse than X (190 km)"."""
+    if not model_km > 0 or not other_km > 0 or model_km == other_km:
+        return f"level with {other} ({other_km:.1f} km)"
+    ratio = max(model_km, other_km) / min(model_km, other_km)
+    word = "better" if model_km < other_km else "worse"
+    amount = f"{ratio:.1f}x" if ratio >= 1.5 else f"{100 * (ratio - 1):.0f} %"
+    return f"{amount} {word} than {other} ({other_km:.1f} km)"
+
+
+def _overfitting(losses: pd.DataFrame, best_epoch: int) -> str | None:
+    """A sentence when the validation loss has risen for several epochs while the training loss fell."""
+    val = losses[losses["split"] == "val"].set_index("epoch")["loss_total"]
+    train = losses[losses["split"] == "train"].set_index("epoch")["loss_total"]
+    lowest, last = int(val.idxmin()), int(val.index.max())
+    if last - lowest < OVERFIT_EPOCHS or not train.loc[last] < train.loc[lowest]:
+        return None
+    return (
+        f"**Overfitting**: the validation loss rose from {val.loc[lowest]:.3f} (epoch {lowest}) to "
+        f"{val.loc[last]:.3f} (epoch {last}) while the training loss fell from {train.loc[lowest]:.3f} to "
+        f"{train.loc[last]:.3f}. The kept checkpoint is epoch {best_epoch} (lowest validation median); more "
+        "epochs will not help without more data, augmentation or regularisation."
+    )
 
 
 def _bullets(lines: list[str]) -> str:
@@ -83,18 +109,44 @@ def phase0(per_province: pd.DataFrame) -> str:
 
 
 def training(losses: pd.DataFrame, best_epoch: int, baseline_km: float) -> str:
-    """From 03: the best epoch against the constant baseline, and how steady the last epochs were."""
+    """From 03: the best epoch against the constant baseline (with a warning when it loses), overfitting,
+    and how steady the last epochs were."""
     val = losses[losses["split"] == "val"].set_index("epoch")
     best = val.loc[best_epoch, "median_error_km"]
     tail = val["median_error_km"].tail(3)
-    return _bullets(
-        [
-            f"Best epoch {best_epoch} of {val.index.max()}: validation median {best:.1f} km, "
-            f"{baseline_km / best:.1f}x better than the constant baseline ({baseline_km:.0f} km).",
-            f"Over the last {len(tail)} epochs the validation median ranged {tail.min():.1f}-{tail.max():.1f} km.",
-            "The test split has not been read; 04_error_maps reads it once.",
-        ]
-    )
+    lines = [
+        f"Best epoch {best_epoch} of {val.index.max()}: validation median {best:.1f} km, "
+        f"{compare_errors(best, baseline_km, 'the constant baseline')}."
+    ]
+    if best >= baseline_km:
+        lines.append(
+            "**Warning**: the model does not beat a constant guess; train longer, check the data, or lower the lr."
+        )
+    overfit = _overfitting(losses, best_epoch)
+    if overfit:
+        lines.append(overfit)
+    lines += [
+        f"Over the last {len(tail)} epochs the validation median ranged {tail.min():.1f}-{tail.max():.1f} km.",
+        "The test split has not been read; 04_error_maps reads it once.",
+    ]
+    return _bullets(lines)
+
+
+def ladder(table: pd.DataFrame) -> str:
+    """From 04: the model (the first row) against every rung of the baseline ladder, by median error; a
+    warning names each rung the model does not beat."""
+    model_name, model = table.index[0], table.iloc[0]
+    lines, lost = [], []
+    for name, rung in table.iloc[1:].iterrows():
+        lines.append(f"{compare_errors(model['median_error_km'], rung['median_error_km'], name)}.")
+        if model["median_error_km"] >= rung["median_error_km"]:
+            lost.append(name)
+    head = f"The {model_name} has a median error of {model['median_error_km']:.1f} km."
+    if lost:
+        lines.append(
+            f"**Warning**: the model does not beat {', '.join(lost)}; its results are not yet useful."
+        )
+    return _bullets([head, *lines])
 
 
 def errors(
@@ -125,4 +177,34 @@ def errors(
         )
     best = rated.index[-1]
     lines.append(f"Best placed: {best}, median {rated.loc[best, 'median_error_km']:.0f} km.")
+    return _bullets(lines)
+
+
+def trust(coverage: pd.DataFrame, ranking: pd.DataFrame) -> str:
+    """From 04: how often the credible radii held on this split, how large they are, and whether the
+    confidence orders the errors."""
+    overall = coverage.loc["all"]
+    lines = []
+    for column in [c for c in coverage.columns if c.startswith("coverage_")]:
+        level = column.removeprefix("coverage_").removesuffix("_%")
+        held = overall[column]
+        verdict = (
+            "as calibrated"
+            if abs(held - float(level)) <= 5
+            else "**off its level**: recalibrate on more validation photos"
+        )
+        lines.append(
+            f"The {level} % radius (median {overall[f'median_radius_{level}_km']:.0f} km) held for {held:.1f} % of "
+            f"the {int(overall['photos'])} photos, {verdict}."
+        )
+    rho = ranking.loc["spearman_confidence_vs_closeness", "value"]
+    kept, shuffled = (
+        ranking.loc["curve_mean_median_km", "value"],
+        ranking.loc["random_curve_mean_median_km", "value"],
+    )
+    order = "orders the errors" if rho > 0 else "**does not order the errors**"
+    lines.append(
+        f"Confidence {order}: Spearman {rho:.2f} with closeness; keeping the most confident photos gives a mean "
+        f"median error of {kept:.0f} km over the curve, against {shuffled:.0f} km for the same shares at random."
+    )
     return _bullets(lines)

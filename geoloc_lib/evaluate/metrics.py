@@ -140,7 +140,8 @@ PREDICTION_COLUMNS = {
     "lon": "pred_lon",
     "cell_id": "pred_cell_id",
     "province_prob": "pred_province_prob",
-    "cell_prob": "pred_cell_prob",
+    "cell_prob": "pred_cell_prob",  # p(province) x p(cell | province) of the prediction: its confidence
+    "spread_km": "pred_spread_km",  # probability-weighted distance of the hypotheses from the prediction
 }
 # Other predictions compared against the chosen one: the oracle coordinate and each decoding mode.
 ALTERNATIVES = ("oracle", *DECODE_MODES)

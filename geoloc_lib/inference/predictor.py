@@ -7,6 +7,7 @@ The hypotheses (top provinces x top cells) become one coordinate by the run's de
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -23,6 +24,7 @@ from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.data.feature_sources import EncodedImages
 from geoloc_lib.data.photos import open_rgb
 from geoloc_lib.data.transforms import eval_transform
+from geoloc_lib.evaluate.calibration import RadiusCalibration
 from geoloc_lib.evaluate.evaluation import evaluate
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.cell_table import CellTable
@@ -75,10 +77,19 @@ def model_from_checkpoint(checkpoint: Checkpoint, cells: CellTable, source: str)
 class Predictor:
     """A trained Phase 1 model on a device, with the decoding its run was trained with."""
 
-    def __init__(self, model: GeolocModel, device: torch.device, decoder: Decoder):
+    def __init__(
+        self,
+        model: GeolocModel,
+        device: torch.device,
+        decoder: Decoder,
+        cells: pd.DataFrame,
+        calibration: RadiusCalibration | None = None,
+    ):
         self.model = model.to(device).eval()
         self.device = device
         self.decoder = decoder
+        self.cells = cells  # the cell metadata, for the radii scaled by the predicted cell
+        self.calibration = calibration  # credible radii of the run's decoding mode (None: not calibrated)
         self.transform = eval_transform(model.encoders.image_size)
 
     @classmethod
@@ -87,12 +98,12 @@ class Predictor:
     ) -> Predictor:
         """Rebuild the model of a Phase 1 checkpoint (read with weights_only=True) on these cells."""
         checkpoint = Checkpoint.load(checkpoint_path)
-        cells = CellTable(load_cell_metadata(cell_metadata_path))
-        model = model_from_checkpoint(checkpoint, cells, str(checkpoint_path))
+        metadata = load_cell_metadata(cell_metadata_path)
+        model = model_from_checkpoint(checkpoint, CellTable(metadata), str(checkpoint_path))
         decoder = Decoder(
             decode_config_of(TrainConfig.from_dict(checkpoint.config)), torch.tensor(checkpoint.prior_shift)
         )
-        return cls(model, select_device(device), decoder)
+        return cls(model, select_device(device), decoder, metadata)
 
     @classmethod
     def from_run(
@@ -111,6 +122,8 @@ class Predictor:
         predictor = cls.from_checkpoint(
             folder.checkpoint(1, checkpoint), Path(cfg.data_dir) / "cell_metadata.csv", device
         )
+        if folder.calibration.is_file():
+            predictor.calibration = RadiusCalibration.from_dict(json.loads(folder.calibration.read_text()))
         if cfg.retrieval_k > 0:
             train = load_run_data(cfg).train
             encoders = predictor.model.encoders
@@ -159,32 +172,19 @@ class Predictor:
                 "lon": cat[f"{mode}_lon"],
                 "province": names[cat[f"{mode}_province"]],
                 **{f"{m}_{field}": cat[f"{m}_{field}"] for m in DECODE_MODES for field in ("lat", "lon")},
+                "confidence": cat["cell_prob"],
             }
         )
-        frame["hypotheses"] = [
-            sorted(  # most probable first (the decoder keeps them grouped by province)
-                (
-                    {
-                        "province": names[p],
-                        "cell_id": int(c),
-                        "prob": float(pr),
-                        "lat": float(xy[0]),
-                        "lon": float(xy[1]),
-                    }
-                    for p, c, pr, xy, ok in zip(*row, strict=True)
-                    if ok
-                ),
-                key=lambda h: -h["prob"],
+        if self.calibration is not None and mode == self.decoder.config.mode:  # radii are of the run's mode
+            chosen = pd.DataFrame(
+                {
+                    "pred_province_id": cat["province"],
+                    "pred_cell_id": cat["cell_id"],
+                    "pred_spread_km": cat["spread_km"],
+                }
             )
-            for row in zip(
-                cat["hyp_province"],
-                cat["hyp_cell_id"],
-                cat["hyp_prob"],
-                cat["hyp_coords"],
-                cat["hyp_valid"],
-                strict=True,
-            )
-        ]
+            frame = frame.join(self.calibration.radii(chosen, self.cells))
+        frame["hypotheses"] = _hypotheses(cat, names)
         return frame
 
     def evaluate(
@@ -197,6 +197,34 @@ class Predictor:
         return evaluate(
             self.model.heads, images.eval_batches(), split, self.decoder, progress=progress
         ).predictions
+
+
+def _hypotheses(cat: dict[str, np.ndarray], names: np.ndarray) -> list[list[dict]]:
+    """Each photo's hypotheses (province, cell, probability, coordinate), most probable first."""
+    return [
+        sorted(  # most probable first (the decoder keeps them grouped by province)
+            (
+                {
+                    "province": names[p],
+                    "cell_id": int(c),
+                    "prob": float(pr),
+                    "lat": float(xy[0]),
+                    "lon": float(xy[1]),
+                }
+                for p, c, pr, xy, ok in zip(*row, strict=True)
+                if ok
+            ),
+            key=lambda h: -h["prob"],
+        )
+        for row in zip(
+            cat["hyp_province"],
+            cat["hyp_cell_id"],
+            cat["hyp_prob"],
+            cat["hyp_coords"],
+            cat["hyp_valid"],
+            strict=True,
+        )
+    ]
 
 
 def _as_image(item) -> Image.Image:

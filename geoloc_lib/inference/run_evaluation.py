@@ -20,6 +20,7 @@ from geoloc_lib.base.folder_lock import RunLock
 from geoloc_lib.data.contract import GeoDataset, load_split
 from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.evaluate.baselines import baseline_ladder, ladder_table
+from geoloc_lib.evaluate.calibration import confidence_curve, coverage_table
 from geoloc_lib.evaluate.metrics import (
     SUMMARY_METRICS,
     confusion_matrix,
@@ -81,11 +82,13 @@ def evaluate_run(
         else:
             rows = load_split(split, dataset.cells, cfg.images_root)
         pred = predictor.evaluate(rows, num_workers=num_workers, progress=progress)
+        pred, trust = _trust_tables(predictor, pred, dataset.cells)
         tables = {
             "predictions": pred,
             "summary": summary_table(pred),
             "per_province": per_province_table(pred),
             "confusion": confusion_matrix(pred["province_id"], pred["pred_province_id"]),
+            **trust,
         }
         if baselines:
             tables |= _ladder_tables(cfg, predictor, dataset, rows, pred)
@@ -94,6 +97,21 @@ def evaluate_run(
     finally:
         lock.release()
     return RunEvaluation(tables, dataset, rows, split_name, predictor)
+
+
+def _trust_tables(predictor: Predictor, pred: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The predictions with their credible radii, and the tables of how well radii and confidence held."""
+    if predictor.calibration is None:  # a run trained before credible radii
+        return pred, {}
+    radii = predictor.calibration.radii(pred, cells)
+    pred = pred.join(radii)
+    curve, ranking = confidence_curve(pred)
+    tables = {
+        "coverage": coverage_table(pred, radii),
+        "confidence": curve,
+        "confidence_ranking": pd.DataFrame({"value": ranking}),
+    }
+    return pred, tables
 
 
 def _ladder_tables(

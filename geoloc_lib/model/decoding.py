@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from geoloc_lib.geo import provinces as prov
+from geoloc_lib.geo.sphere import haversine_km
 from geoloc_lib.model.decode_modes import DECODE_MODES
 from geoloc_lib.model.heads import GeoHeads
 from geoloc_lib.model.retrieval import RetrievalIndex
@@ -135,7 +136,18 @@ def decode(
         "lat": points[cfg.mode][:, 0],
         "lon": points[cfg.mode][:, 1],
     }
+    pred["spread_km"] = _spread_km(coords, weights, pred["lat"], pred["lon"])
     return pred
+
+
+def _spread_km(
+    coords: torch.Tensor, weights: torch.Tensor, lat: torch.Tensor, lon: torch.Tensor
+) -> torch.Tensor:
+    """[B] how far the hypotheses coords [B, K, 2] lie from the prediction (lat, lon [B]), as the root mean
+    square weighted by their probabilities [B, K]: the model's own spread, which the credible radius is
+    scaled by (evaluate/calibration.py)."""
+    far = haversine_km(coords[..., 0], coords[..., 1], lat[:, None], lon[:, None])  # [B, K]
+    return (weights * far.square()).sum(-1).sqrt()
 
 
 @dataclass

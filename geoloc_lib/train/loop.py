@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from geoloc_lib.base.atomic_files import write_json
 from geoloc_lib.base.progress import progress_bar
+from geoloc_lib.evaluate.calibration import calibrate
 from geoloc_lib.evaluate.evaluation import Evaluation, evaluate
 from geoloc_lib.evaluate.metrics import prediction_metrics, predictions_frame
 from geoloc_lib.geo import provinces as prov
@@ -200,6 +202,20 @@ def run_epoch(t: Training, epoch: int) -> None:
         commit_epoch(t.folder, t.cfg.phase, _checkpoint(t, epoch, rows, val.predictions), improved)
 
 
+def calibrate_radii(t: Training, best: Checkpoint) -> None:
+    """Fit the credible radii on the best epoch's validation predictions and store them with the run."""
+    calibration, candidates = calibrate(pd.DataFrame(best.val_predictions), t.data.cells)
+    write_json(
+        t.folder.calibration,
+        calibration.to_dict() | {"candidates": candidates.reset_index().to_dict("records")},
+    )
+    quantiles = ", ".join(f"{100 * level:.0f} %: {q:.2f}" for level, q in calibration.pooled.items())
+    t.log.info(
+        f"credible radii calibrated on {calibration.photos} validation photos: radius = q x {calibration.spread} "
+        f"(pooled q {quantiles}; {len(calibration.per_province)} province(s) with their own q)"
+    )
+
+
 def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
     """Train `cfg` into its run folder (resuming it when asked) and return the best epoch."""
     t = build_training(cfg, progress)
@@ -212,6 +228,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
             run_epoch(t, epoch)
         t.world.barrier()  # the other processes read what the first one wrote
         best = t.folder.load_checkpoint(cfg.phase, "best")
+        if t.world.is_main and cfg.phase == 1:
+            calibrate_radii(t, best)
     finally:
         t.close()
     return FitResult(t.folder.root, best.epoch, best.best_metric, best.metrics["val"])

@@ -75,6 +75,7 @@ class RunFolder:
     losses = property(lambda self: self.root / "losses.csv")
     val_predictions = property(lambda self: self.root / "val_predictions.csv")
     val_predictions_best = property(lambda self: self.root / "val_predictions_best.csv")
+    calibration = property(lambda self: self.root / "calibration.json")  # credible radii (Phase 1)
     evaluation = property(lambda self: self.root / "evaluation")
     maps = property(lambda self: self.root / "maps")
     figures = property(lambda self: self.root / "figures")

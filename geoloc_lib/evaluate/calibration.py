@@ -1,0 +1,193 @@
+"""How far to trust one prediction: a credible radius by split-conformal prediction, and a confidence whose
+ranking of errors is measured.
+
+**Radius.** For a level such as 90 %, every prediction gets a radius R = q x s, where s is a spread the model
+predicts for that photo and q the conformal quantile of the validation scores error / s: the
+ceil((n + 1) x level)-th smallest of n scores. For photos exchangeable with the validation photos, the true
+place then lies within R of the prediction with probability at least `level` (and at most level + 1/(n + 1)).
+q is fitted per predicted province where that province has `min_photos` validation photos, pooled otherwise.
+
+The spread s is chosen on validation among the candidates of `SPREADS` by two-fold cross-fitting: calibrate on
+one half, measure the median 90 % radius on the other; the smallest wins (a radius that covers by being huge
+is worthless, and all of them cover by construction).
+
+**Confidence.** The probability of the predicted hypothesis (`pred_cell_prob`). `confidence_curve` keeps the
+most confident x % of photos; a confidence that orders errors well makes the kept photos' errors fall as x
+shrinks, which random ranking does not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from geoloc_lib.geo import provinces as prov
+
+LEVELS = (0.5, 0.9)
+MIN_PROVINCE_PHOTOS = 50  # validation photos a province needs for a quantile of its own
+SPREAD_FLOOR_KM = 1.0  # a spread of 0 (all probability on one hypothesis) would make every radius 0
+SPREADS = ("mixture_spread", "cell_radius", "constant")
+
+
+def radius_column(level: float) -> str:
+    return f"radius_{round(100 * level)}_km"
+
+
+def spread_km(pred: pd.DataFrame, cells: pd.DataFrame, kind: str) -> np.ndarray:
+    """[N] the spread of each prediction: the hypotheses' spread, the predicted cell's radius, or 1 km."""
+    if kind == "mixture_spread":
+        values = pred["pred_spread_km"].to_numpy(float)
+    elif kind == "cell_radius":
+        values = pred["pred_cell_id"].map(cells.set_index("cell_id")["radius_km"]).to_numpy(float)
+    elif kind == "constant":
+        values = np.ones(len(pred))
+    else:
+        raise ValueError(f"spread must be one of {SPREADS}, not {kind!r}")
+    return np.maximum(values, SPREAD_FLOOR_KM)
+
+
+def conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """The ceil((n + 1) level)-th smallest score (infinity when n is too small for the level)."""
+    scores = np.sort(np.asarray(scores, float))
+    k = math.ceil((len(scores) + 1) * level)
+    return float(scores[k - 1]) if k <= len(scores) else math.inf
+
+
+@dataclass
+class RadiusCalibration:
+    spread: str
+    levels: tuple[float, ...]
+    pooled: dict[float, float]  # level -> quantile of error / spread over all validation photos
+    per_province: dict[int, dict[float, float]] = field(default_factory=dict)  # predicted province -> ...
+    photos: int = 0  # validation photos it was fitted on
+
+    def radii(self, pred: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+        """One column per level (`radius_50_km`, ...): the credible radius of each prediction, km."""
+        scale = spread_km(pred, cells, self.spread)
+        province = pred["pred_province_id"].to_numpy()
+        out = {}
+        for level in self.levels:
+            q = np.full(len(pred), self.pooled[level])
+            for p, quantiles in self.per_province.items():
+                q[province == p] = quantiles[level]
+            out[radius_column(level)] = q * scale
+        return pd.DataFrame(out, index=pred.index)
+
+    def to_dict(self) -> dict:
+        return {
+            "spread": self.spread,
+            "levels": list(self.levels),
+            "pooled": {str(k): v for k, v in self.pooled.items()},
+            "per_province": {str(p): {str(k): v for k, v in q.items()} for p, q in self.per_province.items()},
+            "photos": self.photos,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RadiusCalibration:
+        levels = tuple(float(v) for v in values["levels"])
+        return cls(
+            spread=values["spread"],
+            levels=levels,
+            pooled={float(k): float(v) for k, v in values["pooled"].items()},
+            per_province={
+                int(p): {float(k): float(v) for k, v in q.items()} for p, q in values["per_province"].items()
+            },
+            photos=int(values["photos"]),
+        )
+
+
+def _fit(pred: pd.DataFrame, cells: pd.DataFrame, kind: str, levels, min_photos: int) -> RadiusCalibration:
+    scores = pred["error_km"].to_numpy(float) / spread_km(pred, cells, kind)
+    province = pred["pred_province_id"].to_numpy()
+    pooled = {level: conformal_quantile(scores, level) for level in levels}
+    per_province = {
+        p.id: {level: conformal_quantile(scores[province == p.id], level) for level in levels}
+        for p in prov.PROVINCES
+        if (province == p.id).sum() >= min_photos
+    }
+    return RadiusCalibration(kind, tuple(levels), pooled, per_province, len(pred))
+
+
+def calibrate(
+    pred: pd.DataFrame,
+    cells: pd.DataFrame,
+    levels=LEVELS,
+    min_photos: int = MIN_PROVINCE_PHOTOS,
+    seed: int = 0,
+) -> tuple[RadiusCalibration, pd.DataFrame]:
+    """The calibration of validation predictions `pred`, with its spread chosen by cross-fitting; also the
+    table of the candidates (median radius at the highest level on the held-out half, coverage there)."""
+    halves = np.random.default_rng(seed).permutation(len(pred)) % 2 == 0
+    rows = []
+    for kind in SPREADS:
+        radius, covered = [], []
+        for fit_half in (halves, ~halves):
+            held = pred[~fit_half]
+            calibration = _fit(pred[fit_half], cells, kind, [max(levels)], min_photos // 2)
+            r = calibration.radii(held, cells)[radius_column(max(levels))].to_numpy()
+            radius.append(np.median(r))
+            covered.append(np.mean(held["error_km"].to_numpy() <= r))
+        rows.append(
+            {
+                "spread": kind,
+                "median_radius_km": float(np.mean(radius)),
+                "coverage_%": 100 * float(np.mean(covered)),
+            }
+        )
+    candidates = pd.DataFrame(rows).set_index("spread")
+    best = candidates["median_radius_km"].idxmin()
+    return _fit(pred, cells, best, levels, min_photos), candidates
+
+
+def coverage_table(pred: pd.DataFrame, radii: pd.DataFrame) -> pd.DataFrame:
+    """Per true province and overall: photos, the share within each radius (%), and the median radius."""
+    rows = []
+    groups = [(p.name, pred["province_id"] == p.id) for p in prov.PROVINCES] + [
+        ("all", pred.index == pred.index)
+    ]
+    for name, mask in groups:
+        if not mask.any():
+            continue
+        row = {"province": name, "photos": int(mask.sum())}
+        for column in radii.columns:
+            level = column.removeprefix("radius_").removesuffix("_km")
+            r = radii.loc[mask, column]
+            row[f"coverage_{level}_%"] = 100 * float(np.mean(pred.loc[mask, "error_km"] <= r))
+            row[f"median_radius_{level}_km"] = float(r.median())
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("province")
+
+
+def confidence_curve(pred: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Accuracy against coverage: for x = 10 %, ..., 100 % the most confident x % of photos, their median error
+    and accuracy within 25 km, beside the same shares ranked at random. Also the Spearman correlation between
+    confidence and closeness (minus the error), and the mean median error over the curve (lower is better)."""
+    confidence = pred["pred_cell_prob"].to_numpy(float)
+    error = pred["error_km"].to_numpy(float)
+    by_confidence = np.argsort(-confidence, kind="stable")
+    at_random = np.random.default_rng(seed).permutation(len(pred))
+    rows = []
+    for share in range(10, 101, 10):
+        n = max(1, round(len(pred) * share / 100))
+        kept, random_kept = error[by_confidence[:n]], error[at_random[:n]]
+        rows.append(
+            {
+                "kept_%": share,
+                "median_error_km": float(np.median(kept)),
+                "acc_25km": 100 * float(np.mean(kept <= 25)),
+                "random_median_error_km": float(np.median(random_kept)),
+                "random_acc_25km": 100 * float(np.mean(random_kept <= 25)),
+            }
+        )
+    curve = pd.DataFrame(rows).set_index("kept_%")
+    summary = {
+        "spearman_confidence_vs_closeness": float(
+            pd.Series(confidence).corr(pd.Series(-error), method="spearman")
+        ),
+        "curve_mean_median_km": float(curve["median_error_km"].mean()),
+        "random_curve_mean_median_km": float(curve["random_median_error_km"].mean()),
+    }
+    return curve, summary

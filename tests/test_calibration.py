@@ -1,0 +1,112 @@
+"""Credible radii (split-conformal) and the confidence ranking: known answers, then a trained run end to end."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geoloc_lib.evaluate.calibration import (
+    RadiusCalibration,
+    calibrate,
+    confidence_curve,
+    conformal_quantile,
+    coverage_table,
+)
+from geoloc_lib.inference.predictor import Predictor
+from geoloc_lib.inference.run_evaluation import evaluate_run, read_evaluation
+from geoloc_lib.predict import main
+from geoloc_lib.train.loop import fit
+from geoloc_lib.train.run_folder import RunFolder
+
+CELLS = pd.DataFrame({"cell_id": [0, 1], "radius_km": [10.0, 80.0]})
+
+
+def _predictions(rng, n, province=0):
+    """Errors that are the predicted spread times an Exp(1) draw: error / spread is exchangeable."""
+    spread = rng.uniform(5, 100, n)
+    return pd.DataFrame(
+        {
+            "pred_spread_km": spread,
+            "error_km": spread * rng.exponential(1.0, n),
+            "pred_cell_id": rng.integers(0, 2, n),
+            "pred_province_id": province,
+            "province_id": province,
+        }
+    )
+
+
+def test_the_conformal_quantile_by_hand():
+    scores = np.arange(1.0, 10.0)  # 1..9
+    assert conformal_quantile(scores, 0.5) == 5.0  # ceil(10 x 0.5) = 5th smallest
+    assert conformal_quantile(scores, 0.9) == 9.0  # ceil(10 x 0.9) = 9th
+    assert conformal_quantile(scores, 0.95) == math.inf  # the 10th of 9 does not exist
+
+
+def test_radii_reach_their_nominal_coverage_on_errors_of_a_known_distribution():
+    rng = np.random.default_rng(0)
+    validation, test = _predictions(rng, 2000), _predictions(rng, 20000)
+    calibration, candidates = calibrate(validation, CELLS)
+    assert (
+        calibration.spread == "mixture_spread"
+    )  # the spread that scales the errors gives the smallest radii
+    assert (
+        candidates.loc["mixture_spread", "median_radius_km"] < candidates.loc["constant", "median_radius_km"]
+    )
+    # the quantiles of Exp(1): ln 2 and ln 10
+    assert calibration.pooled[0.5] == pytest.approx(math.log(2), rel=0.08)
+    assert calibration.pooled[0.9] == pytest.approx(math.log(10), rel=0.08)
+    covered = coverage_table(test, calibration.radii(test, CELLS)).loc["all"]
+    assert covered["coverage_50_%"] == pytest.approx(50, abs=2.5)  # about 3 standard errors
+    assert covered["coverage_90_%"] == pytest.approx(90, abs=1.5)
+
+
+def test_a_province_with_enough_validation_photos_gets_its_own_quantile():
+    rng = np.random.default_rng(1)
+    calm, wild = _predictions(rng, 400, province=0), _predictions(rng, 20, province=1)
+    wild["error_km"] *= 10  # a province whose errors are ten times larger
+    calibration, _ = calibrate(pd.concat([calm, wild], ignore_index=True), CELLS, min_photos=50)
+    assert list(calibration.per_province) == [0]  # 20 photos are too few for a quantile of their own
+    pooled = conformal_quantile(
+        pd.concat([calm, wild])["error_km"] / pd.concat([calm, wild])["pred_spread_km"], 0.9
+    )
+    assert calibration.pooled[0.9] == pytest.approx(pooled)
+    radii = calibration.radii(pd.concat([calm.head(1), wild.head(1)], ignore_index=True), CELLS)[
+        "radius_90_km"
+    ]
+    assert radii[0] == pytest.approx(calibration.per_province[0][0.9] * calm["pred_spread_km"].iloc[0])
+    assert radii[1] == pytest.approx(calibration.pooled[0.9] * wild["pred_spread_km"].iloc[0])
+    assert RadiusCalibration.from_dict(calibration.to_dict()) == calibration
+
+
+def test_a_confidence_that_orders_errors_perfectly():
+    confidence = np.linspace(0.05, 0.95, 200)
+    pred = pd.DataFrame({"pred_cell_prob": confidence, "error_km": 100 - 90 * confidence})
+    curve, summary = confidence_curve(pred)
+    assert summary["spearman_confidence_vs_closeness"] == pytest.approx(1.0)
+    assert curve["median_error_km"].is_monotonic_increasing  # fewer, surer photos: smaller errors
+    assert curve.loc[10, "median_error_km"] == pytest.approx(np.median(np.sort(pred["error_km"])[:20]))
+    assert summary["curve_mean_median_km"] < summary["random_curve_mean_median_km"]
+
+
+def test_a_trained_run_carries_radii_into_the_predictor_the_cli_and_its_evaluation(
+    tiny_config, tmp_path, capsys
+):
+    cfg = tiny_config(epochs=2, batches_per_epoch=20)
+    fit(cfg, progress=False)
+    folder = RunFolder(cfg.run_dir)
+    assert folder.calibration.is_file()
+    evaluation = evaluate_run(cfg.run_dir, "test", progress=False)
+    pred = read_evaluation(folder.evaluation, "predictions")
+    assert (pred["radius_50_km"] <= pred["radius_90_km"]).all() and (pred["radius_50_km"] > 0).all()
+    coverage = read_evaluation(folder.evaluation, "coverage")
+    assert coverage.loc["all", "photos"] == len(evaluation.split)
+    own = 100 * (pred["error_km"] <= pred["radius_90_km"]).mean()  # counted again from the saved table
+    assert coverage.loc["all", "coverage_90_%"] == pytest.approx(own)
+    image = evaluation.split["image_path"].iloc[0]
+    direct = Predictor.from_run(cfg.run_dir).predict([image])
+    assert direct["radius_90_km"].iloc[0] == pytest.approx(pred["radius_90_km"].iloc[0], rel=2e-2)
+    main([str(cfg.run_dir), image, "--csv", str(tmp_path / "out.csv")])
+    written = pd.read_csv(tmp_path / "out.csv")
+    assert {"radius_50_km", "radius_90_km", "confidence"} <= set(written.columns)
+    assert "radius_90_km" in capsys.readouterr().out
