@@ -93,7 +93,8 @@ def load_predictor(args: argparse.Namespace):
         raise CommandError(str(err).strip("'\"")) from err
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
+    """Predict and print; the exit status: 0 when every photo was placed, 1 when one was skipped or flagged."""
     if args.csv and not Path(args.csv).resolve().parent.is_dir():
         raise CommandError(f"--csv {args.csv}: its folder does not exist; create it or name another file")
     photos, problems = readable_photos(args.images)
@@ -104,7 +105,14 @@ def run(args: argparse.Namespace) -> None:
     predictor = load_predictor(args)
     frame = predictor.predict(photos, args.batch_size, args.mode)
     shown = ["image", "lat", "lon", "province", "confidence", *[c for c in frame if c.startswith("radius_")]]
-    print(frame[shown].to_string(index=False))
+    print(frame[shown + (["out_of_domain"] if "out_of_domain" in frame else [])].to_string(index=False))
+    flagged = frame[frame["out_of_domain"]] if "out_of_domain" in frame else frame.iloc[:0]
+    for row in flagged.itertuples():
+        print(
+            f"geoloc-predict: {row.image}: unlike every training photo (distance {row.novelty_distance:.3f} > "
+            f"{predictor.novelty.threshold:.3f}); its place is not to be trusted",
+            file=sys.stderr,
+        )
     if args.csv:
         from geoloc_lib.base.atomic_files import atomic_write_csv
 
@@ -113,6 +121,7 @@ def run(args: argparse.Namespace) -> None:
         except OSError as err:
             raise CommandError(str(err)) from None
         print(f"wrote {args.csv}")
+    return 1 if problems or len(flagged) else 0
 
 
 def positive_int(text: str) -> int:
@@ -125,10 +134,12 @@ def positive_int(text: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
-        run(args)
+        status = run(args)
     except CommandError as err:
         print(f"geoloc-predict: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

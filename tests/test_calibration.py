@@ -1,17 +1,22 @@
 """Credible radii (split-conformal) and the confidence ranking: known answers, then a trained run end to end."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from geoloc_lib.evaluate.calibration import (
+    LEVELS,
     RadiusCalibration,
+    _fit,
     calibrate,
     confidence_curve,
     conformal_quantile,
     coverage_table,
+    radius_confidence,
 )
 from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.inference.run_evaluation import evaluate_run, read_evaluation
@@ -65,7 +70,10 @@ def test_a_province_with_enough_validation_photos_gets_its_own_quantile():
     rng = np.random.default_rng(1)
     calm, wild = _predictions(rng, 400, province=0), _predictions(rng, 20, province=1)
     wild["error_km"] *= 10  # a province whose errors are ten times larger
-    calibration, _ = calibrate(pd.concat([calm, wild], ignore_index=True), CELLS, min_photos=50)
+    both = pd.concat([calm, wild], ignore_index=True)
+    calibration = _fit(
+        both, CELLS, "mixture_spread", LEVELS, min_photos=50
+    )  # the spread fixed, to check by hand
     assert list(calibration.per_province) == [0]  # 20 photos are too few for a quantile of their own
     pooled = conformal_quantile(
         pd.concat([calm, wild])["error_km"] / pd.concat([calm, wild])["pred_spread_km"], 0.9
@@ -79,9 +87,13 @@ def test_a_province_with_enough_validation_photos_gets_its_own_quantile():
     assert RadiusCalibration.from_dict(calibration.to_dict()) == calibration
 
 
+def test_confidence_falls_as_the_radius_grows():
+    assert radius_confidence([0.0, 25.0, 75.0]).tolist() == [1.0, 0.5, 0.25]
+
+
 def test_a_confidence_that_orders_errors_perfectly():
     confidence = np.linspace(0.05, 0.95, 200)
-    pred = pd.DataFrame({"pred_cell_prob": confidence, "error_km": 100 - 90 * confidence})
+    pred = pd.DataFrame({"confidence": confidence, "error_km": 100 - 90 * confidence})
     curve, summary = confidence_curve(pred)
     assert summary["spearman_confidence_vs_closeness"] == pytest.approx(1.0)
     assert curve["median_error_km"].is_monotonic_increasing  # fewer, surer photos: smaller errors
@@ -110,3 +122,38 @@ def test_a_trained_run_carries_radii_into_the_predictor_the_cli_and_its_evaluati
     written = pd.read_csv(tmp_path / "out.csv")
     assert {"radius_50_km", "radius_90_km", "confidence"} <= set(written.columns)
     assert "radius_90_km" in capsys.readouterr().out
+
+
+def _unlike_any_training_photo(tmp_path) -> list[str]:
+    """A plot, a flat colour and a photo of another generator (smooth noise), as PNG files."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.plot(np.arange(10), np.arange(10) ** 2)
+    ax.set_title("a chart")
+    fig.savefig(tmp_path / "chart.png")
+    plt.close(fig)
+    Image.new("RGB", (96, 96), (255, 0, 255)).save(tmp_path / "flat.png")
+    noise = np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    Image.fromarray(noise).resize((96, 96), Image.BICUBIC).save(tmp_path / "noise.png")
+    return [str(tmp_path / name) for name in ("chart.png", "flat.png", "noise.png")]
+
+
+def test_photos_unlike_any_training_photo_are_flagged_and_the_cli_exits_1(tiny_config, tmp_path, capsys):
+    cfg = tiny_config(epochs=2, batches_per_epoch=20)
+    fit(cfg, progress=False)
+    test = pd.read_csv(Path(cfg.data_dir) / "test.csv")
+    own = [str(Path(cfg.data_dir) / image) for image in test["image"]]
+    strangers = _unlike_any_training_photo(tmp_path)
+    predictor = Predictor.from_run(cfg.run_dir)
+    placed = predictor.predict(own + strangers)
+    assert placed["out_of_domain"].tail(3).all()  # every stranger is flagged
+    share = placed["out_of_domain"].head(len(own)).mean()
+    assert share <= 0.1, share  # the threshold lets about 1 % of genuine photos through as strangers
+    try:
+        main([str(cfg.run_dir), *strangers])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("unlike every training photo") == 3

@@ -17,6 +17,7 @@ from geoloc_lib.base.progress import progress_bar
 from geoloc_lib.data.feature_sources import Batch
 from geoloc_lib.data.photos import label_tensors
 from geoloc_lib.evaluate.metrics import PREDICTION_COLUMNS, predictions_frame
+from geoloc_lib.evaluate.novelty import NoveltyIndex
 from geoloc_lib.model.decode_modes import DECODE_MODES
 from geoloc_lib.model.decoding import Decoder
 from geoloc_lib.model.heads import GeoHeads
@@ -44,11 +45,13 @@ def evaluate(
     loss_fn: GeolocLoss | None = None,
     offset_weight: float = 1.0,
     progress: bool = True,
+    novelty: NoveltyIndex | None = None,
 ) -> Evaluation:
     """Predict every row of `split` from `batches` of encoder features without labels; the true cells
     give the oracle coordinate.
 
-    With `loss_fn`, also the mean loss terms on the split (the true cells routed, as in training).
+    With `loss_fn`, also the mean loss terms on the split (the true cells routed, as in training). With
+    `novelty`, also each photo's distance to the training photos and whether it is out of domain.
     """
     heads.eval()
     device = next(heads.parameters()).device
@@ -70,7 +73,17 @@ def evaluate(
                 columns[k].append(pred[k].cpu())
             columns["row"].append(idx.cpu())
             columns["oracle"].append(out["oracle_coords"].float().cpu())
+            if novelty is not None:
+                columns.setdefault("novelty", []).append(novelty.distance(clip, scene).cpu())
             bar.update(len(idx))
+    losses = None
+    if loss_fn is not None:
+        losses = {f"loss_{k}": v for k, v in zip(LOSS_TERMS, (loss_sums / len(split)).tolist(), strict=True)}
+    return Evaluation(_table(columns, split, novelty), losses)
+
+
+def _table(columns: dict[str, list[torch.Tensor]], split: pd.DataFrame, novelty) -> pd.DataFrame:
+    """The predictions table from the batches' columns, in the split's row order."""
     cat = {k: torch.cat(v).numpy() for k, v in columns.items()}
     order = np.argsort(cat["row"], kind="stable")  # rows as in the split, whatever order batches came in
     if not np.array_equal(cat["row"][order], np.arange(len(split))):
@@ -79,7 +92,8 @@ def evaluate(
         )
     predicted = {k: cat[k][order] for k in TABLE_FIELDS}
     predicted["oracle_lat"], predicted["oracle_lon"] = cat["oracle"][order, 0], cat["oracle"][order, 1]
-    losses = None
-    if loss_fn is not None:
-        losses = {f"loss_{k}": v for k, v in zip(LOSS_TERMS, (loss_sums / len(split)).tolist(), strict=True)}
-    return Evaluation(predictions_frame(split, predicted), losses)
+    frame = predictions_frame(split, predicted)
+    if novelty is not None:
+        frame["novelty_distance"] = cat["novelty"][order]
+        frame["out_of_domain"] = frame["novelty_distance"] > novelty.threshold
+    return frame

@@ -24,8 +24,9 @@ from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.data.feature_sources import EncodedImages
 from geoloc_lib.data.photos import open_rgb
 from geoloc_lib.data.transforms import eval_transform
-from geoloc_lib.evaluate.calibration import RadiusCalibration
+from geoloc_lib.evaluate.calibration import RadiusCalibration, radius_confidence
 from geoloc_lib.evaluate.evaluation import evaluate
+from geoloc_lib.evaluate.novelty import NoveltyIndex
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.cell_table import CellTable
 from geoloc_lib.model.decode_modes import DECODE_MODES
@@ -84,12 +85,14 @@ class Predictor:
         decoder: Decoder,
         cells: pd.DataFrame,
         calibration: RadiusCalibration | None = None,
+        novelty: NoveltyIndex | None = None,
     ):
         self.model = model.to(device).eval()
         self.device = device
         self.decoder = decoder
         self.cells = cells  # the cell metadata, for the radii scaled by the predicted cell
         self.calibration = calibration  # credible radii of the run's decoding mode (None: not calibrated)
+        self.novelty = novelty  # flags photos unlike every training photo (None: no index)
         self.transform = eval_transform(model.encoders.image_size)
 
     @classmethod
@@ -124,6 +127,8 @@ class Predictor:
         )
         if folder.calibration.is_file():
             predictor.calibration = RadiusCalibration.from_dict(json.loads(folder.calibration.read_text()))
+        if folder.novelty.is_file():
+            predictor.novelty = NoveltyIndex.load(folder.novelty)
         if cfg.retrieval_k > 0:
             train = load_run_data(cfg).train
             encoders = predictor.model.encoders
@@ -144,7 +149,10 @@ class Predictor:
     @torch.no_grad()
     def _predict_batch(self, images: list) -> dict[str, np.ndarray]:
         batch = torch.stack([self.transform(_as_image(x)) for x in images]).to(self.device)  # [B, 3, H, W]
-        pred = self.decoder(self.model.heads, self.model(batch))
+        clip, scene = self.model.encoders(batch)  # [B, Dc], [B, Ds]
+        pred = self.decoder(self.model.heads, self.model.heads(clip, scene))
+        if self.novelty is not None:
+            pred["novelty_distance"] = self.novelty.distance(clip, scene)
         return {
             k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy() for k, v in pred.items()
         }
@@ -175,6 +183,9 @@ class Predictor:
                 "confidence": cat["cell_prob"],
             }
         )
+        if self.novelty is not None:
+            frame["novelty_distance"] = cat["novelty_distance"]
+            frame["out_of_domain"] = cat["novelty_distance"] > self.novelty.threshold
         if self.calibration is not None and mode == self.decoder.config.mode:  # radii are of the run's mode
             chosen = pd.DataFrame(
                 {
@@ -183,7 +194,8 @@ class Predictor:
                     "pred_spread_km": cat["spread_km"],
                 }
             )
-            frame = frame.join(self.calibration.radii(chosen, self.cells))
+            radii = self.calibration.radii(chosen, self.cells)
+            frame = frame.join(radii).assign(confidence=radius_confidence(radii.iloc[:, -1]))
         frame["hypotheses"] = _hypotheses(cat, names)
         return frame
 
@@ -195,7 +207,12 @@ class Predictor:
             self.model.encoders, self.device, split, eval_batch_size=batch_size, num_workers=num_workers
         )
         return evaluate(
-            self.model.heads, images.eval_batches(), split, self.decoder, progress=progress
+            self.model.heads,
+            images.eval_batches(),
+            split,
+            self.decoder,
+            progress=progress,
+            novelty=self.novelty,
         ).predictions
 
 

@@ -20,7 +20,7 @@ from geoloc_lib.base.folder_lock import RunLock
 from geoloc_lib.data.contract import GeoDataset, load_split
 from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.evaluate.baselines import baseline_ladder, ladder_table
-from geoloc_lib.evaluate.calibration import confidence_curve, coverage_table
+from geoloc_lib.evaluate.calibration import confidence_curve, coverage_table, radius_confidence
 from geoloc_lib.evaluate.metrics import (
     SUMMARY_METRICS,
     confusion_matrix,
@@ -104,7 +104,7 @@ def _trust_tables(predictor: Predictor, pred: pd.DataFrame, cells: pd.DataFrame)
     if predictor.calibration is None:  # a run trained before credible radii
         return pred, {}
     radii = predictor.calibration.radii(pred, cells)
-    pred = pred.join(radii)
+    pred = pred.join(radii).assign(confidence=radius_confidence(radii.iloc[:, -1]))
     curve, ranking = confidence_curve(pred)
     tables = {
         "coverage": coverage_table(pred, radii),

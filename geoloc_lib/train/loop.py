@@ -22,9 +22,11 @@ import torch
 
 from geoloc_lib.base.atomic_files import write_json
 from geoloc_lib.base.progress import progress_bar
+from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.evaluate.calibration import calibrate
 from geoloc_lib.evaluate.evaluation import Evaluation, evaluate
 from geoloc_lib.evaluate.metrics import prediction_metrics, predictions_frame
+from geoloc_lib.evaluate.novelty import fit_novelty
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.model.factory import checkpoint_state
 from geoloc_lib.model.losses import (
@@ -36,7 +38,7 @@ from geoloc_lib.model.retrieval import RetrievalIndex
 from geoloc_lib.train.checkpoint import Checkpoint
 from geoloc_lib.train.config import TrainConfig
 from geoloc_lib.train.epoch_report import epoch_summary
-from geoloc_lib.train.from_config import head_config_of
+from geoloc_lib.train.from_config import cache_spec_of, head_config_of
 from geoloc_lib.train.phases import phase_of
 from geoloc_lib.train.run_state import commit_epoch
 from geoloc_lib.train.schedule import lr_at
@@ -216,6 +218,24 @@ def calibrate_radii(t: Training, best: Checkpoint) -> None:
     )
 
 
+def index_novelty(t: Training) -> None:
+    """The out-of-domain index: the training photos' encoder features, with its threshold on validation."""
+    if t.frozen_fingerprint is None:
+        t.log.info("no out-of-domain index: its features would change with the trained encoder")
+        return
+    spec, encoders = cache_spec_of(t.cfg), t.model.encoders
+    train, val = (
+        clean_features(spec, part, encoders, t.frozen_fingerprint, t.device, t.log.info)
+        for part in (t.data.train, t.data.val)
+    )
+    index = fit_novelty(train, val)
+    index.save(t.folder.novelty)
+    t.log.info(
+        f"out-of-domain threshold: distance {index.threshold:.2f} to the nearest of {len(index.reference)} "
+        f"training photos ({100 * index.quantile:.0f} % of validation photos are closer)"
+    )
+
+
 def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
     """Train `cfg` into its run folder (resuming it when asked) and return the best epoch."""
     t = build_training(cfg, progress)
@@ -230,6 +250,7 @@ def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
         best = t.folder.load_checkpoint(cfg.phase, "best")
         if t.world.is_main and cfg.phase == 1:
             calibrate_radii(t, best)
+            index_novelty(t)
     finally:
         t.close()
     return FitResult(t.folder.root, best.epoch, best.best_metric, best.metrics["val"])

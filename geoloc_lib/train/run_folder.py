@@ -76,6 +76,7 @@ class RunFolder:
     val_predictions = property(lambda self: self.root / "val_predictions.csv")
     val_predictions_best = property(lambda self: self.root / "val_predictions_best.csv")
     calibration = property(lambda self: self.root / "calibration.json")  # credible radii (Phase 1)
+    novelty = property(lambda self: self.root / "novelty.pt")  # the out-of-domain index (Phase 1)
     evaluation = property(lambda self: self.root / "evaluation")
     maps = property(lambda self: self.root / "maps")
     figures = property(lambda self: self.root / "figures")
