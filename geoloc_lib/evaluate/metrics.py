@@ -31,7 +31,7 @@ def error_columns(prefix: str = "") -> list[str]:
 ACCURACY_COLUMNS = [f"acc_{r}km" for r in ACCURACY_RADII_KM]
 PROVINCE_ACCURACY_COLUMNS = [f"{p.key}_acc" for p in prov.PROVINCES]
 # The specification's metric columns of losses.csv, in its order, then the ones it did not have.
-SEED_METRIC_COLUMNS = [*error_columns(), *PROVINCE_ACCURACY_COLUMNS]
+SPEC_METRIC_COLUMNS = [*error_columns(), *PROVINCE_ACCURACY_COLUMNS]
 EXTRA_METRIC_COLUMNS = [
     *error_columns("oracle_"),
     *[column for mode in DECODE_MODES for column in error_columns(f"{mode}_")],

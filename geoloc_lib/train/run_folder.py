@@ -29,7 +29,7 @@ import pandas as pd
 
 from geoloc_lib.base.atomic_files import atomic_write_text, write_json
 from geoloc_lib.base.folder_lock import LOCK_NAME
-from geoloc_lib.evaluate.metrics import EXTRA_METRIC_COLUMNS, SEED_METRIC_COLUMNS
+from geoloc_lib.evaluate.metrics import EXTRA_METRIC_COLUMNS, SPEC_METRIC_COLUMNS
 from geoloc_lib.model.losses import LOSS_TERMS
 from geoloc_lib.train.checkpoint import Checkpoint
 from geoloc_lib.train.config import TrainConfig
@@ -40,7 +40,7 @@ LOSSES_CSV_COLUMNS = [
     "epoch",
     "split",
     *LOSS_COLUMNS,
-    *SEED_METRIC_COLUMNS,
+    *SPEC_METRIC_COLUMNS,
     "offset_weight",
     *EXTRA_METRIC_COLUMNS,
     "seconds",
