@@ -17,6 +17,7 @@ from geoloc_lib.evaluate.calibration import (
     conformal_quantile,
     coverage_table,
     radius_confidence,
+    spearman,
 )
 from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.inference.run_evaluation import evaluate_run, read_evaluation
@@ -85,6 +86,15 @@ def test_a_province_with_enough_validation_photos_gets_its_own_quantile():
     assert radii[0] == pytest.approx(calibration.per_province[0][0.9] * calm["pred_spread_km"].iloc[0])
     assert radii[1] == pytest.approx(calibration.pooled[0.9] * wild["pred_spread_km"].iloc[0])
     assert RadiusCalibration.from_dict(calibration.to_dict()) == calibration
+
+
+def test_spearman_against_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=50), rng.normal(size=50)
+    b[:10] = a[:10]  # some ties and some agreement
+    a[5] = a[6]
+    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0])
 
 
 def test_confidence_falls_as_the_radius_grows():

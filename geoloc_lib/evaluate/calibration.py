@@ -176,6 +176,14 @@ def coverage_table(pred: pd.DataFrame, radii: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("province")
 
 
+def spearman(a, b) -> float:
+    """Spearman's rank correlation (the Pearson correlation of average ranks); NaN when either is constant."""
+    ranks = [pd.Series(np.asarray(v, float)).rank().to_numpy() for v in (a, b)]
+    if min(r.std() for r in ranks) == 0:
+        return float("nan")
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
 def confidence_curve(pred: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, dict[str, float]]:
     """Accuracy against coverage: for x = 10 %, ..., 100 % the most confident x % of photos, their median error
     and accuracy within 25 km, beside the same shares ranked at random. Also the Spearman correlation between
@@ -199,9 +207,7 @@ def confidence_curve(pred: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, d
         )
     curve = pd.DataFrame(rows).set_index("kept_%")
     summary = {
-        "spearman_confidence_vs_closeness": float(
-            pd.Series(confidence).corr(pd.Series(-error), method="spearman")
-        ),
+        "spearman_confidence_vs_closeness": spearman(confidence, -error),
         "curve_mean_median_km": float(curve["median_error_km"].mean()),
         "random_curve_mean_median_km": float(curve["random_median_error_km"].mean()),
     }
