@@ -1,9 +1,16 @@
+import json
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from matplotlib.path import Path as MatplotlibPath
 from sklearn.metrics.pairwise import haversine_distances
 
+from geoloc_lib.data.demo_data import PLACES_CSV
 from geoloc_lib.geo import provinces as prov
+from geoloc_lib.geo.borders import province_at
 from geoloc_lib.geo.sphere import EARTH_RADIUS_KM, haversine_km, km_to_deg
 
 
@@ -78,3 +85,44 @@ def test_aliases_normalise(spelling, name):
 def test_unknown_province_lists_spellings():
     with pytest.raises(prov.UnknownProvinceError, match="Accepted spellings: Sindh"):
         prov.lookup("Kashmir Valley")
+
+
+SHARED_BORDERS = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "geoBoundaries-PAK-ADM1_simplified.geojson"
+)
+
+
+def test_known_towns_fall_in_their_provinces_on_the_bundled_borders():
+    towns = {  # (lat, lon) of each province's main town
+        "Sindh": (24.86, 67.01),  # Karachi
+        "Punjab": (31.55, 74.34),  # Lahore
+        "Khyber Pakhtunkhwa": (34.01, 71.58),  # Peshawar
+        "Islamabad Capital Territory": (33.69, 73.06),  # Islamabad
+        "Gilgit-Baltistan": (35.92, 74.31),  # Gilgit
+        "Balochistan": (30.18, 66.99),  # Quetta
+        "Azad Kashmir": (34.37, 73.47),  # Muzaffarabad
+    }
+    lat, lon = np.array(list(towns.values())).T
+    found = [prov.by_id(i).name for i in province_at(lat, lon)]
+    assert found == [prov.lookup(name).name for name in towns]
+    assert province_at([51.5], [-0.13]).tolist() == [-1]  # London
+
+
+def test_the_bundled_places_agree_with_the_borders_and_with_geoboundaries():
+    places = pd.read_csv(PLACES_CSV)
+    found = province_at(places["latitude"], places["longitude"])
+    own = places["province"].map(lambda s: prov.lookup(s).id).to_numpy()
+    assert (found == own).mean() >= 0.98
+    if not SHARED_BORDERS.is_file():
+        pytest.skip("the reference geoBoundaries file (shared/data) is not here")
+    reference = json.loads(SHARED_BORDERS.read_text())
+    points = np.column_stack([places["longitude"], places["latitude"]])
+    theirs = np.full(len(places), -1)
+    for feature in reference["features"]:
+        g = feature["geometry"]
+        polygons = [g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"]
+        inside = np.zeros(len(places), bool)
+        for polygon in polygons:
+            inside |= MatplotlibPath(np.asarray(polygon[0])).contains_points(points)
+        theirs[inside & (theirs < 0)] = prov.lookup(feature["properties"]["shapeName"]).id
+    assert (found == theirs).mean() >= 0.98

@@ -1,7 +1,7 @@
 """folium maps that render without internet, in saved HTML files and inside notebooks.
 
-Every map has an offline base: the borders of Pakistan's seven first-level divisions (geoBoundaries ADM1,
-public domain, vendored in `resources/boundaries/`, see data/README.md) and the names of the larger towns
+Every map has an offline base: the borders of Pakistan's seven first-level divisions (Natural Earth
+admin-1, public domain, built from Debian's qgis-common by data/build_boundaries.py, see data/README.md) and the names of the larger towns
 (`resources/places_pk.csv`). OpenStreetMap tiles are an optional layer, off by default. Leaflet's
 JavaScript and CSS are inlined from `resources/leaflet/` (Leaflet 1.9.4, BSD-2-Clause), the layer
 control's icon is an inline SVG, and folium's other CDN assets are dropped (these maps use none of them).
@@ -15,7 +15,6 @@ import base64
 import html
 import json
 import re
-from functools import cache
 from pathlib import Path
 
 import folium
@@ -26,9 +25,9 @@ from branca.element import MacroElement, Template
 from geoloc_lib.base.atomic_files import atomic_write_text
 from geoloc_lib.base.resources import RESOURCES
 from geoloc_lib.geo import provinces as prov
+from geoloc_lib.geo.borders import province_borders
 
 LEAFLET_DIR = RESOURCES / "leaflet"
-BOUNDARIES_GEOJSON = RESOURCES / "boundaries" / "geoBoundaries-PAK-ADM1_simplified.geojson"
 PLACES_CSV = RESOURCES / "places_pk.csv"
 LABELLED_TOWNS = 25  # the largest towns are named on every map
 PROVINCE_COLORS = ("#e6550d", "#31a354", "#3182bd", "#756bb1", "#636363", "#bcbd22", "#d6616b")
@@ -48,17 +47,8 @@ LAYERS_ICON = (
 )
 
 
-@cache
-def province_borders() -> dict:
-    """The vendored geoBoundaries ADM1 polygons, with each feature's `province` set to our canonical name."""
-    shapes = json.loads(BOUNDARIES_GEOJSON.read_text(encoding="utf-8"))
-    for feature in shapes["features"]:
-        feature["properties"]["province"] = prov.lookup(feature["properties"]["shapeName"]).name
-    return shapes
-
-
 def _read_shapes(geojson: str | Path | None) -> dict:
-    """A user's GeoJSON (properties `shapeName` or `name` naming provinces) if given, else the vendored one."""
+    """A user's GeoJSON (properties `shapeName` or `name` naming provinces) if given, else the bundled one."""
     if geojson is None:
         return json.loads(json.dumps(province_borders()))  # a copy: callers add properties
     shapes = json.loads(Path(geojson).read_text(encoding="utf-8"))
@@ -104,7 +94,7 @@ def base_map(points: pd.DataFrame | None = None) -> folium.Map:
     folium.TileLayer(
         "OpenStreetMap", name="OpenStreetMap (needs internet)", overlay=False, show=False
     ).add_to(m)
-    borders = folium.FeatureGroup(name="province borders (geoBoundaries)", overlay=True, control=True)
+    borders = folium.FeatureGroup(name="province borders (Natural Earth)", overlay=True, control=True)
     folium.GeoJson(
         province_borders(),
         style_function=lambda _: {"color": "#555", "weight": 1.2, "fillColor": "#f4f1ea", "fillOpacity": 0.6},
