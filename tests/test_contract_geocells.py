@@ -148,3 +148,52 @@ def test_assign_cells_is_nearest_centre_in_own_province():
     before = cells.copy()
     assign_cells(test, cells)
     pd.testing.assert_frame_equal(before, cells)  # test rows never change the cells
+
+
+KILL_DURING_REBUILD = """
+import os, signal, sys
+import geoloc_lib.data.audit as audit
+real = {fn}
+calls = []
+def dying(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == {after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+{patch}
+audit.rebuild_geocells(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["between the two splits", "while the new files are written"],
+)
+def test_a_rebuild_of_the_geocells_killed_part_way_leaves_the_users_files_byte_identical(tiny_copy, where):
+    import signal
+    import subprocess
+    import sys
+
+    before = {
+        name: (tiny_copy / name).read_bytes() for name in ("train.csv", "test.csv", "cell_metadata.csv")
+    }
+    if where == "between the two splits":  # killed when the test split's cells are assigned
+        script = KILL_DURING_REBUILD.format(
+            fn="audit.assign_cells", after=2, patch="audit.assign_cells = dying"
+        )
+    else:  # killed in the middle of writing the temporary files
+        script = KILL_DURING_REBUILD.format(fn="os.fsync", after=2, patch="os.fsync = dying")
+    proc = subprocess.run([sys.executable, "-c", script, str(tiny_copy)], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert {name: (tiny_copy / name).read_bytes() for name in before} == before
+    leftovers = [p.name for p in tiny_copy.iterdir() if p.name.endswith(".tmp")]
+    assert len(leftovers) <= 2  # a kill can leave temporary files, never a changed CSV
+
+
+def test_a_missing_data_folder_is_an_error_not_synthetic_data(tmp_path):
+    from geoloc_lib.data.audit import prepare_data_dir
+
+    missing = tmp_path / "my_photoz"
+    with pytest.raises(DataContractError, match="my_photoz: no train.csv here.*does not exist.*make demo"):
+        prepare_data_dir(missing)
+    assert not missing.exists()  # nothing was written there

@@ -61,6 +61,27 @@ def _umask() -> int:
     return mask
 
 
+def atomic_write_texts(files: dict[Path, str]) -> None:
+    """Several text files replaced together: all are written to temporary names first, then renamed one
+    after the other, so a kill or a full disk before the renames leaves every old file as it was."""
+    written: list[tuple[str, Path]] = []
+    try:
+        for path, text in files.items():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            written.append((tmp, path))
+            os.chmod(tmp, 0o666 & ~_umask())
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        for tmp, _ in written:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for tmp, path in written:
+        os.replace(tmp, path)
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     with _atomic_file(path, "wb") as f:
         try:

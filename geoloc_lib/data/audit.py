@@ -9,7 +9,15 @@ import numpy as np
 import pandas as pd
 from sklearn.neighbors import BallTree
 
-from geoloc_lib.data.contract import GeoDataset, load_cell_metadata, load_dataset, load_split
+from geoloc_lib.base.atomic_files import atomic_write_texts
+from geoloc_lib.data.contract import (
+    DataContractError,
+    GeoDataset,
+    load_cell_metadata,
+    load_dataset,
+    load_split,
+)
+from geoloc_lib.data.demo_data import DEMO_PRESETS, generate_demo_dataset
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.geocell_builder import GeocellConfig, assign_cells, build_geocells
 from geoloc_lib.geo.sphere import EARTH_RADIUS_KM
@@ -22,7 +30,12 @@ class AuditFailure(AssertionError):
 def rebuild_geocells(
     data_dir: str | Path, config: GeocellConfig | None = None, images_root=None
 ) -> pd.DataFrame:
-    """Rebuild cell_metadata.csv from train.csv and reassign cell_id in both splits (files rewritten)."""
+    """Rebuild cell_metadata.csv from train.csv and reassign cell_id in both splits.
+
+    This replaces the folder's train.csv, test.csv and cell_metadata.csv, and only when asked: everything is
+    computed first, then the three files are written under temporary names and renamed together at the end, so
+    an interrupted rebuild leaves the user's files byte for byte as they were.
+    """
     data_dir = Path(data_dir)
     train = load_split(
         data_dir / "train.csv", images_root=images_root, image_check="none", require_cell_id=False
@@ -31,11 +44,28 @@ def rebuild_geocells(
         data_dir / "test.csv", images_root=images_root, image_check="none", require_cell_id=False
     )
     cells = build_geocells(train, config)
+    texts = {}
     for name, split in (("train.csv", train), ("test.csv", test)):
         split["cell_id"] = assign_cells(split, cells)
-        split.drop(columns=["image_path"]).to_csv(data_dir / name, index=False)
-    cells.to_csv(data_dir / "cell_metadata.csv", index=False)
+        texts[data_dir / name] = split.drop(columns=["image_path"]).to_csv(index=False)
+    texts[data_dir / "cell_metadata.csv"] = cells.to_csv(index=False)
+    atomic_write_texts(texts)
     return load_cell_metadata(data_dir / "cell_metadata.csv")
+
+
+def prepare_data_dir(data_dir: str | Path, generate_demo: str = "") -> Path:
+    """The data folder to audit. Demo photos are generated only when asked (`generate_demo` names a preset):
+    a missing folder is an error, never a reason to invent data."""
+    data_dir = Path(data_dir)
+    if (data_dir / "train.csv").is_file():
+        return data_dir
+    if generate_demo:
+        return generate_demo_dataset(data_dir, DEMO_PRESETS[generate_demo])
+    raise DataContractError(
+        f"{data_dir}: no train.csv here (the folder {'is empty' if data_dir.is_dir() else 'does not exist'}). "
+        "Fix: point data_dir at a folder with train.csv, test.csv and cell_metadata.csv, or generate the "
+        "synthetic demo data there on purpose with `make demo` (data/demo) or -p generate_demo default"
+    )
 
 
 def schema_report(
