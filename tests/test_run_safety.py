@@ -193,13 +193,13 @@ import geoloc_lib.train.run_state as runstate
 from geoloc_lib.train.config import TrainConfig
 from geoloc_lib.train.loop import fit
 
-copy = runstate.atomic_copy
+copy = runstate.atomic_link
 def copy_then_die(source, path):
     # epoch 2 is committed (its checkpoint is written); die before last.pt is brought up to date
     if path.name == "last.pt" and source.name.endswith("_epoch_2.pt"):
         os.kill(os.getpid(), signal.SIGKILL)
     copy(source, path)
-runstate.atomic_copy = copy_then_die
+runstate.atomic_link = copy_then_die
 fit(TrainConfig.from_dict(json.loads({config!r})), progress=False)
 """
 
@@ -270,3 +270,19 @@ def test_a_start_that_fails_after_claiming_the_folder_releases_it(tiny_config, t
     fit(replace(cfg, phase0_checkpoint="", overwrite=True), progress=False)
     assert failed.traceback is not None
     assert RunFolder(cfg.run_dir).best_checkpoint(1).is_file()
+
+
+def test_keep_checkpoints_keeps_the_newest_epochs_links_best_and_last_and_still_resumes(tiny_config):
+    cfg = tiny_config(epochs=4, batches_per_epoch=4, keep_checkpoints=2)
+    fit(cfg, progress=False)
+    folder = RunFolder(cfg.run_dir)
+    names = sorted(p.name for p in folder.checkpoints(1).glob("*.pt"))
+    assert names == ["last.pt", "phase1_best.pt", "phase1_epoch_3.pt", "phase1_epoch_4.pt"]
+    last, newest = folder.last_checkpoint(1).stat(), folder.epoch_checkpoint(1, 4).stat()
+    assert last.st_ino == newest.st_ino  # one file on disk under two names, not a copy
+    best_epoch = torch.load(folder.best_checkpoint(1), weights_only=True)["epoch"]
+    assert best_epoch in (1, 2, 3, 4)  # the best survives even when its epoch file was pruned
+    fit(replace(cfg, epochs=5, resume=True), progress=False)
+    names = sorted(p.name for p in folder.checkpoints(1).glob("phase1_epoch_*.pt"))
+    assert names == ["phase1_epoch_4.pt", "phase1_epoch_5.pt"]
+    assert pd.read_csv(folder.losses)["epoch"].tolist() == [e for e in range(1, 6) for _ in range(2)]

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -100,9 +101,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def atomic_copy(source: Path, path: Path) -> None:
-    with _atomic_file(path, "wb") as f, open(source, "rb") as src:
-        shutil.copyfileobj(src, f)
+def atomic_link(source: Path, path: Path) -> None:
+    """`path` becomes another name of `source` (a hard link: no second copy on disk), atomically; where the
+    file system has no hard links, a copy."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.link"
+    try:
+        os.link(source, tmp)
+    except OSError:
+        with _atomic_file(path, "wb") as f, open(source, "rb") as src:
+            shutil.copyfileobj(src, f)
+        return
+    os.replace(tmp, path)
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

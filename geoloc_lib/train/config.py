@@ -33,6 +33,7 @@ class TrainConfig:
     runs_dir: str = "runs"
     resume: bool = False
     overwrite: bool = False
+    keep_checkpoints: int = 3  # newest epoch checkpoints kept; the best and the last are kept besides (links)
     phase: int = 1  # 0: province pre-training (projections, gate, province head), 1: full hierarchy
     # optimisation: the specification's values, except where docs/accuracy.md measured better ones
     epochs: int = 30
@@ -124,7 +125,14 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
         problems.append(f"run_name {cfg.run_name!r} must name a folder (it is deleted on overwrite)")
     if cfg.phase not in (0, 1):
         problems.append(f"phase must be 0 or 1, not {cfg.phase}")
-    counts = ("epochs", "batch_size", "batches_per_epoch", "cache_views", "eval_batch_size")
+    counts = (
+        "epochs",
+        "batch_size",
+        "batches_per_epoch",
+        "cache_views",
+        "eval_batch_size",
+        "keep_checkpoints",
+    )
     widths = ("top_provinces", "top_cells", "offset_ramp_epochs", "proj_dim", "geocell_hidden")
     for name in (*counts, *widths, "small_geocell_hidden"):
         if getattr(cfg, name) < 1:
@@ -202,6 +210,7 @@ RESUMABLE_CHANGES = frozenset(
         "device",
         "cuda_graph",
         "eval_batch_size",
+        "keep_checkpoints",
         "data_dir",
         "images_root",
         "runs_dir",

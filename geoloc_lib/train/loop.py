@@ -201,7 +201,8 @@ def run_epoch(t: Training, epoch: int) -> None:
         t.best_metric, t.best_epoch = metric, epoch
         t.log.info(f"   new best ({phase.selection_text(metric)}) -> {t.folder.best_checkpoint(t.cfg.phase)}")
     if t.world.is_main:  # the first process writes the run folder
-        commit_epoch(t.folder, t.cfg.phase, _checkpoint(t, epoch, rows, val.predictions), improved)
+        payload = _checkpoint(t, epoch, rows, val.predictions)
+        commit_epoch(t.folder, t.cfg.phase, payload, improved, keep=t.cfg.keep_checkpoints)
 
 
 def calibrate_radii(t: Training, best: Checkpoint) -> None:

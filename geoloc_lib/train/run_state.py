@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from geoloc_lib.base.atomic_files import atomic_copy, atomic_torch_save, atomic_write_csv
+from geoloc_lib.base.atomic_files import atomic_link, atomic_torch_save, atomic_write_csv
 from geoloc_lib.base.distributed import World
 from geoloc_lib.base.folder_lock import LOCK_NAME, RunLock
 from geoloc_lib.train.checkpoint import Checkpoint, CheckpointVersionError
@@ -208,11 +208,14 @@ def check_resumable(cfg: TrainConfig, folder: RunFolder, state: Checkpoint, data
         )
 
 
-def commit_epoch(folder: RunFolder, phase: int, payload: Checkpoint, improved: bool) -> None:
-    """Write an epoch: its checkpoint first (the commit point), then the files derived from it."""
+def commit_epoch(folder: RunFolder, phase: int, payload: Checkpoint, improved: bool, keep: int) -> None:
+    """Write an epoch: its checkpoint first (the commit point), then the files derived from it; then keep
+    only the newest `keep` epoch checkpoints (best and last are links of their own and stay)."""
     epoch_file = folder.epoch_checkpoint(phase, payload.epoch)
     atomic_torch_save(payload.to_dict(), epoch_file)
     _derived_files(folder, phase, payload, improved, rows_written=False)
+    for old in _epochs(folder, phase)[keep:]:
+        folder.epoch_checkpoint(phase, old).unlink(missing_ok=True)
 
 
 def repair(folder: RunFolder, phase: int, state: Checkpoint) -> None:
@@ -232,6 +235,6 @@ def _derived_files(
     predictions = pd.DataFrame(payload.val_predictions)
     atomic_write_csv(predictions, folder.val_predictions)
     if improved:
-        atomic_copy(epoch_file, folder.best_checkpoint(phase))
+        atomic_link(epoch_file, folder.best_checkpoint(phase))
         atomic_write_csv(predictions, folder.val_predictions_best)
-    atomic_copy(epoch_file, folder.last_checkpoint(phase))
+    atomic_link(epoch_file, folder.last_checkpoint(phase))
