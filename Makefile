@@ -27,7 +27,7 @@ test: venv
 
 lab: venv
 	@echo "JupyterLab opens at the project root: notebooks/ holds the workbook, runs/ every run (executed notebooks, maps, figures)."
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)"
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -198,8 +198,9 @@ def _clip_weights_error(cfg: EncoderConfig, err: Exception) -> EncoderWeightsErr
         f"{err}). This machine may be offline (HF_HUB_OFFLINE). Supply the weights one of these ways: "
         f"(1) pass a local weights file as clip_pretrained='/path/open_clip_model.safetensors'; "
         f"(2) use clip_model='local-dir:/path/to/folder' holding open_clip_config.json and the weights; "
-        f"(3) download once on a connected machine into the Hugging Face cache and copy it over "
-        f"(set offline=False to allow downloading). Use the 'tiny-random' preset for a weightless demo."
+        f"(3) download once on a connected machine into the Hugging Face cache and copy it over (the notebooks "
+        f"and command lines never download; in Python, EncoderConfig(offline=False) allows it). Use the "
+        f"'tiny-random' preset for a weightless demo."
     )
 
 
@@ -236,7 +237,8 @@ def build_scene_encoder(cfg: EncoderConfig) -> NormalizedEncoder:
         if cfg.offline and not cached.is_file():
             raise EncoderWeightsError(
                 f"ImageNet weights for {cfg.scene_arch} are not cached at {cached} and offline=True. "
-                f"Download {enum.url} into that folder, or set offline=False on a connected machine."
+                f"Download {enum.url} into that folder (the notebooks and command lines never download; in "
+                f"Python, EncoderConfig(offline=False) allows it on a connected machine)."
             )
         net.load_state_dict(enum.get_state_dict(progress=False))
     elif weights != "random":
