@@ -46,6 +46,10 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument(
         "--csv", help="also write the predictions, with every mode and the hypotheses (JSON), here"
     )
+    cli.add_argument(
+        "--map",
+        help="with one photo: write its offline probability map (every cell, the prediction, its 90 %% radius) here",
+    )
     return cli
 
 
@@ -95,8 +99,11 @@ def load_predictor(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Predict and print; the exit status: 0 when every photo was placed, 1 when one was skipped or flagged."""
-    if args.csv and not Path(args.csv).resolve().parent.is_dir():
-        raise CommandError(f"--csv {args.csv}: its folder does not exist; create it or name another file")
+    for option, path in (("--csv", args.csv), ("--map", args.map)):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise CommandError(f"{option} {path}: its folder does not exist; create it or name another file")
+    if args.map and len(args.images) != 1:
+        raise CommandError(f"--map draws one photo's probabilities; give one photo, not {len(args.images)}")
     photos, problems = readable_photos(args.images)
     for problem in problems:
         print(f"geoloc-predict: {problem}", file=sys.stderr)
@@ -121,6 +128,12 @@ def run(args: argparse.Namespace) -> int:
         except OSError as err:
             raise CommandError(str(err)) from None
         print(f"wrote {args.csv}")
+    if args.map:
+        from geoloc_lib.inference.predictor import cell_probabilities
+        from geoloc_lib.viz import maps, photo_maps
+
+        maps.save_map(photo_maps.probability_map(*cell_probabilities(predictor, photos[0])), args.map)
+        print(f"wrote {args.map}")
     return 1 if problems or len(flagged) else 0
 
 

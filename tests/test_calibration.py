@@ -167,3 +167,30 @@ def test_photos_unlike_any_training_photo_are_flagged_and_the_cli_exits_1(tiny_c
         code = exit_.code
     err = capsys.readouterr().err
     assert code == 1 and err.count("unlike every training photo") == 3
+
+
+def test_a_photos_probability_map_covers_every_cell_and_agrees_with_its_hypotheses(
+    tiny_config, tmp_path, capsys
+):
+    from geoloc_lib.inference.predictor import cell_probabilities
+
+    cfg = tiny_config(epochs=1, batches_per_epoch=10)
+    fit(cfg, progress=False)
+    predictor = Predictor.from_run(cfg.run_dir)
+    image = str(Path(cfg.data_dir) / pd.read_csv(Path(cfg.data_dir) / "test.csv")["image"].iloc[0])
+    cells, prediction, radius = cell_probabilities(predictor, image)
+    assert len(cells) == len(predictor.cells) and cells["prob"].sum() == pytest.approx(1.0, abs=1e-4)
+    for h in predictor.predict([image])["hypotheses"].iloc[0]:  # the top hypotheses' own probabilities
+        assert cells.set_index("cell_id").loc[h["cell_id"], "prob"] == pytest.approx(h["prob"], rel=1e-4)
+    try:
+        main([str(cfg.run_dir), image, "--map", str(tmp_path / "photo.html")])
+    except SystemExit as exit_:
+        assert exit_.code in (0, 1)  # 1 when the tiny model flags its own photo
+    page = (tmp_path / "photo.html").read_text()
+    assert page.count("L.circle(") >= len(cells) + 1  # every cell, and the credible radius
+    assert "90 % credible radius" in page and "probability per cell" in page
+    try:
+        main([str(cfg.run_dir), image, image, "--map", str(tmp_path / "two.html")])
+    except SystemExit as exit_:
+        assert exit_.code == 2
+    assert "give one photo" in capsys.readouterr().err

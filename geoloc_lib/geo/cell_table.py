@@ -47,6 +47,9 @@ class CellTable(nn.Module):
         buffer("cell_ids", ids, torch.int64)  # [N] flat -> global id
         buffer("province", province, torch.int64)  # [N]
         buffer("local_to_flat", local_to_flat, torch.int64)  # [P, Cmax] (0 where padded)
+        buffer(
+            "local_index", np.concatenate([np.arange(n) for n in n_cells]), torch.int64
+        )  # [N] flat -> local
         buffer("cell_mask", np.arange(self.max_cells)[None, :] < n_cells[:, None], torch.bool)  # [P, Cmax]
         buffer("n_cells", n_cells, torch.int64)  # [P]
         buffer("center", cells[["center_lat", "center_lon"]].to_numpy(float), torch.float32)  # [N, 2]

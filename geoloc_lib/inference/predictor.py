@@ -216,6 +216,28 @@ class Predictor:
         ).predictions
 
 
+def cell_probabilities(predictor: Predictor, image) -> tuple[pd.DataFrame, tuple[float, float], float | None]:
+    """One photo's probability of every cell (the cell metadata with a `prob` column), its predicted
+    place, and its 90 % credible radius in km (None for an uncalibrated run): what `viz/photo_maps.probability_map`
+    draws."""
+    part = predictor._predict_batch([image])
+    mode = predictor.decoder.config.mode
+    prediction = (float(part[f"{mode}_lat"][0]), float(part[f"{mode}_lon"][0]))
+    radius = None
+    if predictor.calibration is not None:
+        chosen = pd.DataFrame(
+            {
+                "pred_province_id": part["province"],
+                "pred_cell_id": part["cell_id"],
+                "pred_spread_km": part["spread_km"],
+            }
+        )
+        radius = float(predictor.calibration.radii(chosen, predictor.cells).iloc[0, -1])
+    order = predictor.model.cells.cell_ids.cpu().numpy()  # the flat order of the probabilities
+    cells = predictor.cells.set_index("cell_id").loc[order].reset_index().assign(prob=part["cell_probs"][0])
+    return cells, prediction, radius
+
+
 def _hypotheses(cat: dict[str, np.ndarray], names: np.ndarray) -> list[list[dict]]:
     """Each photo's hypotheses (province, cell, probability, coordinate), most probable first."""
     return [

@@ -81,6 +81,8 @@ def hypotheses(heads: GeoHeads, out: dict[str, torch.Tensor], cfg: DecodeConfig,
     flat = cells.local_to_flat[prov_idx[..., None], local_idx].flatten(1)  # [B, K]
     return {
         "province_probs": p_prov,
+        # every cell's p(province) x p(cell | province), flat order [B, N]: the probability map of a photo
+        "cell_probs": p_prov[:, cells.province] * p_cell[:, cells.province, cells.local_index],
         "flat": flat,
         "joint": torch.where(valid, prov_prob[..., None] * cell_prob, 0.0).flatten(1),  # [B, K]
         "valid": valid.flatten(1),
@@ -117,6 +119,7 @@ def decode(
             points[mode] = torch.where(found[:, None], refined, points[mode])
     pred = {
         "province_probs": h["province_probs"],
+        "cell_probs": h["cell_probs"],  # [B, N]
         "hyp_valid": h["valid"],  # [B, K] padding slots are False
         "hyp_cell_id": cells.cell_ids[flat],  # [B, K]
         "hyp_province": cells.province[flat],  # [B, K]

@@ -2,7 +2,8 @@
 
 Pick a province and a rank among its worst errors; the explorer shows the photo, the truth, the
 prediction and its distance, the model's top hypotheses with their probabilities, and all of them on a
-small map that needs no network (maps.places_map in an iframe).
+small map that needs no network: every cell's probability, the prediction with its 90 % credible radius
+and the truth (photo_maps.probability_map in an iframe).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import pandas as pd
 from PIL import Image
 
 from geoloc_lib.geo.sphere import haversine_km
-from geoloc_lib.inference.predictor import Predictor
-from geoloc_lib.viz import maps
+from geoloc_lib.inference.predictor import Predictor, cell_probabilities
+from geoloc_lib.viz import maps, photo_maps
 
 THUMBNAIL_PX = 256
 HYPOTHESES_SHOWN = 5
@@ -64,7 +65,11 @@ class WorstPhotoExplorer:
         hypotheses = self.predictor.predict([row["image_path"]])["hypotheses"].iloc[0][:HYPOTHESES_SHOWN]
         self.photo.value = _jpeg(row["image_path"])
         self.info.value = _describe(row, hypotheses)
-        page = maps.offline_html(maps.places_map((row["latitude"], row["longitude"]), hypotheses))
+        cells, prediction, radius = cell_probabilities(self.predictor, row["image_path"])
+        chart = photo_maps.probability_map(
+            cells, prediction, radius, truth=(row["latitude"], row["longitude"])
+        )
+        page = maps.offline_html(chart)
         self.map.value = f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:320px;border:0"></iframe>'
 
     def snapshot_html(self) -> str:

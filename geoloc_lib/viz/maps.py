@@ -347,30 +347,3 @@ def error_map(
         )
     )
     return finish(m)
-
-
-def places_map(truth: tuple[float, float], hypotheses: list[dict]) -> folium.Map:
-    """A small map of one photo: the truth and its top hypotheses (province, cell, probability, coordinate)."""
-    points = pd.DataFrame(
-        [{"latitude": truth[0], "longitude": truth[1]}]
-        + [{"latitude": h["lat"], "longitude": h["lon"]} for h in hypotheses]
-    )
-    m = base_map(points)
-    folium.CircleMarker(
-        truth, radius=6, color=TRUTH_COLOR, fill=True, fill_opacity=1, tooltip="truth"
-    ).add_to(m)
-    for rank, h in enumerate(hypotheses, 1):
-        folium.CircleMarker(
-            (h["lat"], h["lon"]),
-            radius=3 + 8 * h["prob"],
-            color=PREDICTION_COLOR,
-            fill=True,
-            fill_opacity=0.8 if rank == 1 else 0.3,
-            tooltip=f"#{rank}: {safe_text(h['province'])}, cell {h['cell_id']}, p = {h['prob']:.2f}",
-        ).add_to(m)
-    m.add_child(
-        Legend(
-            "", [("truth", TRUTH_COLOR), ("hypotheses (size: probability)", PREDICTION_COLOR)], shape="circle"
-        )
-    )
-    return finish(m)
