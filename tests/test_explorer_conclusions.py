@@ -34,6 +34,8 @@ def test_the_explorer_follows_its_controls(tiny_config):
     page = html.unescape(explorer.map.value)
     assert "L.map(" in page and f"{second['latitude']}" in page  # the truth is on the small map
     assert "cdn.jsdelivr" not in page
+    assert "probability per cell" in page and "90 % credible radius" in page  # the photo's probability map
+    assert f"90 % {second['radius_90_km']:.0f} km" in explorer.info.value  # its credible radii
     # the hypotheses table lists the model's own top hypotheses for that photo, most probable first
     hypotheses = evaluation.predictor.predict(
         [evaluation.split.set_index("id").loc[second["id"], "image_path"]]

@@ -90,6 +90,19 @@ def _jpeg(path: str) -> bytes:
     return buffer.getvalue()
 
 
+def _trust(row: pd.Series) -> str:
+    """The credible radii, and a warning when the photo is unlike every training photo (runs that have them)."""
+    parts = []
+    if "radius_90_km" in row:
+        held = "holds" if row["error_km"] <= row["radius_90_km"] else "<b>missed</b>"
+        parts.append(
+            f"credible radius: 50 % {row['radius_50_km']:.0f} km, 90 % {row['radius_90_km']:.0f} km ({held})"
+        )
+    if row.get("out_of_domain", False):
+        parts.append("<b style='color:#d7191c'>out of domain: unlike every training photo</b>")
+    return "<br>".join(parts) + ("<br>" if parts else "")
+
+
 def _describe(row: pd.Series, hypotheses: list[dict]) -> str:
     lines = "".join(
         f"<tr><td>{rank}</td><td>{html.escape(h['province'])}</td><td>{h['cell_id']}</td><td>{h['prob']:.3f}</td>"
@@ -101,7 +114,7 @@ def _describe(row: pd.Series, hypotheses: list[dict]) -> str:
         f"<div style='font:13px sans-serif;padding-left:12px'><b>photo {html.escape(str(row['id']))}</b><br>"
         f"truth: {html.escape(row['province'])} ({row['latitude']:.3f}, {row['longitude']:.3f})<br>"
         f"prediction: {html.escape(row['pred_province'])} ({row['pred_lat']:.3f}, {row['pred_lon']:.3f})<br>"
-        f"<b>distance: {row['error_km']:.1f} km</b><br><br>top hypotheses:"
+        f"<b>distance: {row['error_km']:.1f} km</b><br>{_trust(row)}<br>top hypotheses:"
         f"<table><tr><th>#</th><th>province</th><th>cell</th><th>p</th><th>place</th><th>km from truth</th></tr>"
         f"{lines}</table></div>"
     )
