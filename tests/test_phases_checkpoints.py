@@ -65,7 +65,7 @@ def test_a_checkpoint_of_another_version_is_refused_with_a_message_to_retrain(fi
     folder = RunFolder(finished.run_dir)
     for path in folder.checkpoints(1).glob("*.pt"):
         raw = torch.load(path, weights_only=True)
-        raw.pop("version")  # as the checkpoints before the schema
+        raw.pop("version", None)  # as the checkpoints before the schema (best and last share a file)
         torch.save(raw, path)
     with pytest.raises(CheckpointVersionError, match="version 1 checkpoint.*Train the run again"):
         Predictor.from_run(finished.run_dir)
