@@ -123,7 +123,7 @@ def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     for column in out.columns:
         if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
             values = out[column]
-            risky = values.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_STARTS))
+            risky = values.str.startswith(FORMULA_STARTS).fillna(False).astype(bool)  # NaN and non-text: safe
             out[column] = values.where(~risky, "'" + values.astype(str))
     return out
 

@@ -187,17 +187,21 @@ class Predictor:
             frame["novelty_distance"] = cat["novelty_distance"]
             frame["out_of_domain"] = cat["novelty_distance"] > self.novelty.threshold
         if self.calibration is not None and mode == self.decoder.config.mode:  # radii are of the run's mode
-            chosen = pd.DataFrame(
-                {
-                    "pred_province_id": cat["province"],
-                    "pred_cell_id": cat["cell_id"],
-                    "pred_spread_km": cat["spread_km"],
-                }
-            )
-            radii = self.calibration.radii(chosen, self.cells)
+            radii = self.radii(cat)
             frame = frame.join(radii).assign(confidence=radius_confidence(radii.iloc[:, -1]))
         frame["hypotheses"] = _hypotheses(cat, names)
         return frame
+
+    def radii(self, decoded: dict[str, np.ndarray]) -> pd.DataFrame:
+        """The credible radii (`radius_50_km`, ...) of decoded photos, from the run's calibration."""
+        chosen = pd.DataFrame(
+            {
+                "pred_province_id": decoded["province"],
+                "pred_cell_id": decoded["cell_id"],
+                "pred_spread_km": decoded["spread_km"],
+            }
+        )
+        return self.calibration.radii(chosen, self.cells)
 
     def evaluate(
         self, split: pd.DataFrame, batch_size: int = 64, num_workers: int = 2, progress: bool = True
@@ -225,14 +229,7 @@ def cell_probabilities(predictor: Predictor, image) -> tuple[pd.DataFrame, tuple
     prediction = (float(part[f"{mode}_lat"][0]), float(part[f"{mode}_lon"][0]))
     radius = None
     if predictor.calibration is not None:
-        chosen = pd.DataFrame(
-            {
-                "pred_province_id": part["province"],
-                "pred_cell_id": part["cell_id"],
-                "pred_spread_km": part["spread_km"],
-            }
-        )
-        radius = float(predictor.calibration.radii(chosen, predictor.cells).iloc[0, -1])
+        radius = float(predictor.radii(part).iloc[0, -1])
     order = predictor.model.cells.cell_ids.cpu().numpy()  # the flat order of the probabilities
     cells = predictor.cells.set_index("cell_id").loc[order].reset_index().assign(prob=part["cell_probs"][0])
     return cells, prediction, radius

@@ -81,8 +81,7 @@ def hypotheses(heads: GeoHeads, out: dict[str, torch.Tensor], cfg: DecodeConfig,
     flat = cells.local_to_flat[prov_idx[..., None], local_idx].flatten(1)  # [B, K]
     return {
         "province_probs": p_prov,
-        # every cell's p(province) x p(cell | province), flat order [B, N]: the probability map of a photo
-        "cell_probs": p_prov[:, cells.province] * p_cell[:, cells.province, cells.local_index],
+        "cell_probs": p_cell,  # [B, P, C] p(cell | province); `decode` turns it into every cell's joint
         "flat": flat,
         "joint": torch.where(valid, prov_prob[..., None] * cell_prob, 0.0).flatten(1),  # [B, K]
         "valid": valid.flatten(1),
@@ -97,13 +96,11 @@ def decode(
     cfg: DecodeConfig,
     prior_shift: torch.Tensor | None = None,
     retrieval: RetrievalIndex | None = None,
+    trust: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Predictions of a batch from `heads`' outputs; `prior_shift` [P] from `province_prior_shift`.
-
-    `province`, `cell_id`, `lat`, `lon` are the prediction of `cfg.mode`; `{mode}_lat`, `{mode}_lon`
-    and `{mode}_province` give every mode's, so that modes can be compared on one pass. With
-    `retrieval`, the hierarchical and joint coordinates are refined inside their chosen cells.
-    """
+    """Predictions of a batch: `province`, `cell_id`, `lat`, `lon` of `cfg.mode`, and `{mode}_lat`, `{mode}_lon`,
+    `{mode}_province` of every mode; `prior_shift` [P] from `province_prior_shift`. `retrieval` refines the
+    hierarchical and joint coordinates inside their cells; `trust` adds `_trust_outputs` (not needed per step)."""
     cells, h = heads.cells, hypotheses(heads, out, cfg, prior_shift)
     flat, joint, coords = h["flat"], h["joint"], h["coords"]
     rows = torch.arange(len(flat), device=flat.device)
@@ -119,7 +116,6 @@ def decode(
             points[mode] = torch.where(found[:, None], refined, points[mode])
     pred = {
         "province_probs": h["province_probs"],
-        "cell_probs": h["cell_probs"],  # [B, N]
         "hyp_valid": h["valid"],  # [B, K] padding slots are False
         "hyp_cell_id": cells.cell_ids[flat],  # [B, K]
         "hyp_province": cells.province[flat],  # [B, K]
@@ -139,8 +135,18 @@ def decode(
         "lat": points[cfg.mode][:, 0],
         "lon": points[cfg.mode][:, 1],
     }
-    pred["spread_km"] = _spread_km(coords, weights, pred["lat"], pred["lon"])
+    if trust:
+        pred |= _trust_outputs(cells, h, weights, pred["lat"], pred["lon"])
     return pred
+
+
+def _trust_outputs(cells, h: dict, weights: torch.Tensor, lat: torch.Tensor, lon: torch.Tensor) -> dict:
+    """The spread [B] the credible radius is scaled by, and every cell's joint probability [B, N]."""
+    p_prov, p_cell = h["province_probs"], h["cell_probs"]
+    return {
+        "spread_km": _spread_km(h["coords"], weights, lat, lon),
+        "cell_probs": p_prov[:, cells.province] * p_cell[:, cells.province, cells.local_index],
+    }
 
 
 def _spread_km(
@@ -161,6 +167,8 @@ class Decoder:
     prior_shift: torch.Tensor | None = None  # [P] from province_prior_shift
     retrieval: RetrievalIndex | None = None  # training photos, for refining inside the chosen cell
 
-    def __call__(self, heads: GeoHeads, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, heads: GeoHeads, out: dict[str, torch.Tensor], trust: bool = True
+    ) -> dict[str, torch.Tensor]:
         shift = None if self.prior_shift is None else self.prior_shift.to(out["province_logits"].device)
-        return decode(heads, out, self.config, shift, self.retrieval)
+        return decode(heads, out, self.config, shift, self.retrieval, trust)

@@ -55,7 +55,7 @@ class TrainStep:
         losses["total"].backward()
         self.optimizer.step()
         with torch.no_grad():
-            pred = self.decoder(self.model.heads, out)
+            pred = self.decoder(self.model.heads, out, trust=False)  # the prediction alone, at every step
             oracle = out["oracle_coords"].detach().float()
         return {
             "terms": torch.stack([losses[k].detach().float() for k in LOSS_TERMS]),  # [T]
