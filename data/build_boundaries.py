@@ -3,7 +3,7 @@
 The source is the `states_provinces` layer of `world_map.gpkg` in Debian's `qgis-common` package (Natural Earth
 1:10m Admin 1 - States, Provinces v4.1.0, generalised by QGIS; public domain). Its Pakistan has eight units
 under older names: F.A.T.A. is merged into Khyber Pakhtunkhwa (as in 2018), and the names are mapped to the
-contract's. Needs shapely (`pip install shapely`) and the package's file:
+contract's. Needs shapely (a dependency of the package) and the package's file:
 
     apt-get install qgis-common                      # or, without its dependencies:
     apt-get download qgis-common && dpkg-deb -x qgis-common_*.deb /tmp/qgis

@@ -63,8 +63,9 @@ def prepare_data_dir(data_dir: str | Path, generate_demo: str = "") -> Path:
         return generate_demo_dataset(data_dir, DEMO_PRESETS[generate_demo])
     raise DataContractError(
         f"{data_dir}: no train.csv here (the folder {'is empty' if data_dir.is_dir() else 'does not exist'}). "
-        "Fix: point data_dir at a folder with train.csv, test.csv and cell_metadata.csv, or generate the "
-        "synthetic demo data there on purpose with `make demo` (data/demo) or -p generate_demo default"
+        "Fix: point data_dir at a folder with train.csv, test.csv and cell_metadata.csv; or make one from your "
+        "geotagged photos (`geoloc-ingest PHOTOS_DIR DATA_DIR`, or -p ingest_from PHOTOS_DIR here); or generate "
+        "the synthetic demo data on purpose with `make demo` (data/demo) or -p generate_demo default"
     )
 
 

@@ -236,7 +236,9 @@ def _check_images(df: pd.DataFrame, path: Path, image_check: str) -> None:
 
 def _check_inside(df: pd.DataFrame, path: Path, root: Path) -> None:
     """Image paths must stay inside the data folder (or images_root): a CSV is untrusted input."""
-    inside = df["image_path"].str.startswith(os.path.join(root.resolve(), ""))  # image_path is resolved
+    inside = df["image_path"].str.startswith(
+        os.path.join(os.path.abspath(root), "")
+    )  # image_path is normalised
     outside = df[~inside]
     if len(outside):
         _fail(
@@ -278,7 +280,10 @@ def load_split(
     if len(bad):
         _fail(path, "image path(s) contain a NUL character", bad, "write each image path as plain text")
     root = Path(images_root) if images_root is not None else path.parent
-    df["image_path"] = [str((root / str(p)).resolve()) for p in df["image"].fillna("")]
+    # absolute and normalised but with links kept: a CSV's "../" cannot climb out of the folder, while a link
+    # that the folder's owner put in it (ingest's `photos`) leads to the photos wherever they are
+    base = os.path.abspath(root)
+    df["image_path"] = [os.path.normpath(os.path.join(base, str(p))) for p in df["image"].fillna("")]
     if not allow_images_outside:
         _check_inside(df, path, root)
     if "cell_id" in df.columns and require_cell_id:
@@ -353,6 +358,9 @@ class GeoDataset:
         Choices (best epoch, decoding, tuning) are made on `val`; `test` is kept for the final report.
         """
         train, val = location_split(self.train, fraction, block_km, seed)
+        if val.empty:
+            problem = f"no validation photos: the training photos lie in too few {block_km:g} km blocks to spare one"
+            _fail(self.data_dir / "train.csv", problem, None, "lower val_block_km (say to 1), or add places")
         return replace(self, train=train, val=val)
 
 

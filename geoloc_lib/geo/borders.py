@@ -2,7 +2,7 @@
 
 `resources/boundaries/pakistan_adm1.geojson` is built by `data/build_boundaries.py` from Natural Earth's admin-1
 layer as Debian's `qgis-common` package ships it (public domain; see data/README.md). Every map draws it, and
-`province_at` places points in it (a user's own GeoJSON may replace it in the maps).
+`province_at` places points in it with shapely's spatial index (a user's own GeoJSON may replace it in the maps).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import json
 from functools import cache
 
 import numpy as np
-from matplotlib.path import Path as PolygonPath
+import shapely
 
 from geoloc_lib.base.resources import RESOURCES
 from geoloc_lib.geo import provinces as prov
+from geoloc_lib.geo.sphere import KM_PER_DEG_LAT
 
 BOUNDARIES_GEOJSON = RESOURCES / "boundaries" / "pakistan_adm1.geojson"
 
@@ -28,29 +29,30 @@ def province_borders() -> dict:
     return shapes
 
 
-def _outer_rings(geometry: dict) -> list[np.ndarray]:
-    polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
-    return [np.asarray(polygon[0], float) for polygon in polygons]  # [V, 2] (lon, lat) each
-
-
 @cache
-def _province_paths() -> tuple[tuple[int, tuple[PolygonPath, ...]], ...]:
-    return tuple(
-        (
-            prov.lookup(f["properties"]["province"]).id,
-            tuple(PolygonPath(r) for r in _outer_rings(f["geometry"])),
-        )
-        for f in province_borders()["features"]
-    )
+def _province_index() -> tuple[np.ndarray, shapely.STRtree]:
+    """(province id [P], the spatial index over the P province shapes in (lon, lat) degrees)."""
+    features = province_borders()["features"]
+    ids = np.array([prov.lookup(f["properties"]["province"]).id for f in features])
+    return ids, shapely.STRtree([shapely.geometry.shape(f["geometry"]) for f in features])
 
 
-def province_at(lat, lon) -> np.ndarray:
-    """[N] the id of the province each point (degrees) lies in, or -1 outside every border."""
-    points = np.column_stack([np.asarray(lon, float).ravel(), np.asarray(lat, float).ravel()])  # [N, 2]
+def province_at(lat, lon, tolerance_km: float = 0.0) -> np.ndarray:
+    """[N] the id of the province each point (degrees) lies in, or -1 outside every border.
+
+    A point outside every border but within `tolerance_km` of one (a beach beyond the generalised coastline,
+    a village on a simplified border) takes the nearest province. The distance is measured in degrees of
+    latitude (111 km each), so east-west it is up to 15 % shorter across Pakistan's latitudes.
+    """
+    points = shapely.points(np.asarray(lon, float).ravel(), np.asarray(lat, float).ravel())  # [N]
+    ids, index = _province_index()
     found = np.full(len(points), -1)
-    for province_id, paths in _province_paths():
-        inside = np.zeros(len(points), bool)
-        for path in paths:
-            inside |= path.contains_points(points)
-        found[inside & (found < 0)] = province_id
+    point_at, shape_at = index.query(points, predicate="intersects")  # [M] each: the (point, shape) pairs
+    found[point_at] = ids[shape_at]
+    outside = np.flatnonzero(found < 0)
+    if tolerance_km > 0 and len(outside):
+        near_point, near_shape = index.query_nearest(
+            points[outside], max_distance=tolerance_km / KM_PER_DEG_LAT, all_matches=False
+        )
+        found[outside[near_point]] = ids[near_shape]
     return found

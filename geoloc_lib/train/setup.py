@@ -5,6 +5,7 @@ state a resumed run continues from. `train/loop.py` runs the epochs on what it r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -215,6 +216,10 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     data = load_run_data(cfg, cfg.image_check if world.is_main else "exists")
     device = world.device(cfg.device)
     model = model_for_training(cfg, CellTable(data.cells)).to(device)
+    if (
+        cfg.phase == 0
+    ):  # Phase 0 has no decoding setting: its validation report decodes with the cells there are
+        cfg = dataclasses.replace(cfg, top_cells=min(cfg.top_cells, model.cells.max_cells))
     _check_decoding(cfg, model.cells)
     sampler = ProvinceBalancedBatchSampler(
         data.train["province_id"].to_numpy(), cfg.batch_size, cfg.batches_per_epoch, cfg.seed
