@@ -7,7 +7,7 @@ KERNEL := geoloc
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_RUN ?= demo
 
-.PHONY: venv demo test lab lint format bench bench-accuracy bench-scale gpu-check clean-demo
+.PHONY: venv demo test lab lint format bench bench-accuracy bench-scale bench-ingest gpu-check clean-demo
 
 venv: $(VENV)/.installed
 
@@ -47,6 +47,10 @@ bench-accuracy: venv
 # Every user stage at 10k, 30k and 90k synthetic photos: time, memory, disk, growth (about 25 min on 2 cores).
 bench-scale: venv
 	$(PY) -m tools.bench_scale
+
+# geoloc-ingest on 90,000 generated geotagged JPEGs (about 5 GB in a temporary folder): photos per second.
+bench-ingest: venv
+	$(PY) -m tools.bench_ingest
 
 # Everything that needs a GPU in one go; writes runs/gpu_check/results.json (runs on a CPU too, slowly).
 gpu-check: venv
