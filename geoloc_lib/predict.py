@@ -1,7 +1,8 @@
 """Command line: where were these photos taken? (`geoloc-predict`, or `python -m geoloc_lib.predict`)
 
     geoloc-predict runs/demo photo1.jpg photo2.jpg
-    geoloc-predict runs/demo photos/*.jpg --mode mixture --csv predictions.csv
+    geoloc-predict runs/demo ~/Pictures/trip --csv predictions.csv      # every photo under a folder
+    geoloc-predict runs/demo list.csv --top-k 3                         # the `image` column of a CSV
 
 Photos that are missing or not images are reported on stderr and skipped; the others are predicted. A
 problem that stops everything (not a run folder, a Phase 0 run, missing weights, other geocells) prints
@@ -31,7 +32,16 @@ def parser() -> argparse.ArgumentParser:
         "coordinate and the hypotheses as JSON.",
     )
     cli.add_argument("run_dir", help="a Phase 1 run folder, e.g. runs/demo (written by 03_train_phase1)")
-    cli.add_argument("images", nargs="+", help="photos to place (JPEG, PNG or anything Pillow reads)")
+    cli.add_argument(
+        "images",
+        nargs="+",
+        help="photos to place (JPEG, PNG or anything Pillow reads), folders of them (searched recursively), or "
+        "CSV files whose `image` column names them (relative to the CSV)",
+    )
+    cli.add_argument("--image-column", default="image", help="the column of image paths in a CSV input")
+    cli.add_argument(
+        "--top-k", type=positive_int, default=5, help="hypotheses kept per photo in the CSV (default 5)"
+    )
     cli.add_argument("--mode", choices=DECODE_MODES, help=MODE_HELP)
     cli.add_argument(
         "--checkpoint", default="best", help="best (default), last, or a file name in checkpoints/phase1/"
@@ -51,6 +61,35 @@ def parser() -> argparse.ArgumentParser:
         help="with one photo: write its offline probability map (every cell, the prediction, its 90 %% radius) here",
     )
     return cli
+
+
+def expand_inputs(inputs: list[str], image_column: str) -> list[str]:
+    """Photo paths from the command line's inputs: files as given, folders searched recursively for image
+    files, CSV files by their image column (paths relative to the CSV's folder)."""
+    from geoloc_lib.data.photo_exif import IMAGE_SUFFIXES
+
+    paths = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
+            if not found:
+                raise CommandError(f"{item}: a folder with no image files (.jpg, .png, ...) in it")
+            paths += found
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            import pandas as pd
+
+            table = pd.read_csv(path, dtype=str)
+            if image_column not in table:
+                raise CommandError(
+                    f"{item}: no column {image_column!r} (it has {list(table.columns)}); use --image-column"
+                )
+            paths += [str(path.parent / p) for p in table[image_column].fillna("")]
+        else:
+            paths.append(item)
+    return paths
 
 
 def readable_photos(paths: list[str]) -> tuple[list[str], list[str]]:
@@ -73,6 +112,8 @@ def load_predictor(args: argparse.Namespace):
     from geoloc_lib.train.run_folder import RunFolder
 
     folder = RunFolder(args.run_dir)
+    if not folder.root.is_dir():
+        raise CommandError(f"{args.run_dir}: no such run folder; runs live in runs/<name> (ls runs/)")
     if not folder.config.is_file():
         raise CommandError(f"{args.run_dir} is not a run folder (it has no config.json); pass runs/<name>")
     try:
@@ -104,14 +145,15 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"{option} {path}: its folder does not exist; create it or name another file")
     if args.map and len(args.images) != 1:
         raise CommandError(f"--map draws one photo's probabilities; give one photo, not {len(args.images)}")
-    photos, problems = readable_photos(args.images)
+    photos, problems = readable_photos(expand_inputs(args.images, args.image_column))
     for problem in problems:
         print(f"geoloc-predict: {problem}", file=sys.stderr)
     if not photos:
         raise CommandError("none of the photos could be read (see above); nothing to predict")
     predictor = load_predictor(args)
-    frame = predictor.predict(photos, args.batch_size, args.mode)
-    shown = ["image", "lat", "lon", "province", "confidence", *[c for c in frame if c.startswith("radius_")]]
+    frame = readable_table(predictor.predict(photos, args.batch_size, args.mode), args.top_k)
+    shown = ["image", "lat", "lon", "province", "nearest_town", "town_km", "confidence"]
+    shown += [c for c in frame if c.startswith("radius_")]
     print(frame[shown + (["out_of_domain"] if "out_of_domain" in frame else [])].to_string(index=False))
     flagged = frame[frame["out_of_domain"]] if "out_of_domain" in frame else frame.iloc[:0]
     for row in flagged.itertuples():
@@ -135,6 +177,27 @@ def run(args: argparse.Namespace) -> int:
         maps.save_map(photo_maps.probability_map(*cell_probabilities(predictor, photos[0])), args.map)
         print(f"wrote {args.map}")
     return 1 if problems or len(flagged) else 0
+
+
+def readable_table(frame, top_k: int):
+    """Coordinates to 5 decimals (about 1 m), probabilities to 4, kilometres to 1; the nearest bundled town of
+    each prediction; the `top_k` most probable hypotheses."""
+    from geoloc_lib.geo.places import nearest_places
+
+    towns = nearest_places(frame["lat"], frame["lon"])
+    frame = frame.assign(nearest_town=towns["nearest_town"].to_numpy(), town_km=towns["town_km"].to_numpy())
+    for column in frame.columns:
+        if column.endswith(("lat", "lon")):
+            frame[column] = frame[column].astype(float).round(5)
+        elif column.endswith("_km") or column == "novelty_distance":
+            frame[column] = frame[column].astype(float).round(1 if column.endswith("_km") else 4)
+    frame["confidence"] = frame["confidence"].astype(float).round(4)
+    rounding = {"prob": 4, "lat": 5, "lon": 5}
+    frame["hypotheses"] = [
+        [{k: round(v, rounding[k]) if k in rounding else v for k, v in h.items()} for h in hyps[:top_k]]
+        for hyps in frame["hypotheses"]
+    ]
+    return frame
 
 
 def positive_int(text: str) -> int:

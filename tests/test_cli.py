@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import TINY_TRAINING
 
 from geoloc_lib.evaluate import metrics
+from geoloc_lib.geo.places import PLACES_CSV
 from geoloc_lib.predict import DECODE_MODES, main
 from geoloc_lib.train.config import TrainConfig
 from geoloc_lib.train.loop import fit
@@ -91,6 +93,8 @@ def test_bad_photos_are_reported_and_skipped_and_the_csv_holds_json(runs, tiny_d
     "case,expected",
     [
         ("no-photo", "none of the photos could be read"),
+        ("no-run", "no such run folder; runs live in runs/<name>"),
+        ("empty-folder", "a folder with no image files"),
         ("not-a-run", "is not a run folder (it has no config.json); pass runs/<name>"),
         ("phase0", "is a Phase 0 run (province pre-training); prediction needs a Phase 1 run"),
         ("checkpoint", "checkpoint not found; try --checkpoint last"),
@@ -100,6 +104,8 @@ def test_fatal_problems_print_one_line_and_exit_2(runs, tiny_data, tmp_path, cap
     good = tiny_data / "images" / "pk000000.jpg"
     argv = {
         "no-photo": [runs / "p1", tmp_path / "missing.jpg"],
+        "no-run": [tmp_path / "runs" / "my_run", good],
+        "empty-folder": [runs / "p1", tmp_path],
         "not-a-run": [tmp_path, good],
         "phase0": [runs / "p0", good],
         "checkpoint": [runs / "p1", good, "--checkpoint", "phase1_epoch_99.pt"],
@@ -109,8 +115,41 @@ def test_fatal_problems_print_one_line_and_exit_2(runs, tiny_data, tmp_path, cap
     assert err[-1].startswith("geoloc-predict: error: ") and expected in err[-1]
 
 
-def test_the_console_script_is_installed():
-    script = shutil.which("geoloc-predict", path=str(Path(sys.executable).parent))
-    assert script is not None, "pip install -e . installs geoloc-predict beside python"
+@pytest.mark.parametrize("command", ["geoloc-predict", "geoloc-ingest"])
+def test_the_console_scripts_are_installed(command):
+    script = shutil.which(command, path=str(Path(sys.executable).parent))
+    assert script is not None, f"pip install -e . installs {command} beside python"
     result = subprocess.run([script, "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "usage: geoloc-predict" in result.stdout
+    assert result.returncode == 0 and f"usage: {command}" in result.stdout
+
+
+def test_folders_and_csvs_of_photos_with_top_k_rounding_and_the_nearest_town(
+    runs, tiny_data, tmp_path, capsys
+):
+    photos = tmp_path / "trip" / "day1"
+    photos.mkdir(parents=True)
+    names = ["pk000000.jpg", "pk000001.jpg", "pk000002.jpg"]
+    for name in names:
+        shutil.copyfile(tiny_data / "images" / name, photos / name)
+    (tmp_path / "trip" / "notes.txt").write_text("not a photo: not picked up from a folder")
+    (tmp_path / "list.csv").write_text("image\ntrip/day1/pk000001.jpg\n")
+    csv = tmp_path / "out.csv"
+    argv = [runs / "p1", tmp_path / "trip", tmp_path / "list.csv", "--top-k", "2", "--csv", csv]
+    code, out, err = _main(capsys, *argv)
+    assert code == 0 and err == []
+    table = pd.read_csv(csv)
+    assert [Path(p).name for p in table["image"]] == [*names, "pk000001.jpg"]
+    assert all(len(json.loads(h)) <= 2 for h in table["hypotheses"])
+    assert all(len(str(v).split(".")[-1]) <= 5 for v in table["lat"])
+    places = pd.read_csv(PLACES_CSV)
+    for row in table.itertuples():  # the nearest town, by an independent great-circle distance
+        km = haversine_np(row.lat, row.lon, places["latitude"].to_numpy(), places["longitude"].to_numpy())
+        assert row.nearest_town == places["name"].iloc[km.argmin()]
+        assert row.town_km == pytest.approx(km.min(), abs=0.06)
+    assert "nearest_town" in out
+
+
+def haversine_np(lat1, lon1, lat2, lon2):
+    lat1, lon1, lat2, lon2 = map(np.radians, (lat1, lon1, lat2, lon2))
+    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6371.0088 * np.arcsin(np.sqrt(a))

@@ -8,9 +8,9 @@ import torch
 from matplotlib.path import Path as MatplotlibPath
 from sklearn.metrics.pairwise import haversine_distances
 
-from geoloc_lib.data.demo_data import PLACES_CSV
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.borders import province_at
+from geoloc_lib.geo.places import PLACES_CSV
 from geoloc_lib.geo.sphere import EARTH_RADIUS_KM, haversine_km, km_to_deg
 
 

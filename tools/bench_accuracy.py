@@ -30,30 +30,35 @@ from geoloc_lib.train.loop import fit
 from geoloc_lib.train.run_folder import RunFolder
 from tools.demo import DEMO_PHASE0, DEMO_PHASE1
 
-SHOWN = ["median_error_km", "p90_error_km", "acc_25km", "geoscore", "province_acc"]
+SHOWN = ["median_error_km", "p90_error_km", "acc_25km", "geoscore", "province_acc", "gate_alpha"]
 
 
-def train_seed(data_dir: str, runs_dir: Path, seed: int, overrides: dict) -> RunFolder:
-    """Phase 0, then Phase 1 from its best checkpoint, with the demo's settings; resumes finished runs."""
+def train_seed(data_dir: str, runs_dir: Path, seed: int, overrides: dict, phase0: bool = True) -> RunFolder:
+    """Phase 0, then Phase 1 from its best checkpoint (from scratch without `phase0`), with the demo's settings;
+    resumes finished runs."""
     common = {"data_dir": data_dir, "runs_dir": str(runs_dir), "seed": seed, "resume": True} | overrides
-    phase0 = fit(TrainConfig(run_name=f"seed{seed}_phase0", phase=0, **common, **DEMO_PHASE0), progress=False)
-    best0 = RunFolder(phase0.run_dir).best_checkpoint(phase=0)
-    phase1 = fit(
-        TrainConfig(run_name=f"seed{seed}", phase0_checkpoint=str(best0), **common, **DEMO_PHASE1),
-        progress=False,
-    )
+    start = {}
+    if phase0:
+        run0 = fit(
+            TrainConfig(run_name=f"seed{seed}_phase0", phase=0, **common, **DEMO_PHASE0), progress=False
+        )
+        start["phase0_checkpoint"] = str(RunFolder(run0.run_dir).best_checkpoint(phase=0))
+    phase1 = fit(TrainConfig(run_name=f"seed{seed}", **start, **common, **DEMO_PHASE1), progress=False)
     return RunFolder(phase1.run_dir)
 
 
-def mean_and_range(values: pd.Series) -> str:
-    return f"{values.mean():.1f} [{values.min():.1f}-{values.max():.1f}]"
+def mean_and_range(values: pd.Series, digits: int = 1) -> str:
+    return f"{values.mean():.{digits}f} [{values.min():.{digits}f}-{values.max():.{digits}f}]"
 
 
 def ladder_report(model_rows: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
-    """The model's mean [min-max] over seeds above the baselines (one value each), as text."""
-    model = {c: mean_and_range(model_rows[c]) for c in SHOWN}
+    """The model's mean [min-max] over seeds above the baselines (one value each), as text. The gate's mean
+    weight on the scene CNN (`gate_alpha`) belongs to the model alone."""
+    model = {c: mean_and_range(model_rows[c], 2 if c == "gate_alpha" else 1) for c in SHOWN}
     table = {"model (mean [min-max] over seeds)": model}
-    table |= {name: {c: f"{row[c]:.1f}" for c in SHOWN} for name, row in baselines.iterrows()}
+    table |= {
+        name: {c: f"{row[c]:.1f}" if c in row else "" for c in SHOWN} for name, row in baselines.iterrows()
+    }
     return pd.DataFrame(table).T
 
 
@@ -68,18 +73,22 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--splits", default="val,test", help="val, test or both (the test split is the report)"
     )
+    parser.add_argument(
+        "--no-phase0", action="store_true", help="train Phase 1 from scratch, without Phase 0"
+    )
     args = parser.parse_args(argv)
     overrides = parse_settings(args.set)
     splits = args.splits.split(",")
     if not (Path(args.data_dir) / "train.csv").exists():
         generate_demo_dataset(args.data_dir, DEMO_PRESETS["default"])
-    runs_dir = Path(args.runs_dir) / ("_".join(f"{k}={v}" for k, v in overrides.items()) or "defaults")
+    setting = [f"{k}={v}" for k, v in overrides.items()] + (["no_phase0"] if args.no_phase0 else [])
+    runs_dir = Path(args.runs_dir) / ("_".join(setting) or "defaults")
     seeds = [int(s) for s in args.seeds.split(",")]
     rows, baselines = [], {}
     for seed in seeds:
         started = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):  # the per-epoch logs stay in each run's log.txt
-            folder = train_seed(args.data_dir, runs_dir, seed, overrides)
+            folder = train_seed(args.data_dir, runs_dir, seed, overrides, phase0=not args.no_phase0)
             for split in splits:
                 evaluation = evaluate_run(
                     folder.root,

@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image
 
 from geoloc_lib.data.dataset_builder import IngestConfig, ingest
-from geoloc_lib.data.demo_data import load_places
 from geoloc_lib.data.photo_exif import geotag, read_facts
+from geoloc_lib.geo.places import load_places
 
 PER_FOLDER = 1000
 SPREAD_DEG = 0.1  # photos lie within about 10 km of their town (a few near a border fall outside)

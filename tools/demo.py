@@ -46,7 +46,9 @@ def run_notebook(name: str, out_dir: Path, **parameters) -> Path:
     return out
 
 
-def run_demo(run_name: str = "demo", data_dir: str = "data/demo", size: str = "default") -> Path:
+def run_demo(
+    run_name: str = "demo", data_dir: str = "data/demo", size: str = "default", encoder: str = "tiny-random"
+) -> Path:
     os.chdir(project_root(Path(__file__).parent))
     started = time.perf_counter()
     if not (Path(data_dir) / "train.csv").exists():
@@ -59,10 +61,20 @@ def run_demo(run_name: str = "demo", data_dir: str = "data/demo", size: str = "d
     run_notebook("01_sampler_check", out_dir, data_dir=data_dir)
     phase0 = RunFolder(Path("runs") / f"{run_name}_phase0")
     run_notebook(
-        "02b_train_phase0", out_dir, data_dir=data_dir, run_name=phase0.root.name, resume=True, **DEMO_PHASE0
+        "02b_train_phase0",
+        out_dir,
+        data_dir=data_dir,
+        run_name=phase0.root.name,
+        resume=True,
+        encoder=encoder,
+        **DEMO_PHASE0,
     )
     run_notebook(
-        "02_model_build", out_dir, data_dir=data_dir, phase0_checkpoint=str(phase0.best_checkpoint(0))
+        "02_model_build",
+        out_dir,
+        data_dir=data_dir,
+        encoder=encoder,
+        phase0_checkpoint=str(phase0.best_checkpoint(0)),
     )
     run_notebook(
         "03_train_phase1",
@@ -71,6 +83,7 @@ def run_demo(run_name: str = "demo", data_dir: str = "data/demo", size: str = "d
         run_name=run_name,
         resume=True,
         phase0_checkpoint=str(phase0.best_checkpoint(0)),
+        encoder=encoder,
         **DEMO_PHASE1,
     )
     run_notebook("04_error_maps", out_dir, run_dir=str(out_dir))
@@ -91,8 +104,11 @@ def main(argv=None) -> None:
     parser.add_argument("--run-name", default="demo")
     parser.add_argument("--data-dir", default="data/demo")
     parser.add_argument("--size", choices=sorted(DEMO_PRESETS), default="default")
+    parser.add_argument(
+        "--encoder", default="tiny-random", help="encoder preset (geoloc_lib/model/encoders.py)"
+    )
     args = parser.parse_args(argv)
-    run_demo(args.run_name, args.data_dir, args.size)
+    run_demo(args.run_name, args.data_dir, args.size, args.encoder)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,11 @@ import pandas as pd
 from PIL import Image
 
 from geoloc_lib.base.progress import progress_bar
-from geoloc_lib.base.resources import RESOURCES
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.geocell_builder import GeocellConfig, assign_cells, build_geocells
+from geoloc_lib.geo.places import load_places
 from geoloc_lib.geo.sphere import KM_PER_DEG_LAT, PAKISTAN_BBOX
 
-PLACES_CSV = RESOURCES / "places_pk.csv"
 # Photo counts per province of the GEOPAK dataset (docs/design.md), in province-id order.
 REAL_PROVINCE_COUNTS = (65221, 8459, 5344, 4410, 2379, 3627, 1075)
 
@@ -62,12 +61,6 @@ class DemoConfig:
 
 
 TINY_DEMO = DemoConfig(n_train=320, n_test=96, image_size=48, min_per_province=14, geocell_min_samples=8)
-
-
-def load_places() -> pd.DataFrame:
-    places = pd.read_csv(PLACES_CSV)
-    places["province_id"] = places["province"].map(lambda s: prov.lookup(s).id)
-    return places
 
 
 def _province_counts(n: int, floor: int) -> np.ndarray:

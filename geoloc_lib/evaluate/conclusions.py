@@ -208,3 +208,19 @@ def trust(coverage: pd.DataFrame, ranking: pd.DataFrame) -> str:
         f"median error of {kept:.0f} km over the curve, against {shuffled:.0f} km for the same shares at random."
     )
     return _bullets(lines)
+
+
+def fusion_gate(predictions: pd.DataFrame, scene: str, clip: str) -> str:
+    """What the gate's mean weight on the scene CNN (0: all CLIP, 1: all scene CNN) says about the encoders."""
+    if "gate_alpha" not in predictions:
+        return _bullets(["These predictions were written before the gate's weight was recorded."])
+    alpha = float(predictions["gate_alpha"].mean())
+    leaning = "the scene CNN" if alpha > 0.55 else "the CLIP tower" if alpha < 0.45 else "neither encoder"
+    return _bullets(
+        [
+            f"The fusion gate gives the scene CNN ({scene}) a mean weight of {alpha:.2f} on these photos, and "
+            f"the CLIP tower ({clip}) {1 - alpha:.2f}: it leans on {leaning}.",
+            "The weight is learned per feature and per photo from both encoders' outputs, so it follows which "
+            "features help the loss on this data, not which network is pretrained.",
+        ]
+    )

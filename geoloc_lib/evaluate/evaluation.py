@@ -56,7 +56,7 @@ def evaluate(
     heads.eval()
     device = next(heads.parameters()).device
     labels = label_tensors(split, device)
-    columns: dict[str, list[torch.Tensor]] = {k: [] for k in (*TABLE_FIELDS, "row", "oracle")}
+    columns: dict[str, list[torch.Tensor]] = {k: [] for k in (*TABLE_FIELDS, "row", "oracle", "gate_alpha")}
     loss_sums = torch.zeros(len(LOSS_TERMS), device=device)
     with progress_bar(
         total=len(split), desc="evaluate", unit="img", disable=not progress, leave=False
@@ -73,6 +73,9 @@ def evaluate(
                 columns[k].append(pred[k].cpu())
             columns["row"].append(idx.cpu())
             columns["oracle"].append(out["oracle_coords"].float().cpu())
+            columns["gate_alpha"].append(
+                out["gate_alpha"].float().mean(dim=-1).cpu()
+            )  # [B] share of the scene CNN
             if novelty is not None:
                 columns.setdefault("novelty", []).append(novelty.distance(clip, scene).cpu())
             bar.update(len(idx))
@@ -93,6 +96,7 @@ def _table(columns: dict[str, list[torch.Tensor]], split: pd.DataFrame, novelty)
     predicted = {k: cat[k][order] for k in TABLE_FIELDS}
     predicted["oracle_lat"], predicted["oracle_lon"] = cat["oracle"][order, 0], cat["oracle"][order, 1]
     frame = predictions_frame(split, predicted)
+    frame["gate_alpha"] = cat["gate_alpha"][order]  # the fusion gate's mean weight on the scene CNN's feature
     if novelty is not None:
         frame["novelty_distance"] = cat["novelty"][order]
         frame["out_of_domain"] = frame["novelty_distance"] > novelty.threshold

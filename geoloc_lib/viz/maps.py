@@ -26,10 +26,11 @@ from geoloc_lib.base.atomic_files import atomic_write_text
 from geoloc_lib.base.resources import RESOURCES
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.borders import province_borders
+from geoloc_lib.geo.places import map_labels
 
 LEAFLET_DIR = RESOURCES / "leaflet"
-PLACES_CSV = RESOURCES / "places_pk.csv"
 LABELLED_TOWNS = 25  # the largest towns are named on every map
+LABEL_GAP_KM = 60  # at country scale, closer labels print over each other
 PROVINCE_COLORS = ("#e6550d", "#31a354", "#3182bd", "#756bb1", "#636363", "#bcbd22", "#d6616b")
 ERROR_BINS_KM = (0, 25, 100, 250, 500, 1000, np.inf)
 ERROR_COLORS = ("#1a9850", "#91cf60", "#d9ef8b", "#fee08b", "#fc8d59", "#d73027")
@@ -102,7 +103,7 @@ def base_map(points: pd.DataFrame | None = None) -> folium.Map:
     ).add_to(borders)
     borders.add_to(m)
     towns = folium.FeatureGroup(name="towns", overlay=True)
-    for town in pd.read_csv(PLACES_CSV).nlargest(LABELLED_TOWNS, "population").itertuples():
+    for town in map_labels(LABELLED_TOWNS, LABEL_GAP_KM).itertuples():
         label = f'<div style="font:10px sans-serif;color:#333;white-space:nowrap">&#9679; {html.escape(town.name)}</div>'
         folium.Marker(
             (town.latitude, town.longitude), icon=folium.DivIcon(html=label, icon_size=(120, 12))
