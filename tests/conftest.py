@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 
 from geoloc_lib.data.demo_data import TINY_DEMO, generate_demo_dataset  # noqa: E402
 from geoloc_lib.train.config import TrainConfig  # noqa: E402
+from geoloc_lib.viz.map_export import chromium_command  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -60,22 +61,11 @@ def tiny_config(tiny_data, tmp_path):
 
 
 def chromium_flags(tmp_path) -> list[str]:
-    """Headless Chromium with no network (every host name fails to resolve); skips the test without it."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
+    """Headless Chromium with no network (the library's own command); skips the test without it."""
+    command = chromium_command(tmp_path / "chrome")
+    if command is None:
         pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
-    return [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        f"--user-data-dir={tmp_path / 'chrome'}",
-        "--virtual-time-budget=8000",
-    ]
+    return command
 
 
 def dump_dom(flags, html_path) -> str:

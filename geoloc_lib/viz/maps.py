@@ -20,13 +20,14 @@ from pathlib import Path
 import folium
 import numpy as np
 import pandas as pd
-from branca.element import MacroElement, Template
+import shapely
 
 from geoloc_lib.base.atomic_files import atomic_write_text
 from geoloc_lib.base.resources import RESOURCES
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.borders import province_borders
 from geoloc_lib.geo.places import map_labels
+from geoloc_lib.viz.map_controls import Legend, Title
 
 LEAFLET_DIR = RESOURCES / "leaflet"
 LABELLED_TOWNS = 25  # the largest towns are named on every map
@@ -60,36 +61,7 @@ def _read_shapes(geojson: str | Path | None) -> dict:
     return shapes
 
 
-class Legend(MacroElement):
-    """A legend as a Leaflet control in the bottom-right corner (controls in one corner stack, never overlap)."""
-
-    _template = Template(
-        """{% macro script(this, kwargs) %}
-        (function () {
-            var legend = L.control({position: "bottomright"});
-            legend.onAdd = function () {
-                var div = L.DomUtil.create("div", "geoloc-legend");
-                div.style.cssText = "background:white;padding:6px 8px;border:1px solid #999;font:12px sans-serif";
-                div.innerHTML = {{ this.body|tojson }};
-                return div;
-            };
-            legend.addTo({{ this._parent.get_name() }});
-        })();
-        {% endmacro %}"""
-    )
-
-    def __init__(self, title: str, entries: list[tuple[str, str]], shape: str = "square"):
-        super().__init__()
-        radius = "50%" if shape == "circle" else "0"
-        rows = "".join(
-            f'<div><span style="display:inline-block;width:11px;height:11px;background:{color};'
-            f'border-radius:{radius};margin-right:6px"></span>{html.escape(label)}</div>'
-            for label, color in entries
-        )
-        self.body = f"<b>{html.escape(title)}</b>{rows}"
-
-
-def base_map(points: pd.DataFrame | None = None) -> folium.Map:
+def base_map(points: pd.DataFrame | None = None, title: str = "") -> folium.Map:
     """A map with the offline base (borders and town names) fitted to `points` (latitude, longitude)."""
     m = folium.Map(tiles=None, control_scale=True, zoom_snap=0.25)
     folium.TileLayer(
@@ -114,6 +86,8 @@ def base_map(points: pd.DataFrame | None = None) -> folium.Map:
         m.fit_bounds([[lat.min() - 0.3, lon.min() - 0.3], [lat.max() + 0.3, lon.max() + 0.3]])
     else:
         m.fit_bounds([[23.6, 60.8], [37.1, 77.9]])  # Pakistan
+    if title:
+        m.add_child(Title(title))
     return m
 
 
@@ -204,7 +178,7 @@ def _province_legend() -> Legend:
 
 def samples_map(split: pd.DataFrame, max_points: int = 5000, seed: int = 0) -> folium.Map:
     """Photos as dots coloured by province (a seeded subsample above `max_points`)."""
-    m = base_map(split)
+    m = base_map(split, f"Photos by province ({len(split)})")
     shown = split.sample(max_points, random_state=seed) if len(split) > max_points else split
     for p in prov.PROVINCES:
         layer = folium.FeatureGroup(name=f"{p.name} ({int((split['province_id'] == p.id).sum())} photos)")
@@ -219,7 +193,8 @@ def samples_map(split: pd.DataFrame, max_points: int = 5000, seed: int = 0) -> f
 
 def geocell_map(cells: pd.DataFrame, value: pd.Series | None = None, value_label: str = "") -> folium.Map:
     """Cells as circles of their radius, coloured by province or by `value` (an error in km, indexed by cell_id)."""
-    m = base_map(cells.rename(columns={"center_lat": "latitude", "center_lon": "longitude"}))
+    title = f"Geocells ({len(cells)})" + (f" by {value_label}" if value is not None else "")
+    m = base_map(cells.rename(columns={"center_lat": "latitude", "center_lon": "longitude"}), title)
     layer = folium.FeatureGroup(name="geocells")
     for row in cells.itertuples():
         v = None if value is None else value.get(row.cell_id, np.nan)
@@ -275,11 +250,31 @@ def _choropleth(m: folium.Map, pred: pd.DataFrame, geojson: str | Path | None) -
             aliases=["province", "photos", "median error (km)", "province accuracy (%)"],
         ),
     ).add_to(m)
+    _province_labels(shapes, stats).add_to(m)
+
+
+def _province_labels(shapes: dict, stats: dict[str, dict]) -> folium.FeatureGroup:
+    """Each province's name and median error written inside it (at a point shapely guarantees is inside)."""
+    labels = folium.FeatureGroup(name="province medians (labels)")
+    for feature in shapes["features"]:
+        name, s = feature["properties"]["province"], stats.get(feature["properties"]["province"])
+        if s is None:
+            continue
+        point = shapely.geometry.shape(feature["geometry"]).point_on_surface()
+        text = (
+            f'<div style="font:bold 11px sans-serif;color:#111;text-align:center;white-space:nowrap;'
+            f'text-shadow:0 0 3px #fff,0 0 3px #fff">{safe_text(name)}<br>{s["median_error_km"]:g} km</div>'
+        )
+        folium.Marker(
+            (point.y, point.x), icon=folium.DivIcon(html=text, icon_size=(140, 30), icon_anchor=(70, 15))
+        ).add_to(labels)
+    return labels
 
 
 def _worst_lines(pred: pd.DataFrame, worst_n: int) -> folium.FeatureGroup:
     """The worst predictions: a black dot at the truth, a red dot at the prediction, a dashed line between."""
-    worst = folium.FeatureGroup(name=f"worst {worst_n}: truth (black) -> prediction (red)")
+    # off until chosen in the layer list: thirty dashed lines over one province hide it
+    worst = folium.FeatureGroup(name=f"worst {worst_n}: truth (black) -> prediction (red)", show=False)
     for row in pred.nlargest(worst_n, "error_km").itertuples():
         text = (
             f"<b>photo {safe_text(row.id)}</b><br>truth: {safe_text(row.province)} ({row.latitude:.3f}, "
@@ -315,15 +310,17 @@ def error_map(
     worst_n: int = 30,
     max_points: int = 5000,
 ) -> folium.Map:
-    """The per-province median error as a choropleth of the real borders (or of `boundaries_geojson`), the
-    photos coloured by error, and the worst predictions from truth to prediction."""
+    """The per-province median error as a choropleth of the real borders (or of `boundaries_geojson`), written
+    on each province, the photos coloured by error, and the worst predictions from truth to prediction (a layer
+    that is off until chosen)."""
     m = base_map(
         pd.concat(
             [
                 pred[["latitude", "longitude"]],
                 pred[["pred_lat", "pred_lon"]].set_axis(["latitude", "longitude"], axis=1),
             ]
-        )
+        ),
+        f"Error by province: median of {len(pred)} photos",
     )
     _choropleth(m, pred, boundaries_geojson)
     points = folium.FeatureGroup(name="photos by error")
@@ -341,10 +338,13 @@ def error_map(
         ).add_to(points)
     points.add_to(m)
     _worst_lines(pred, worst_n).add_to(m)
-    m.add_child(Legend("error", error_legend_entries()))
+    m.add_child(Legend("province fill: median error", error_legend_entries()))
+    m.add_child(Legend("photo dots: that photo's error", error_legend_entries(), shape="circle"))
     m.add_child(
         Legend(
-            "worst predictions", [("truth", TRUTH_COLOR), ("prediction", PREDICTION_COLOR)], shape="circle"
+            "worst predictions (layer list)",
+            [("truth", TRUTH_COLOR), ("prediction", PREDICTION_COLOR)],
+            shape="circle",
         )
     )
     return finish(m)

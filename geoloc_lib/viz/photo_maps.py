@@ -19,7 +19,10 @@ def probability_map(
     """One photo's probability over every cell (cell_metadata rows with a `prob` column, as
     `Predictor.cell_probabilities` gives them), the prediction with its credible radius, and the truth."""
     probs = cells["prob"].to_numpy(float)
-    m = base_map(cells.rename(columns={"center_lat": "latitude", "center_lon": "longitude"}))
+    m = base_map(
+        cells.rename(columns={"center_lat": "latitude", "center_lon": "longitude"}),
+        "Where this photo may be: every cell's probability",
+    )
     m.get_root().html.add_child(
         folium.Element("<title>Where this photo was taken: probability per cell</title>")
     )
