@@ -11,6 +11,7 @@ from papermill.translators import PythonTranslator
 from PIL import Image
 
 from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.loop import fit
 from geoloc_lib.viz.map_export import chromium_command
 from geoloc_lib.viz.notebook_export import export_html
 
@@ -115,12 +116,24 @@ def test_all_notebooks_run_under_papermill(tiny_data, tmp_path):
         num_workers=0,
         **common,
     )
-    assert "Phase 0 weights from" in (run / "log.txt").read_text()
+    log = (run / "log.txt").read_text()
+    assert "Phase 0 weights from" in log and "new best" in log
+    assert str(run.resolve()) not in log and str(run) not in log  # paths read relative to the run folder
     browser = chromium_command(tmp_path / "chrome") is not None
     _run("04_error_maps", tmp_path, run_dir=str(run), worst_n=5, png_maps=browser)
     if browser:  # a picture of the map, not a blank page: the borders and dots give it many colours
         with Image.open(run / "maps" / "error_map.png") as png:
             assert png.size == (1400, 1000) and len(png.convert("RGB").getcolors(1 << 20)) > 50
+    # a second recipe beside the first, compared in 05
+    other = dict(
+        common, data_dir=str(tiny_data), runs_dir=str(runs), run_name="p1_mixture", decode_mode="mixture"
+    )
+    fit(TrainConfig.from_parameters(other | {"num_workers": 0, "device": "cpu"}, phase=1), progress=False)
+    _run("05_compare_runs", tmp_path, run_dirs=f"{run},{runs / 'p1_mixture'}")
+    compared = nbformat.read(tmp_path / "05_compare_runs.ipynb", as_version=4)
+    cell = next(c for c in compared.cells if c.source == "run_comparison.differing_settings(folders)")
+    settings = cell.outputs[0]["data"]["text/plain"]
+    assert "decode_mode" in settings and "mixture" in settings and "seed" not in settings  # only what differs
     for name in (
         "maps/error_map.html",
         "maps/geocell_error_map.html",
@@ -152,6 +165,7 @@ def _check_saved_outputs(executed):
             for stream in ("stdout", "stderr"):  # a stream may be saved in several pieces: join them
                 text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("name") == stream)
                 assert not any(noise in text for noise in HARMLESS_NOISE), (name, text[:200])
+                assert stream == "stdout" or "%|" not in text, (name, "a progress bar saved as a warning box")
                 for line in text.split("\n"):
                     final = line.split("\r")[-1]  # what a notebook viewer shows of this line
                     assert "%|" not in final or "100%" in final, (name, final)

@@ -224,3 +224,23 @@ def fusion_gate(predictions: pd.DataFrame, scene: str, clip: str) -> str:
             "features help the loss on this data, not which network is pretrained.",
         ]
     )
+
+
+def comparison(best: pd.DataFrame) -> str:
+    """Which run is best on validation, by how much, and what one training seed per run can and cannot say."""
+    ranked = best.sort_values("median_error_km")
+    winner, rest = ranked.index[0], ranked.iloc[1:]
+    lines = [
+        f"Best on validation: **{winner}**, median {ranked['median_error_km'].iloc[0]:.1f} km "
+        f"(epoch {int(ranked['best_epoch'].iloc[0])})."
+    ]
+    lines += [
+        f"{name}: {compare_errors(row['median_error_km'], ranked['median_error_km'].iloc[0], winner)}."
+        for name, row in rest.iterrows()
+    ]
+    lines.append(
+        "Each run is one training seed: a gap smaller than the seed-to-seed range (5-15 % of the median on the "
+        "demo, docs/accuracy.md) is no evidence. Repeat a setting over 3 seeds (`make bench-accuracy`, "
+        "`--set FIELD=VALUE`) before choosing it, and choose on validation, never on the test split."
+    )
+    return _bullets(lines)

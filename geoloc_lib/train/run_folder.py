@@ -209,15 +209,33 @@ def run_logger(folder: RunFolder) -> logging.Logger:
     stdout = logging.StreamHandler(sys.stdout)
     held = logging.handlers.MemoryHandler(capacity=1_000_000, flushLevel=logging.CRITICAL + 1)
     for handler in (stdout, held):
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(RelativePaths(folder.root))
         logger.addHandler(handler)
     return logger
+
+
+class RelativePaths(logging.Formatter):
+    """Plain lines in which this machine's absolute paths read relative to the run folder (a checkpoint is
+    `checkpoints/phase1/phase1_best.pt`, the shared cache `../feature_cache/...`), so a log reads the same
+    wherever the project lives."""
+
+    def __init__(self, root: Path):
+        super().__init__("%(message)s")
+        run = os.path.join(os.path.abspath(root), "")
+        parent = os.path.join(os.path.dirname(os.path.abspath(root)), "")
+        self.prefixes = [(run, ""), (os.path.join(os.path.realpath(root), ""), ""), (parent, "../")]
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        for prefix, replacement in self.prefixes:
+            text = text.replace(prefix, replacement)
+        return text
 
 
 def open_log_file(folder: RunFolder, logger: logging.Logger) -> None:
     """Start writing `logger` (from `run_logger`) to log.txt, beginning with the lines it held."""
     to_file = logging.FileHandler(folder.log, encoding="utf-8")
-    to_file.setFormatter(logging.Formatter("%(message)s"))
+    to_file.setFormatter(RelativePaths(folder.root))
     for held in [h for h in logger.handlers if isinstance(h, logging.handlers.MemoryHandler)]:
         held.setTarget(to_file)
         held.flush()

@@ -56,9 +56,11 @@ def sampler_share_plot(shares: pd.DataFrame, target: pd.Series):
     return fig
 
 
-def loss_curves(losses: pd.DataFrame):
-    fig, axes = plt.subplots(1, len(LOSS_TERMS), figsize=(16, 3.2))
-    for ax, term in zip(axes, LOSS_TERMS, strict=True):
+def loss_curves(losses: pd.DataFrame, terms: tuple[str, ...] = LOSS_TERMS):
+    """Train (solid) and validation (dashed) loss per epoch, one panel per term."""
+    fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms) + 1, 3.2), squeeze=False)
+    axes = axes[0]
+    for ax, term in zip(axes, terms, strict=True):
         for split, style in (("train", "-"), ("val", "--")):
             part = losses[losses["split"] == split]
             ax.plot(part["epoch"], part[f"loss_{term}"], style, marker="o", ms=3, label=split)
@@ -88,6 +90,19 @@ def error_curves(losses: pd.DataFrame, baseline_km: float | None = None):
     ax.set_ylabel("km")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def comparison_curves(curves: pd.DataFrame):
+    """The validation median per epoch of several runs (run, epoch, median_error_km), one line each."""
+    fig, ax = plt.subplots(figsize=(8, 3.5), layout="constrained")
+    for run, part in curves.groupby("run", sort=False):
+        ax.plot(part["epoch"], part["median_error_km"], marker="o", ms=3, label=run)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation median (km)")
+    ax.set_title("Validation median error per epoch")
+    ax.legend(fontsize=8)
     return fig
 
 
