@@ -116,6 +116,10 @@ def test_all_notebooks_run_under_papermill(tiny_data, tmp_path):
         num_workers=0,
         **common,
     )
+    trained = nbformat.read(tmp_path / "03_train_phase1.ipynb", as_version=4)
+    live = next(c for c in trained.cells if "LiveCurves" in c.source)
+    drawings = [o for o in live.outputs if "image/png" in o.get("data", {})]
+    assert len(drawings) == 1  # redrawn in place after each epoch: one figure, not one per epoch
     log = (run / "log.txt").read_text()
     assert "Phase 0 weights from" in log and "new best" in log
     assert str(run.resolve()) not in log and str(run) not in log  # paths read relative to the run folder

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from geoloc_lib.train.config import TrainConfig
 from geoloc_lib.train.epoch_report import epoch_summary
 from geoloc_lib.train.from_config import cache_spec_of, head_config_of
 from geoloc_lib.train.phases import phase_of
+from geoloc_lib.train.run_folder import RunFolder
 from geoloc_lib.train.run_state import commit_epoch
 from geoloc_lib.train.schedule import lr_at
 from geoloc_lib.train.setup import Training, build_training
@@ -237,8 +239,11 @@ def index_novelty(t: Training) -> None:
     )
 
 
-def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
-    """Train `cfg` into its run folder (resuming it when asked) and return the best epoch."""
+def fit(
+    cfg: TrainConfig, progress: bool = True, on_epoch: Callable[[RunFolder], None] | None = None
+) -> FitResult:
+    """Train `cfg` into its run folder (resuming it when asked) and return the best epoch. `on_epoch` is
+    called with the run folder after each committed epoch (03 redraws its curves with it)."""
     t = build_training(cfg, progress)
     try:
         if t.world.is_main:
@@ -247,6 +252,8 @@ def fit(cfg: TrainConfig, progress: bool = True) -> FitResult:
             t.folder.write_run_info(run_info(t))
         for epoch in range(t.start_epoch, cfg.epochs + 1):
             run_epoch(t, epoch)
+            if on_epoch is not None and t.world.is_main:
+                on_epoch(t.folder)
         t.world.barrier()  # the other processes read what the first one wrote
         best = t.folder.load_checkpoint(cfg.phase, "best")
         if t.world.is_main and cfg.phase == 1:

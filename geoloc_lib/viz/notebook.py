@@ -65,3 +65,27 @@ def worst_predictions_html(pred: pd.DataFrame, split: pd.DataFrame, n: int = 10)
         for h in ("photo", "id", "true province", "predicted", "error km", "truth", "prediction")
     )
     return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+class LiveCurves:
+    """Training curves that redraw in place after every epoch: `fit(config, on_epoch=LiveCurves().update)`.
+
+    One notebook output is replaced each time (an IPython display handle), so a saved notebook keeps the last
+    drawing and no trail of figures."""
+
+    def __init__(self):
+        from IPython.display import HTML, display
+
+        self.handle = display(HTML("<i>the curves appear here after the first epoch</i>"), display_id=True)
+
+    def update(self, folder) -> None:
+        import matplotlib.pyplot as plt
+        from IPython.display import Image as DisplayImage
+
+        from geoloc_lib.viz.plots import live_curves
+
+        fig = live_curves(folder.read_losses())
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=90, format="png")  # a PNG of its own: the same under any matplotlib backend
+        plt.close(fig)  # or the notebook would draw it a second time at the end of the cell
+        self.handle.update(DisplayImage(data=buffer.getvalue(), format="png"))

@@ -71,6 +71,23 @@ def loss_curves(losses: pd.DataFrame, terms: tuple[str, ...] = LOSS_TERMS):
     return fig
 
 
+def live_curves(losses: pd.DataFrame):
+    """The two curves to watch while a run trains: the total loss and the end-to-end median error, train
+    (solid) and validation (dashed), per epoch."""
+    fig, (loss_ax, error_ax) = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
+    for split, style in (("train", "-"), ("val", "--")):
+        part = losses[losses["split"] == split]
+        loss_ax.plot(part["epoch"], part["loss_total"], style, marker="o", ms=3, label=split)
+        error_ax.plot(part["epoch"], part["median_error_km"], style, marker="o", ms=3, label=split)
+    loss_ax.set_title("total loss")
+    error_ax.set_title("median error (km)")
+    error_ax.set_yscale("log")
+    for ax in (loss_ax, error_ax):
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    return fig
+
+
 def error_curves(losses: pd.DataFrame, baseline_km: float | None = None):
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for split, style in (("train", "-"), ("val", "--")):
