@@ -153,3 +153,12 @@ def haversine_np(lat1, lon1, lat2, lon2):
     lat1, lon1, lat2, lon2 = map(np.radians, (lat1, lon1, lat2, lon2))
     a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
     return 2 * 6371.0088 * np.arcsin(np.sqrt(a))
+
+
+def test_training_help_answers_before_torch_is_imported():
+    script = (
+        "import sys, runpy\nsys.argv = ['train', '--help']\ntry:\n    runpy.run_module('geoloc_lib.train', "
+        "run_name='__main__')\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().endswith("False") and "keep_checkpoints=3" in result.stdout

@@ -11,11 +11,13 @@ their parameters. Several processes train the image path (trained encoders) unde
 from __future__ import annotations
 
 from geoloc_lib.train.config import config_from_command_line
-from geoloc_lib.train.loop import fit
 
 
 def main(argv=None) -> None:
-    result = fit(config_from_command_line(argv, __doc__))
+    config = config_from_command_line(argv, __doc__)  # --help answers here, before torch is imported
+    from geoloc_lib.train.loop import fit
+
+    result = fit(config)
     print(f"best epoch {result.best_epoch}: {result.best_metric:.2f} -> {result.run_dir}")
 
 

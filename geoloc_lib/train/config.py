@@ -252,8 +252,11 @@ def parse_settings(settings: list[str]) -> dict:
 
 def config_from_command_line(argv, description: str) -> TrainConfig:
     """A TrainConfig from `--set FIELD=VALUE` arguments (the command lines of training and extraction)."""
+    settings = ", ".join(f"{f.name}={f.default!r}" for f in fields(TrainConfig))
     parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"settings and their defaults: {settings}",
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainConfig setting"
