@@ -81,8 +81,8 @@ def main(argv=None) -> None:
     splits = args.splits.split(",")
     if not (Path(args.data_dir) / "train.csv").exists():
         generate_demo_dataset(args.data_dir, DEMO_PRESETS["default"])
-    setting = [f"{k}={v}" for k, v in overrides.items()] + (["no_phase0"] if args.no_phase0 else [])
-    runs_dir = Path(args.runs_dir) / ("_".join(setting) or "defaults")
+    labels = [f"{k}={v}" for k, v in overrides.items()] + (["no_phase0"] if args.no_phase0 else [])
+    runs_dir = Path(args.runs_dir) / ("_".join(labels) or "defaults")
     seeds = [int(s) for s in args.seeds.split(",")]
     rows, baselines = [], {}
     for seed in seeds:
@@ -108,7 +108,7 @@ def main(argv=None) -> None:
         report.to_csv(runs_dir / f"ladder_{split}.csv")
         median = part["median_error_km"]
         spread = (median.max() - median.min()) / median.mean()
-        setting = overrides or "default settings"
+        setting = ", ".join(labels) or "default settings"
         print(f"\n{split} split, seeds {seeds}, {setting}; median range / mean = {100 * spread:.0f} %")
         print(report.to_string())
 
