@@ -4,6 +4,8 @@ from dataclasses import fields
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import pandas as pd
 import papermill as pm
 import pytest
 from conftest import chromium_flags, dump_dom
@@ -206,3 +208,29 @@ def _check_offline_rendering(executed, saved_maps, tmp_path):
         assert any(kind in classes for classes in drawn), kind
     dropdown = re.search(r'class="lm-Widget[^"]*widget-dropdown".*?</select>', dom, re.S)
     assert dropdown and "Sindh" in dropdown.group(0)  # its saved choices
+
+
+def test_a_map_of_cells_is_fitted_to_their_whole_circles():
+    from geoloc_lib.geo.sphere import KM_PER_DEG_LAT
+    from geoloc_lib.viz.maps import cell_extent
+
+    cells = pd.DataFrame(
+        {"center_lat": [0.0, 60.0], "center_lon": [70.0, 70.0], "radius_km": [KM_PER_DEG_LAT] * 2}
+    )
+    edges = cell_extent(cells)
+    assert edges["latitude"].max() == pytest.approx(61.0) and edges["latitude"].min() == pytest.approx(-1.0)
+    assert edges["longitude"].max() == pytest.approx(72.0)  # 1 degree of latitude is 2 of longitude at 60 N
+    assert edges["longitude"].min() == pytest.approx(68.0)
+
+
+def test_town_labels_never_collide_and_name_each_province():
+    from geoloc_lib.geo.places import map_labels
+    from geoloc_lib.geo.sphere import haversine_km
+
+    labels = map_labels(25, 60)
+    assert labels["name"].is_unique and len(labels) == 25
+    assert {"Islamabad", "Karachi", "Lahore", "Peshawar", "Quetta"} <= set(labels["name"])
+    lat, lon = labels["latitude"].to_numpy(), labels["longitude"].to_numpy()
+    for i in range(len(labels)):
+        others = np.delete(np.arange(len(labels)), i)
+        assert np.min(haversine_km(lat[i], lon[i], lat[others], lon[others])) >= 60

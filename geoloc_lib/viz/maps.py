@@ -27,6 +27,7 @@ from geoloc_lib.base.resources import RESOURCES
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.borders import province_borders
 from geoloc_lib.geo.places import map_labels
+from geoloc_lib.geo.sphere import KM_PER_DEG_LAT
 from geoloc_lib.viz.map_controls import Legend, Title
 
 LEAFLET_DIR = RESOURCES / "leaflet"
@@ -191,10 +192,24 @@ def samples_map(split: pd.DataFrame, max_points: int = 5000, seed: int = 0) -> f
     return finish(m)
 
 
+def cell_extent(cells: pd.DataFrame) -> pd.DataFrame:
+    """The north, south, east and west edges of every cell's circle (latitude, longitude), so that a map fitted
+    to them shows whole circles, not only their centres."""
+    lat, lon = cells["center_lat"].to_numpy(float), cells["center_lon"].to_numpy(float)
+    dlat = cells["radius_km"].to_numpy(float) / KM_PER_DEG_LAT
+    dlon = dlat / np.cos(np.radians(lat))
+    return pd.DataFrame(
+        {
+            "latitude": np.concatenate([lat + dlat, lat - dlat, lat, lat]),
+            "longitude": np.concatenate([lon, lon, lon + dlon, lon - dlon]),
+        }
+    )
+
+
 def geocell_map(cells: pd.DataFrame, value: pd.Series | None = None, value_label: str = "") -> folium.Map:
     """Cells as circles of their radius, coloured by province or by `value` (an error in km, indexed by cell_id)."""
     title = f"Geocells ({len(cells)})" + (f" by {value_label}" if value is not None else "")
-    m = base_map(cells.rename(columns={"center_lat": "latitude", "center_lon": "longitude"}), title)
+    m = base_map(cell_extent(cells), title)
     layer = folium.FeatureGroup(name="geocells")
     for row in cells.itertuples():
         v = None if value is None else value.get(row.cell_id, np.nan)

@@ -7,7 +7,8 @@ import folium
 import numpy as np
 import pandas as pd
 
-from geoloc_lib.viz.maps import PREDICTION_COLOR, TRUTH_COLOR, Legend, base_map, finish, safe_text
+from geoloc_lib.viz.map_controls import Legend
+from geoloc_lib.viz.maps import PREDICTION_COLOR, TRUTH_COLOR, base_map, cell_extent, finish, safe_text
 
 
 def probability_map(
@@ -19,10 +20,7 @@ def probability_map(
     """One photo's probability over every cell (cell_metadata rows with a `prob` column, as
     `Predictor.cell_probabilities` gives them), the prediction with its credible radius, and the truth."""
     probs = cells["prob"].to_numpy(float)
-    m = base_map(
-        cells.rename(columns={"center_lat": "latitude", "center_lon": "longitude"}),
-        "Where this photo may be: every cell's probability",
-    )
+    m = base_map(cell_extent(cells), "Where this photo may be: every cell's probability")
     m.get_root().html.add_child(
         folium.Element("<title>Where this photo was taken: probability per cell</title>")
     )
