@@ -140,6 +140,8 @@ def test_all_notebooks_run_under_papermill(tiny_data, tmp_path):
     cell = next(c for c in compared.cells if c.source == "run_comparison.differing_settings(folders)")
     settings = cell.outputs[0]["data"]["text/plain"]
     assert "decode_mode" in settings and "mixture" in settings and "seed" not in settings  # only what differs
+    medians = next(c for c in compared.cells if "province_medians" in c.source).outputs[0]["data"]["text/plain"]
+    assert "p1 " in medians and "p1_mixture" in medians and "Sindh" in medians  # both runs, per province
     for name in (
         "maps/error_map.html",
         "maps/geocell_error_map.html",
@@ -190,6 +192,10 @@ def _check_offline_rendering(executed, saved_maps, tmp_path):
         assert "leaflet-map-pane" in dom, path  # Leaflet ran from the inlined copy
         assert dom.count('class="leaflet-interactive"') >= 7, path  # at least the seven province borders
         assert "geoloc-legend" in dom and "leaflet-control-layers" in dom, path
+        assert 'class="geoloc-title"' in dom, path  # every map has a title
+        if path.name == "error_map.html":  # each province's median written on it, and two legends
+            assert dom.count(" km</div>") >= 5 and "province fill: median error" in dom, path
+            assert "photo dots: that photo" in dom, path
     for name, path in executed.items():
         page = export_html(path, tmp_path / f"{name}.html")
         text = page.read_text(encoding="utf-8")
@@ -197,6 +203,8 @@ def _check_offline_rendering(executed, saved_maps, tmp_path):
         assert not re.search(r"(?<![0-9])0%\|", text), name  # progress bars saved in their final state only
         dom = dump_dom(flags, page)
         assert "Conclusion" in dom, name
+        warnings = re.findall(r'data-mime-type="application/vnd.jupyter.stderr".*?</div>', dom, re.S)
+        assert not any("%|" in box for box in warnings), name  # no progress bar drawn as a warning box
         if name in ("00_data_audit", "04_error_maps"):  # the notebooks that show maps inline
             assert dom.count("leaflet-map-pane") >= 2 and dom.count('class="leaflet-interactive"') >= 14, name
             assert "geoloc-legend" in dom, name

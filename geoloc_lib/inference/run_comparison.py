@@ -1,5 +1,6 @@
-"""Several training runs side by side: the settings in which they differ, their best validation epoch, and the
-test-split report of those that 04_error_maps has evaluated (notebooks/05_compare_runs)."""
+"""Several training runs side by side: the settings in which they differ, their best validation epoch, the
+per-province medians and error distributions of their best validation predictions, and the test-split report of
+those that 04_error_maps has evaluated (notebooks/05_compare_runs)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from geoloc_lib.evaluate.metrics import per_province_table
 from geoloc_lib.inference.run_evaluation import EvaluationFolderError, read_evaluation
 from geoloc_lib.train.phases import phase_of
 from geoloc_lib.train.run_folder import RunFolder
@@ -79,3 +81,15 @@ def validation_curves(folders: list[RunFolder]) -> pd.DataFrame:
         for f in folders
     ]
     return pd.concat(parts, ignore_index=True)
+
+
+def best_val_predictions(folders: list[RunFolder]) -> dict[str, pd.DataFrame]:
+    """Each run's validation predictions at its best epoch (val_predictions_best.csv)."""
+    return {f.root.name: pd.read_csv(f.val_predictions_best) for f in folders}
+
+
+def province_medians(predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per province, one column per run: the median error (km) of its photos."""
+    return pd.DataFrame(
+        {run: per_province_table(pred)["median_error_km"] for run, pred in predictions.items()}
+    )

@@ -88,4 +88,5 @@ class LiveCurves:
         buffer = io.BytesIO()
         fig.savefig(buffer, dpi=90, format="png")  # a PNG of its own: the same under any matplotlib backend
         plt.close(fig)  # or the notebook would draw it a second time at the end of the cell
+        atomic_write_bytes(folder.figures / "training_curves.png", buffer.getvalue())  # saved with the run
         self.handle.update(DisplayImage(data=buffer.getvalue(), format="png"))

@@ -123,6 +123,20 @@ def comparison_curves(curves: pd.DataFrame):
     return fig
 
 
+def comparison_cdf(predictions: dict[str, pd.DataFrame]):
+    """The error CDF of several runs' predictions on one axis (log km)."""
+    fig, ax = plt.subplots(figsize=(8, 3.5), layout="constrained")
+    for run, pred in predictions.items():
+        e = np.sort(pred["error_km"].to_numpy())
+        ax.plot(e, np.arange(1, len(e) + 1) / len(e), label=f"{run} (median {np.median(e):.1f} km)")
+    ax.set_xscale("log")
+    ax.set_xlabel("error (km)")
+    ax.set_ylabel("fraction of photos")
+    ax.set_title("Error distribution, best validation epoch")
+    ax.legend(fontsize=8)
+    return fig
+
+
 def confusion_plot(confusion: pd.DataFrame):
     """Counts and the share of each true province's photos (rows sum to 100 %), in a colour each cell's shade
     leaves readable; the colour bar sits beside the matrix, clear of the title."""
