@@ -7,7 +7,7 @@ KERNEL := geoloc
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_RUN ?= demo
 
-.PHONY: venv demo demo-lite0 test lab lint format bench bench-accuracy bench-scale bench-ingest gpu-check clean-demo
+.PHONY: venv demo demo-lite0 test lab lint format bench bench-accuracy bench-scale bench-ingest bench-predict gpu-check clean-demo
 
 venv: $(VENV)/.installed
 
@@ -56,6 +56,10 @@ bench-scale: venv
 # geoloc-ingest on 90,000 generated geotagged JPEGs (about 5 GB in a temporary folder): photos per second.
 bench-ingest: venv
 	$(PY) -m tools.bench_ingest
+
+# The predictor over 1,000 demo photos against the encoders alone, and a 2-photo geoloc-predict start-up (runs/demo).
+bench-predict: venv
+	$(PY) -m tools.bench_predict
 
 # Everything that needs a GPU in one go; writes runs/gpu_check/results.json (runs on a CPU too, slowly).
 gpu-check: venv
