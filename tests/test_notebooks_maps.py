@@ -140,7 +140,9 @@ def test_all_notebooks_run_under_papermill(tiny_data, tmp_path):
     cell = next(c for c in compared.cells if c.source == "run_comparison.differing_settings(folders)")
     settings = cell.outputs[0]["data"]["text/plain"]
     assert "decode_mode" in settings and "mixture" in settings and "seed" not in settings  # only what differs
-    medians = next(c for c in compared.cells if "province_medians" in c.source).outputs[0]["data"]["text/plain"]
+    medians = next(c for c in compared.cells if "province_medians" in c.source).outputs[0]["data"][
+        "text/plain"
+    ]
     assert "p1 " in medians and "p1_mixture" in medians and "Sindh" in medians  # both runs, per province
     for name in (
         "maps/error_map.html",

@@ -110,16 +110,21 @@ def error_curves(losses: pd.DataFrame, baseline_km: float | None = None):
     return fig
 
 
+def _axes(ax, xlabel: str, ylabel: str, title: str, log: str) -> None:
+    """Labels, a title, a small legend, and a log scale on the `log` axis ("x" or "y")."""
+    (ax.set_xscale if log == "x" else ax.set_yscale)("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
 def comparison_curves(curves: pd.DataFrame):
     """The validation median per epoch of several runs (run, epoch, median_error_km), one line each."""
     fig, ax = plt.subplots(figsize=(8, 3.5), layout="constrained")
     for run, part in curves.groupby("run", sort=False):
         ax.plot(part["epoch"], part["median_error_km"], marker="o", ms=3, label=run)
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation median (km)")
-    ax.set_title("Validation median error per epoch")
-    ax.legend(fontsize=8)
+    _axes(ax, "epoch", "validation median (km)", "Validation median error per epoch", log="y")
     return fig
 
 
@@ -129,11 +134,7 @@ def comparison_cdf(predictions: dict[str, pd.DataFrame]):
     for run, pred in predictions.items():
         e = np.sort(pred["error_km"].to_numpy())
         ax.plot(e, np.arange(1, len(e) + 1) / len(e), label=f"{run} (median {np.median(e):.1f} km)")
-    ax.set_xscale("log")
-    ax.set_xlabel("error (km)")
-    ax.set_ylabel("fraction of photos")
-    ax.set_title("Error distribution, best validation epoch")
-    ax.legend(fontsize=8)
+    _axes(ax, "error (km)", "fraction of photos", "Error distribution, best validation epoch", log="x")
     return fig
 
 
@@ -171,11 +172,7 @@ def error_cdf_plot(pred: pd.DataFrame):
                 color=PROVINCE_COLORS[p.id],
                 label=f"{p.name} ({len(e)})",
             )
-    ax.set_xscale("log")
-    ax.set_xlabel("error (km)")
-    ax.set_ylabel("fraction of photos")
-    ax.set_title("Error CDF per province")
-    ax.legend(fontsize=8)
+    _axes(ax, "error (km)", "fraction of photos", "Error CDF per province", log="x")
     fig.tight_layout()
     return fig
 
