@@ -126,17 +126,15 @@ def _judge_bursts(facts: pd.DataFrame, burst_m: float) -> None:
     open_ = facts[(facts["reason"] == "") & (facts["taken"] != "")]
     minute = open_["taken"].str[:16]
     for _, group in open_[minute.duplicated(keep=False)].groupby(minute):
-        kept: list[int] = []
-        for index, lat, lon in zip(group.index, group["latitude"], group["longitude"], strict=True):
-            near = [
-                k
-                for k in kept
-                if haversine_km(lat, lon, *facts.loc[k, ["latitude", "longitude"]]) * 1000 <= burst_m
-            ]
-            if near:
-                facts.loc[index, ["reason", "detail"]] = [BURST, "with " + facts.at[near[0], "path"]]
+        lat, lon = group["latitude"].to_numpy(), group["longitude"].to_numpy()  # [G] each
+        kept: list[int] = []  # positions in the group
+        for i in range(len(group)):
+            metres = haversine_km(lat[i], lon[i], lat[kept], lon[kept]) * 1000  # [K] to the kept photos
+            if len(kept) and metres.min() <= burst_m:
+                earlier = group["path"].iloc[kept[int(np.argmax(metres <= burst_m))]]
+                facts.loc[group.index[i], ["reason", "detail"]] = [BURST, "with " + earlier]
             else:
-                kept.append(index)
+                kept.append(i)
 
 
 def judge(files: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:

@@ -192,6 +192,19 @@ def samples_map(split: pd.DataFrame, max_points: int = 5000, seed: int = 0) -> f
     return finish(m)
 
 
+def cell_circle(row, color: str, weight: float, fill_opacity: float, tooltip: str) -> folium.Circle:
+    """A cell (a cell_metadata row) as a filled circle of its radius."""
+    return folium.Circle(
+        (row.center_lat, row.center_lon),
+        radius=1000 * row.radius_km,
+        color=color,
+        weight=weight,
+        fill=True,
+        fill_opacity=fill_opacity,
+        tooltip=tooltip,
+    )
+
+
 def cell_extent(cells: pd.DataFrame) -> pd.DataFrame:
     """The north, south, east and west edges of every cell's circle (latitude, longitude), so that a map fitted
     to them shows whole circles, not only their centres."""
@@ -217,15 +230,7 @@ def geocell_map(cells: pd.DataFrame, value: pd.Series | None = None, value_label
         tip = f"cell {row.cell_id} ({safe_text(row.province)}), radius {row.radius_km:.0f} km"
         if v is not None and not np.isnan(v):
             tip += f", {value_label} {v:.1f}"
-        folium.Circle(
-            (row.center_lat, row.center_lon),
-            radius=1000 * row.radius_km,
-            color=color,
-            weight=1,
-            fill=True,
-            fill_opacity=0.35,
-            tooltip=tip,
-        ).add_to(layer)
+        cell_circle(row, color, 1, 0.35, tip).add_to(layer)
     layer.add_to(m)
     m.add_child(_province_legend() if value is None else Legend(value_label, error_legend_entries()))
     return finish(m)

@@ -8,7 +8,15 @@ import numpy as np
 import pandas as pd
 
 from geoloc_lib.viz.map_controls import Legend
-from geoloc_lib.viz.maps import PREDICTION_COLOR, TRUTH_COLOR, base_map, cell_extent, finish, safe_text
+from geoloc_lib.viz.maps import (
+    PREDICTION_COLOR,
+    TRUTH_COLOR,
+    base_map,
+    cell_circle,
+    cell_extent,
+    finish,
+    safe_text,
+)
 
 
 def probability_map(
@@ -27,15 +35,8 @@ def probability_map(
     top = float(np.max(probs)) or 1.0
     layer = folium.FeatureGroup(name="probability per cell")
     for row, p in zip(cells.itertuples(), probs, strict=True):
-        folium.Circle(
-            (row.center_lat, row.center_lon),
-            radius=1000 * row.radius_km,
-            color=PREDICTION_COLOR,
-            weight=0.5,
-            fill=True,
-            fill_opacity=0.05 + 0.75 * float(p) / top,
-            tooltip=f"cell {row.cell_id} ({safe_text(row.province)}): p = {float(p):.3f}",
-        ).add_to(layer)
+        tip = f"cell {row.cell_id} ({safe_text(row.province)}): p = {float(p):.3f}"
+        cell_circle(row, PREDICTION_COLOR, 0.5, 0.05 + 0.75 * float(p) / top, tip).add_to(layer)
     layer.add_to(m)
     marks = [("prediction", PREDICTION_COLOR)]
     if radius_km is not None and np.isfinite(radius_km):
