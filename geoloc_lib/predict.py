@@ -120,14 +120,14 @@ def load_predictor(args: argparse.Namespace):
         phase = folder.read_config().phase
     except (ValueError, TypeError) as err:
         raise CommandError(f"{folder.config} is not a readable run config ({err}); retrain the run") from None
-    if phase != 1:
+    if phase == 0:
         raise CommandError(
-            f"{args.run_dir} is a Phase 0 run (province pre-training); prediction needs a Phase 1 run "
-            f"(notebooks/03_train_phase1)"
+            f"{args.run_dir} is a Phase 0 run (province pre-training); prediction needs a Phase 1 or 2 run "
+            f"(notebooks/03_train_phase1, 03b_train_phase2)"
         )
-    if not folder.checkpoint(1, args.checkpoint).is_file():
+    if not folder.checkpoint(phase, args.checkpoint).is_file():
         raise CommandError(
-            f"{folder.checkpoint(1, args.checkpoint)}: checkpoint not found; try --checkpoint last"
+            f"{folder.checkpoint(phase, args.checkpoint)}: checkpoint not found; try --checkpoint last"
         )
     from geoloc_lib.inference.predictor import Predictor
 

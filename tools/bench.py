@@ -73,7 +73,7 @@ def _literal_step_seconds(t: Training, steps: int) -> float:
     offset_weight = torch.tensor(1.0, device=t.device)
     t.model.train()
     start = None
-    lrs = [t.cfg.lr] * len(batches)
+    lrs = [[group["base_lr"] for group in t.optimizer.param_groups]] * len(batches)
     for step, _ in enumerate(t.stepper.run(batches, seed_epoch(0, 1, t.device), offset_weight, lrs)):
         if step == 0:
             synchronize(t.device)

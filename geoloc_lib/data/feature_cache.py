@@ -107,8 +107,11 @@ def extract_rows(
     flush_seconds: float = 60.0,
     log=print,
     decode_on_device: bool = False,
+    prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoder outputs of dataset items `items` (a contiguous range): clip [R, Dc], scene [R, Ds], in `dtype`.
+    """Encoder outputs of dataset items `items` (a contiguous range): clip [R, Dc], scene [R, Ds], in `dtype`;
+    with `prefix`, what the encoders' frozen prefixes hand their trained tops (clip [R, T, W], scene
+    [R, C, H, W]: `DualEncoder.prefix`).
 
     `decode_on_device`: workers only read the JPEG files; each batch is decoded on `device`
     (torchvision.io.decode_jpeg, nvJPEG on CUDA) and transformed there, with the same per-photo seeds.
@@ -117,9 +120,10 @@ def extract_rows(
     extraction killed part-way continues from its shards: each view's augmentation is seeded per photo,
     so the rows do not depend on where a batch starts.
     """
-    clip_dim, scene_dim = encoders.dims
-    clip = torch.empty(len(items), clip_dim, dtype=dtype)  # [R, Dc]
-    scene = torch.empty(len(items), scene_dim, dtype=dtype)  # [R, Ds]
+    clip_shape, scene_shape = encoders.output_shapes(prefix)
+    clip = torch.empty(len(items), *clip_shape, dtype=dtype)  # [R, Dc] (prefix: [R, T, W])
+    scene = torch.empty(len(items), *scene_shape, dtype=dtype)  # [R, Ds] (prefix: [R, C, H, W])
+    encode = encoders.prefix if prefix else encoders
     done = _load_parts(parts_dir, clip, scene, log) if parts_dir is not None and parts_dir.is_dir() else 0
     loader = _loader(dataset, items[done:], device, batch_size, num_workers, decode_on_device)
     encoders.eval().to(device)
@@ -132,7 +136,7 @@ def extract_rows(
         for batch in batches:
             images = decode_batch(batch, dataset, device) if decode_on_device else batch[0]
             with autocast_for(device):
-                c, s = encoders(images.to(device, non_blocking=True))  # [b, Dc], [b, Ds]
+                c, s = encode(images.to(device, non_blocking=True))  # [b, Dc], [b, Ds]
             clip[start : start + len(images)] = c.float().to("cpu", dtype)
             scene[start : start + len(images)] = s.float().to("cpu", dtype)
             start += len(images)
@@ -177,11 +181,16 @@ def extract_features(
 ) -> dict[str, torch.Tensor]:
     """{"clip": [V, N, Dc], "scene": [V, N, Ds]} on the CPU: `views` seeded transforms of every photo.
 
-    `options` go to `extract_rows` (device, batch_size, num_workers, dtype, desc, parts_dir, log, ...).
+    `options` go to `extract_rows` (device, batch_size, num_workers, dtype, desc, parts_dir, log, prefix, ...).
     """
     dataset = PhotoDataset(split, transform, views=views, seed=seed)
     clip, scene = extract_rows(encoders, dataset, range(len(dataset)), **options)
-    return {"clip": clip.view(views, len(split), -1), "scene": scene.view(views, len(split), -1)}
+    return by_view(clip, scene, views, len(split))
+
+
+def by_view(clip: torch.Tensor, scene: torch.Tensor, views: int, n: int) -> dict[str, torch.Tensor]:
+    """Rows [V*N, ...] in view-major order -> {"clip": [V, N, ...], "scene": [V, N, ...]}."""
+    return {"clip": clip.view(views, n, *clip.shape[1:]), "scene": scene.view(views, n, *scene.shape[1:])}
 
 
 def _read_cache(path: Path, log) -> dict[str, torch.Tensor] | None:
@@ -245,9 +254,7 @@ def _merge_shards(cache_dir: Path, key: str, world, views: int, n: int) -> None:
     shards = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
     clip = torch.cat([s["clip"] for s in shards])  # [V*N, Dc]
     scene = torch.cat([s["scene"] for s in shards])
-    atomic_torch_save(
-        {"clip": clip.view(views, n, -1), "scene": scene.view(views, n, -1)}, cache_dir / f"{key}.pt"
-    )
+    atomic_torch_save(by_view(clip, scene, views, n), cache_dir / f"{key}.pt")
     for f in files:
         f.unlink()
 
@@ -274,12 +281,14 @@ def decode_on_device(device: torch.device, split: pd.DataFrame, log=print) -> bo
 
 
 def _cached(
-    spec: CacheSpec, encoders, fingerprint, split, transform, transform_desc, views, seed, device, log
+    spec: CacheSpec, encoders, fingerprint, split, transform, transform_desc, views, seed, device, log, prefix
 ):
     dtype = getattr(torch, spec.dtype)
     on_device = decode_on_device(device, split, log)
     if on_device:  # another decoder: its features go to their own cache entry
         transform_desc = transform_desc | {"decoded_on": device.type}
+    if prefix:  # the prefixes' outputs: an entry of their own (the features' keys stay as they were)
+        transform_desc = transform_desc | {"output": "prefix"}
     return load_or_extract(
         spec.cache_dir,
         cache_key(fingerprint, split, transform_desc, views, seed, dtype),
@@ -294,27 +303,38 @@ def _cached(
         batch_size=spec.batch_size,
         num_workers=spec.num_workers,
         dtype=dtype,
-        desc=f"{'augmented' if 'train' in transform_desc else 'clean'} features",
+        desc=f"{'augmented' if 'train' in transform_desc else 'clean'} {'prefixes' if prefix else 'features'}",
+        prefix=prefix,
     )
 
 
 def augmented_features(
     spec: CacheSpec, encoders: DualEncoder, fingerprint: str, split: pd.DataFrame, augment: AugmentConfig,
-    device: torch.device, log=print,
+    device: torch.device, log=print, prefix: bool = False,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
-    """`spec.views` augmented views of every photo: {"clip": [V, N, Dc], "scene": [V, N, Ds]}.
+    """`spec.views` augmented views of every photo: {"clip": [V, N, Dc], "scene": [V, N, Ds]} (`prefix`: the
+    prefixes' outputs, [V, N, ...]).
 
     Without augmentation every view would be the clean photo, so the clean features serve as the one view.
     """
     if augment == AUGMENT_PRESETS["none"]:
-        return {
-            k: v[None] for k, v in clean_features(spec, split, encoders, fingerprint, device, log).items()
-        }
+        clean = clean_features(spec, split, encoders, fingerprint, device, log, prefix)
+        return {k: v[None] for k, v in clean.items()}
     size = encoders.image_size
     transform_desc = {"train": augment.describe(), "size": size}
     transform = train_transform(size, augment)
     return _cached(
-        spec, encoders, fingerprint, split, transform, transform_desc, spec.views, spec.seed, device, log
+        spec,
+        encoders,
+        fingerprint,
+        split,
+        transform,
+        transform_desc,
+        spec.views,
+        spec.seed,
+        device,
+        log,
+        prefix,
     )
 
 
@@ -325,11 +345,12 @@ def clean_features(
     fingerprint: str | None = None,
     device: torch.device | None = None,
     log=print,
+    prefix: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The frozen encoders' outputs of every photo of `split`, without augmentation, from the cache.
 
-    {"clip": [N, Dc], "scene": [N, Ds]} on the CPU in `spec.dtype`; whatever is not cached yet is extracted
-    and cached.
+    {"clip": [N, Dc], "scene": [N, Ds]} on the CPU in `spec.dtype` (`prefix`: the prefixes' outputs, [N, ...]);
+    whatever is not cached yet is extracted and cached.
     """
     fingerprint = fingerprint or encoders.fingerprint()
     device = device or select_device("auto")
@@ -345,5 +366,6 @@ def clean_features(
         0,
         device,
         log,
+        prefix,
     )
     return {k: v[0] for k, v in features.items()}

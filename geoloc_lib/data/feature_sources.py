@@ -8,6 +8,8 @@ the order in which it was asked for.
 - `CachedFeatures` (frozen encoders): K augmented views of every training photo and the clean view
   of every evaluation photo are encoded once (see `data/feature_cache.py`); a training step picks one random
   view per photo.
+- `CachedPrefixes` (Phase 2, the encoders' tops trained): the same caching of what the frozen prefixes hand
+  the trained tops; every batch then goes through the tops, with gradients when training.
 - `EncodedImages`: every batch is decoded, augmented and encoded when it is needed. This is the only
   path when an encoder is trained, and the reference the cached path is checked against.
 """
@@ -78,8 +80,7 @@ class CachedFeatures:
         With `generator` None the view is drawn from the default generator of the device, which is
         what a captured CUDA graph can replay.
         """
-        view = torch.randint(self.views, idx.shape, device=idx.device, generator=generator)  # [B]
-        return self.train["clip"][view, idx].float(), self.train["scene"][view, idx].float()
+        return _pick_views(self.train, idx, generator)
 
     def train_batches(self, batches: torch.Tensor, generator: torch.Generator | None) -> Iterator[Batch]:
         for idx in batches:  # batches [S, B] on the device
@@ -89,6 +90,64 @@ class CachedFeatures:
         n = self.evaluation["clip"].shape[0]
         for idx in _chunks(n, self.eval_batch_size, self.evaluation["clip"].device):
             yield idx, self.evaluation["clip"][idx].float(), self.evaluation["scene"][idx].float()
+
+
+def _pick_views(
+    train: dict[str, torch.Tensor], idx: torch.Tensor, generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random view per photo of the cached [V, N, ...] tensors, in fp32: idx [B] -> [B, ...], [B, ...]."""
+    view = torch.randint(train["clip"].shape[0], idx.shape, device=idx.device, generator=generator)  # [B]
+    return train["clip"][view, idx].float(), train["scene"][view, idx].float()
+
+
+class CachedPrefixes:
+    """The frozen prefixes' outputs held on the device: train {"clip": [V, N, T, W], "scene": [V, N, C, H, W]},
+    eval [M, ...]; each batch is finished by the encoders' trained tops into (idx, clip [B, Dc], scene [B, Ds]).
+
+    With augmentation off this is exactly the image path (the prefix sees the same clean photo every epoch);
+    with it on, K cached views stand in for fresh augmentation, as in `CachedFeatures`.
+    """
+
+    def __init__(self, train, evaluation, eval_batch_size: int, encoders: DualEncoder, device: torch.device):
+        self.train = train
+        self.evaluation = evaluation
+        self.eval_batch_size = eval_batch_size
+        self.encoders = encoders
+        self.device = device
+
+    @classmethod
+    def prepare(
+        cls, spec: CacheSpec, encoders: DualEncoder, fingerprint: str, train_split: pd.DataFrame,
+        eval_split: pd.DataFrame, augment: AugmentConfig, device: torch.device, log: Callable[[str], None] = print,
+    ) -> CachedPrefixes:  # fmt: skip
+        """`fingerprint` is of the frozen parts and of where the tops begin (`fingerprint(frozen_only=True)`)."""
+        train = augmented_features(
+            spec, encoders, fingerprint, train_split, augment, device, log, prefix=True
+        )
+        evaluation = clean_features(spec, eval_split, encoders, fingerprint, device, log, prefix=True)
+        train = {k: v.to(device) for k, v in train.items()}  # [V, N, ...]
+        evaluation = {k: v.to(device) for k, v in evaluation.items()}  # [M, ...]
+        return cls(train, evaluation, spec.batch_size, encoders, device)
+
+    def _tops(self, clip: torch.Tensor, scene: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast_for(self.device):
+            c, s = self.encoders.top(clip, scene)
+        return c.float(), s.float()  # [B, Dc], [B, Ds]
+
+    def train_batches(self, batches: torch.Tensor, generator: torch.Generator | None) -> Iterator[Batch]:
+        self.encoders.train()  # the tops' batch norm learns; the frozen parts stay in eval mode
+        for idx in batches:  # batches [S, B] on the device
+            yield idx, *self._tops(*_pick_views(self.train, idx, generator))
+
+    def eval_batches(self) -> Iterator[Batch]:
+        self.encoders.eval()
+        n = self.evaluation["clip"].shape[0]
+        for idx in _chunks(n, self.eval_batch_size, self.device):
+            with torch.no_grad():  # not around the yield: the caller's code would run without gradients too
+                clip, scene = self._tops(
+                    self.evaluation["clip"][idx].float(), self.evaluation["scene"][idx].float()
+                )
+            yield idx, clip, scene
 
 
 class EncodedImages:

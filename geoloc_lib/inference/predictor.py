@@ -37,8 +37,10 @@ from geoloc_lib.model.heads import GeolocModel, HeadConfig
 from geoloc_lib.model.retrieval import RetrievalIndex
 from geoloc_lib.train.checkpoint import Checkpoint
 from geoloc_lib.train.config import TrainConfig
-from geoloc_lib.train.from_config import cache_spec_of, decode_config_of, load_run_data
+from geoloc_lib.train.from_config import cache_spec_of, decode_config_of, encoder_tops_of, load_run_data
 from geoloc_lib.train.run_folder import RunFolder
+
+PREDICTING_PHASES = (1, 2)  # the phases whose runs predict places (Phase 0 predicts provinces only)
 
 
 def model_from_checkpoint(checkpoint: Checkpoint, cells: CellTable, source: str) -> GeolocModel:
@@ -47,9 +49,9 @@ def model_from_checkpoint(checkpoint: Checkpoint, cells: CellTable, source: str)
     Refuses other geocells and encoders whose weights changed since training (`source` names the
     checkpoint in the messages).
     """
-    if checkpoint.phase != 1:
+    if checkpoint.phase not in PREDICTING_PHASES:
         raise CheckpointMismatchError(
-            f"{source} is a Phase {checkpoint.phase} checkpoint; prediction needs a Phase 1 run"
+            f"{source} is a Phase {checkpoint.phase} checkpoint; prediction needs a Phase 1 or Phase 2 run"
         )
     if cells.signature() != checkpoint.cells:
         raise CheckpointMismatchError(
@@ -64,6 +66,7 @@ def model_from_checkpoint(checkpoint: Checkpoint, cells: CellTable, source: str)
         head_config,
         cfg["freeze_clip"],
         cfg["freeze_scene"],
+        encoder_tops_of(cfg),  # Phase 2: its trained tops come with the checkpoint
     )
     missing, unexpected = model.load_state_dict(checkpoint.model_state, strict=False)
     missing = [k for k in missing if k in model.trainable_state_dict()]
@@ -123,7 +126,7 @@ class Predictor:
         folder = RunFolder(run_dir)
         cfg = folder.read_config(data_dir)
         predictor = cls.from_checkpoint(
-            folder.checkpoint(1, checkpoint), Path(cfg.data_dir) / "cell_metadata.csv", device
+            folder.checkpoint(cfg.phase, checkpoint), Path(cfg.data_dir) / "cell_metadata.csv", device
         )
         if folder.calibration.is_file():
             predictor.calibration = RadiusCalibration.from_dict(json.loads(folder.calibration.read_text()))

@@ -36,6 +36,7 @@ from torch import nn
 
 from geoloc_lib.base.resources import RESOURCES
 from geoloc_lib.model.efficientnet_lite import LITE_ARCHS, LITE_MEAN, LITE_STD, PACKAGE_WEIGHTS, build_lite
+from geoloc_lib.model.normalized_encoder import NormalizedEncoder
 
 OPEN_CLIP_CONFIG_DIR = RESOURCES / "open_clip"
 open_clip.add_model_config(OPEN_CLIP_CONFIG_DIR)  # registers "geoloc-tiny-vit"
@@ -111,46 +112,6 @@ def _hub_offline(enabled: bool):
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = old_env
-
-
-class NormalizedEncoder(nn.Module):
-    """An image encoder that takes [B, 3, H, W] in [0, 1], applies its own normalisation, and can be frozen.
-
-    Frozen means: requires_grad off, eval mode kept even under `.train()`, and no autograd graph built.
-    """
-
-    def __init__(self, body: nn.Module, mean, std, out_dim: int, input_size: int = 0):
-        super().__init__()
-        self.body = body
-        self.input_size = input_size  # images of another size are resized to it first (0: any size)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.out_dim = out_dim
-        self.frozen = False
-
-    def freeze(self) -> NormalizedEncoder:
-        self.frozen = True
-        self.body.requires_grad_(False)
-        self.body.eval()
-        return self
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.frozen:
-            self.body.eval()
-        return self
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.input_size and images.shape[-1] != self.input_size:
-            size = (self.input_size, self.input_size)
-            images = nn.functional.interpolate(
-                images, size, mode="bilinear", antialias=True, align_corners=False
-            )
-        x = (images - self.mean) / self.std  # [B, 3, H, W]
-        if self.frozen:
-            with torch.no_grad():
-                return self.body(x)  # [B, D]
-        return self.body(x)
 
 
 class _DropRandomWeightsNotice(logging.Filter):
@@ -291,22 +252,43 @@ def build_scene_encoder(cfg: EncoderConfig) -> NormalizedEncoder:
 
 
 class DualEncoder(nn.Module):
-    """CLIP image tower + scene CNN on the same [0, 1] images."""
+    """CLIP image tower + scene CNN on the same [0, 1] images.
 
-    def __init__(self, cfg: EncoderConfig, freeze_clip: bool = True, freeze_scene: bool = True):
+    Each is frozen (`freeze_*`), trained whole, or, with `clip_top_blocks` / `scene_top_stages` > 0, frozen
+    but for its last blocks / stages (Phase 2; `prefix` and `top` then split the forward pass there).
+    """
+
+    def __init__(
+        self,
+        cfg: EncoderConfig,
+        freeze_clip: bool = True,
+        freeze_scene: bool = True,
+        clip_top_blocks: int = 0,
+        scene_top_stages: int = 0,
+    ):
         super().__init__()
         self.config = cfg
         self.clip, clip_size = build_clip_encoder(cfg)
         self.scene = build_scene_encoder(cfg)
         self.image_size = max(clip_size, cfg.scene_image_size)  # the size photos are transformed to
-        if freeze_clip:
-            self.clip.freeze()
-        if freeze_scene:
-            self.scene.freeze()
+        for encoder, frozen, top in (
+            (self.clip, freeze_clip, clip_top_blocks),
+            (self.scene, freeze_scene, scene_top_stages),
+        ):
+            if top:
+                encoder.unfreeze_top(top)
+            elif frozen:
+                encoder.freeze()
 
     @property
     def frozen(self) -> bool:
         return self.clip.frozen and self.scene.frozen
+
+    @property
+    def split(self) -> bool:
+        """Whether what trains is only the tops (at least one), so that the prefixes can be cached."""
+        parts = (self.clip, self.scene)
+        return all(e.frozen or e.split is not None for e in parts) and any(e.split is not None for e in parts)
 
     @property
     def dims(self) -> tuple[int, int]:
@@ -315,15 +297,46 @@ class DualEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.clip(images), self.scene(images)  # [B, Dc], [B, Ds]
 
-    def fingerprint(self) -> str:
-        """Hash of the config and every weight: a feature cache made with other weights never matches."""
+    def prefix(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What each frozen part hands its trained top (a frozen encoder: its features), without gradients."""
+        return self.clip.prefix(images), self.scene.prefix(images)
+
+    def top(self, clip_hidden: torch.Tensor, scene_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.clip.top(clip_hidden), self.scene.top(scene_hidden)  # [B, Dc], [B, Ds]
+
+    @torch.no_grad()
+    def output_shapes(self, prefix: bool = False) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Per photo: ((Dc,), (Ds,)), or with `prefix` the prefixes' output shapes ((T, W), (C, H, W))."""
+        if not prefix:
+            return (self.clip.out_dim,), (self.scene.out_dim,)
+        device = next(self.parameters()).device
+        probe = torch.zeros(1, 3, self.image_size, self.image_size, device=device)
+        clip, scene = self.prefix(probe)
+        return tuple(clip.shape[1:]), tuple(scene.shape[1:])
+
+    def trains(self, key: str) -> bool:
+        """Whether a state-dict key of this module ("clip.body.proj") is changed by training."""
+        name, _, rest = key.partition(".")
+        return getattr(self, name).trains(rest) if name in ("clip", "scene") else False
+
+    def fingerprint(self, frozen_only: bool = False) -> str:
+        """Hash of the config and every weight: a feature cache made with other weights never matches.
+
+        `frozen_only`: of the weights that training leaves alone (and of where the trained tops begin), which
+        is what a checkpoint that stores the trained weights needs to check. Equal to the full hash when
+        everything is frozen.
+        """
         config = asdict(self.config)
         if not config[
             "scene_image_size"
-        ]:  # the default leaves out the field, so older runs keep their fingerprint
+        ]:  # the default leaves the field out: older runs keep their fingerprint
             del config["scene_image_size"]
+        if frozen_only and not self.frozen:
+            config["trained_tops"] = [self.clip.top_count, self.scene.top_count]
         digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
         for name, tensor in self.state_dict().items():
+            if frozen_only and self.trains(name):
+                continue
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:20]
@@ -338,7 +351,7 @@ def verify_fingerprint(encoders: DualEncoder, expected: str | None, trained: str
     """
     if expected is None:
         return
-    actual = encoders.fingerprint()
+    actual = encoders.fingerprint(frozen_only=True)
     if actual != expected:
         raise EncoderFingerprintError(
             f"the encoders rebuilt from {asdict(encoders.config)} have weight fingerprint {actual}, but "

@@ -26,8 +26,10 @@ def build_model(
     head_config: HeadConfig,
     freeze_clip: bool = True,
     freeze_scene: bool = True,
+    tops: tuple[int, int] = (0, 0),
 ) -> GeolocModel:
-    return GeolocModel(DualEncoder(encoder_config, freeze_clip, freeze_scene), cells, head_config)
+    """`tops`: the CLIP blocks and scene stages trained on top of frozen encoders (Phase 2; 0: none)."""
+    return GeolocModel(DualEncoder(encoder_config, freeze_clip, freeze_scene, *tops), cells, head_config)
 
 
 def trainable_parameters(

@@ -228,7 +228,8 @@ class GeolocModel(nn.Module):
         return self.heads(clip_feat, scene_feat, cell_ids=cell_ids, province_ids=province_ids)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything that training changes: the heads, plus an encoder only when it is not frozen.
+        """Everything that training changes: the heads, plus the parts of the encoders that train (a whole
+        encoder, or its top in Phase 2, with their batch-norm statistics).
 
         Frozen encoders are rebuilt from their config, so checkpoints stay small (a ViT-B/16 + R50
         would otherwise add ~400 MB to every epoch's file).
@@ -236,9 +237,7 @@ class GeolocModel(nn.Module):
         return {
             k: v
             for k, v in self.state_dict().items()
-            if not k.startswith("encoders.")
-            or (k.startswith("encoders.clip.") and not self.encoders.clip.frozen)
-            or (k.startswith("encoders.scene.") and not self.encoders.scene.frozen)
+            if not k.startswith("encoders.") or self.encoders.trains(k.removeprefix("encoders."))
         }
 
     def component_parameter_counts(self) -> list[dict]:

@@ -42,6 +42,7 @@ class Checkpoint:
     optimizer_state: dict
     train_state: dict[str, torch.Tensor] | None = None  # the raw weights, when `model_state` is an average
     ema_state: dict | None = None  # the average itself, for resuming
+    history: list[dict] | None = None  # every epoch's {"train": row, "val": row} so far (early stopping)
     version: int = CHECKPOINT_VERSION
 
     @property

@@ -34,7 +34,7 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     keep_checkpoints: int = 3  # newest epoch checkpoints kept; the best and the last are kept besides (links)
-    phase: int = 1  # 0: province pre-training (projections, gate, province head), 1: full hierarchy
+    phase: int = 1  # 0: province pre-training, 1: the hierarchy on frozen encoders, 2: and the encoders' tops
     # optimisation: the specification's values, except where docs/accuracy.md measured better ones
     epochs: int = 30
     lr: float = 1e-3
@@ -67,6 +67,24 @@ class TrainConfig:
     small_geocell_hidden: int = 256
     dropout: float = 0.1
     standardize_features: bool = True  # z-score encoder features with the training photos' mean and std
+    # Phase 2: the tops of both encoders fine-tuned from a Phase 1 run (train/phases.py)
+    phase1_checkpoint: str | None = (
+        None  # the Phase 1 run (folder or its best checkpoint) Phase 2 starts from
+    )
+    unfreeze_clip_blocks: int = 4  # last CLIP transformer blocks trained, with the final norm and projection
+    unfreeze_scene_stages: int = 1  # last scene CNN stages trained (1: layer4 of a ResNet)
+    lr_clip: float = 1e-5  # learning rate of the trained CLIP blocks (`lr` is the heads')
+    lr_scene: float = 5e-6  # learning rate of the trained scene CNN stages
+    weight_decay_clip: float = 1e-5
+    weight_decay_scene: float = 1e-5
+    stop_rare_province_acc: float = (
+        30.0  # stop when a rare province's validation accuracy falls below (%; 0 off)
+    )
+    rare_province_share: float = 0.05  # a province is rare with less than this share of the training photos
+    stop_offset_collapse: float = (
+        0.05  # stop when the offset loss falls below this share of its first epoch's
+    )
+    stop_patience: int = 5  # stop after this many epochs above the best validation median (0: off)
     # speed
     feature_cache: bool = True  # False: images go through the encoders at every step
     cache_views: int = 4  # augmented views cached per training photo (one clean view when augment is none)
@@ -124,8 +142,10 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
     problems = []
     if cfg.run_name.strip() in ("", ".", ".."):
         problems.append(f"run_name {cfg.run_name!r} must name a folder (it is deleted on overwrite)")
-    if cfg.phase not in (0, 1):
-        problems.append(f"phase must be 0 or 1, not {cfg.phase}")
+    if cfg.phase not in (0, 1, 2):
+        problems.append(f"phase must be 0, 1 or 2, not {cfg.phase}")
+    if cfg.phase == 2:
+        problems += _phase2_problems(cfg)
     counts = (
         "epochs",
         "batch_size",
@@ -138,16 +158,40 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
     for name in (*counts, *widths, "small_geocell_hidden"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name} must be at least 1, not {getattr(cfg, name)}")
-    for name in ("seed", "val_seed", "num_workers", "retrieval_k", "warmup_steps", "scene_image_size"):
+    for name in (
+        "seed",
+        "val_seed",
+        "num_workers",
+        "retrieval_k",
+        "warmup_steps",
+        "scene_image_size",
+        "unfreeze_clip_blocks",
+        "unfreeze_scene_stages",
+        "stop_patience",
+    ):
         if getattr(cfg, name) < 0:
             problems.append(f"{name} must be 0 or more, not {getattr(cfg, name)}")
-    for name in ("lr", "temperature", "aux_scale_km", "val_block_km", "retrieval_temperature"):
+    for name in (
+        "lr",
+        "lr_clip",
+        "lr_scene",
+        "temperature",
+        "aux_scale_km",
+        "val_block_km",
+        "retrieval_temperature",
+    ):
         if not getattr(cfg, name) > 0:
             problems.append(f"{name} must be positive, not {getattr(cfg, name)}")
-    for name in ("weight_decay", "prior_correction", *LOSS_WEIGHT_FIELDS):
+    for name in (
+        "weight_decay",
+        "weight_decay_clip",
+        "weight_decay_scene",
+        "prior_correction",
+        *LOSS_WEIGHT_FIELDS,
+    ):
         if getattr(cfg, name) < 0:
             problems.append(f"{name} must be 0 or more, not {getattr(cfg, name)}")
-    if cfg.phase == 1 and not any(getattr(cfg, name) > 0 for name in LOSS_WEIGHT_FIELDS):
+    if cfg.phase >= 1 and not any(getattr(cfg, name) > 0 for name in LOSS_WEIGHT_FIELDS):
         problems.append(f"at least one of {LOSS_WEIGHT_FIELDS} must be positive")
     if not 0 <= cfg.dropout < 1:
         problems.append(f"dropout must be in [0, 1), not {cfg.dropout}")
@@ -172,6 +216,28 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
 
 
 LOSS_WEIGHT_FIELDS = ("loss_province", "loss_geocell", "loss_offset", "loss_aux")
+
+
+def _phase2_problems(cfg: TrainConfig) -> list[str]:
+    problems = []
+    if not cfg.phase1_checkpoint:
+        problems.append(
+            "Phase 2 starts from a Phase 1 run: set phase1_checkpoint (its folder or phase1_best.pt)"
+        )
+    if not (cfg.freeze_clip and cfg.freeze_scene):
+        problems.append(
+            "Phase 2 trains the encoders' tops only (unfreeze_clip_blocks, unfreeze_scene_stages); "
+            "keep freeze_clip and freeze_scene True"
+        )
+    if cfg.unfreeze_clip_blocks == 0 and cfg.unfreeze_scene_stages == 0:
+        problems.append("Phase 2 needs unfreeze_clip_blocks or unfreeze_scene_stages above 0")
+    if not 0 <= cfg.stop_rare_province_acc <= 100:
+        problems.append(f"stop_rare_province_acc must be in [0, 100], not {cfg.stop_rare_province_acc}")
+    if not 0 <= cfg.rare_province_share <= 1:
+        problems.append(f"rare_province_share must be in [0, 1], not {cfg.rare_province_share}")
+    if not 0 <= cfg.stop_offset_collapse < 1:
+        problems.append(f"stop_offset_collapse must be in [0, 1), not {cfg.stop_offset_collapse}")
+    return problems
 
 
 def _type_problems(cfg: TrainConfig) -> list[str]:
@@ -218,6 +284,7 @@ RESUMABLE_CHANGES = frozenset(
         "run_name",
         "cache_dir",
         "image_check",
+        "phase1_checkpoint",
     }
 )
 

@@ -3,6 +3,8 @@ the check of the options each stage owns (run before anything is built or writte
 
 from __future__ import annotations
 
+import dataclasses
+
 from geoloc_lib.data.contract import IMAGE_CHECKS, GeoDataset, load_dataset
 from geoloc_lib.data.feature_cache import CacheSpec
 from geoloc_lib.data.transforms import AUGMENT_PRESETS
@@ -81,5 +83,20 @@ def cache_spec_of(cfg: TrainConfig) -> CacheSpec:
     )
 
 
+def encoder_tops_of(cfg: dict) -> tuple[int, int]:
+    """(CLIP blocks, scene stages) a run trains in the encoders' tops: Phase 2's counts, none otherwise. Takes
+    a config as a dict, as a checkpoint holds it."""
+    if cfg.get("phase") != 2:
+        return 0, 0
+    return cfg["unfreeze_clip_blocks"], cfg["unfreeze_scene_stages"]
+
+
 def model_for_training(cfg: TrainConfig, cells: CellTable) -> GeolocModel:
-    return build_model(cells, encoder_config_of(cfg), head_config_of(cfg), cfg.freeze_clip, cfg.freeze_scene)
+    return build_model(
+        cells,
+        encoder_config_of(cfg),
+        head_config_of(cfg),
+        cfg.freeze_clip,
+        cfg.freeze_scene,
+        encoder_tops_of(dataclasses.asdict(cfg)),
+    )

@@ -30,14 +30,11 @@ from geoloc_lib.evaluate.metrics import prediction_metrics, predictions_frame
 from geoloc_lib.evaluate.novelty import fit_novelty
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.model.factory import checkpoint_state
-from geoloc_lib.model.losses import (
-    LOSS_LABELS,
-    LOSS_TERMS,
-    offset_ramp,
-)
+from geoloc_lib.model.losses import LOSS_LABELS, LOSS_TERMS
 from geoloc_lib.model.retrieval import RetrievalIndex
 from geoloc_lib.train.checkpoint import Checkpoint
 from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.early_stopping import stop_reason
 from geoloc_lib.train.epoch_report import epoch_summary
 from geoloc_lib.train.from_config import cache_spec_of, head_config_of
 from geoloc_lib.train.phases import phase_of
@@ -96,9 +93,13 @@ def train_one_epoch(t: Training, epoch: int) -> tuple[dict, pd.DataFrame]:
     rows = torch.zeros_like(batches)  # [S, B] the rows each step trained on
     terms = torch.zeros(n_steps, len(LOSS_TERMS), device=t.device)  # [S, T]
     preds = torch.zeros(n_steps, width, len(PRED_FIELDS), device=t.device)  # [S, B, 5]
-    offset_weight = torch.tensor(offset_ramp(epoch, cfg.offset_ramp_epochs), device=t.device)
+    offset_weight = torch.tensor(phase_of(cfg).offset_weight(epoch, cfg), device=t.device)
     first, total = (epoch - 1) * n_steps, cfg.epochs * n_steps
-    lrs = [lr_at(first + i, total, cfg.lr, cfg.lr_schedule, cfg.warmup_steps) for i in range(n_steps)]
+    bases = [group["base_lr"] for group in t.optimizer.param_groups]  # heads, CLIP top, scene top: own rates
+    lrs = [
+        [lr_at(first + i, total, base, cfg.lr_schedule, cfg.warmup_steps) for base in bases]
+        for i in range(n_steps)
+    ]
     bar = progress_bar(
         total=n_steps, desc=f"epoch {epoch}/{cfg.epochs} train", disable=not t.progress, leave=False
     )
@@ -130,7 +131,7 @@ def validate(t: Training, epoch: int) -> Evaluation:
             t.eval_heads, t.retrieval_features, t.data.train, t.cfg.retrieval_k, t.cfg.retrieval_temperature
         )
         decoder = dataclasses.replace(decoder, retrieval=index)
-    ramp = offset_ramp(epoch, t.cfg.offset_ramp_epochs)
+    ramp = phase_of(t.cfg).offset_weight(epoch, t.cfg)
     return evaluate(
         t.eval_heads, t.source.eval_batches(), t.data.val, decoder, t.loss_fn, ramp, progress=t.progress
     )
@@ -157,6 +158,7 @@ def _checkpoint(t: Training, epoch: int, rows: dict, predictions: pd.DataFrame) 
         # resuming an averaged run needs the raw weights and the average
         train_state=None if t.ema is None else checkpoint_state(t.model, trains),
         ema_state=None if t.ema is None else t.ema.state_dict(),
+        history=t.history,
     )
 
 
@@ -196,6 +198,7 @@ def run_epoch(t: Training, epoch: int) -> None:
         "val": {"epoch": epoch, "split": "val", **val.losses, **prediction_metrics(val.predictions), **ramp},
     }
     phase = phase_of(t.cfg)
+    t.history.append(rows)
     t.log.info(epoch_summary(phase, epoch, t.cfg.epochs, rows))
     metric = phase.selection_metric(rows["val"])
     improved = metric < t.best_metric
@@ -239,6 +242,17 @@ def index_novelty(t: Training) -> None:
     )
 
 
+def _stops_early(t: Training) -> bool:
+    """Whether Phase 2's early stopping fires on the epochs so far (a resumed run that stopped stays stopped)."""
+    reason = stop_reason(t.stop_rules, t.history) if t.stop_rules is not None else None
+    if reason is not None:
+        t.log.info(
+            f"early stop after epoch {len(t.history)}: {reason}; the best checkpoint stays epoch {t.best_epoch} "
+            f"({phase_of(t.cfg).selection_text(t.best_metric)})"
+        )
+    return reason is not None
+
+
 def fit(
     cfg: TrainConfig, progress: bool = True, on_epoch: Callable[[RunFolder], None] | None = None
 ) -> FitResult:
@@ -251,12 +265,14 @@ def fit(
             t.folder.write_config(cfg)
             t.folder.write_run_info(run_info(t))
         for epoch in range(t.start_epoch, cfg.epochs + 1):
+            if _stops_early(t):
+                break
             run_epoch(t, epoch)
             if on_epoch is not None and t.world.is_main:
                 on_epoch(t.folder)
         t.world.barrier()  # the other processes read what the first one wrote
         best = t.folder.load_checkpoint(cfg.phase, "best")
-        if t.world.is_main and cfg.phase == 1:
+        if t.world.is_main and cfg.phase >= 1:
             calibrate_radii(t, best)
             index_novelty(t)
     finally:

@@ -5,13 +5,16 @@ epoch, and what its epoch report shows.
   province loss alone; the best epoch has the highest balanced province accuracy on validation.
 - Phase 1, the hierarchy: every trainable part on the weighted sum of the four losses; the best epoch has the
   lowest end-to-end validation median error.
+- Phase 2, partial fine-tuning: Phase 1's heads and the tops of both encoders, from a Phase 1 run's best
+  checkpoint, on the same loss (the offset term at full weight from the start: Phase 1 already ramped it) and
+  the same selection, with early stopping (train/early_stopping.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from geoloc_lib.model.losses import LossWeights
+from geoloc_lib.model.losses import LossWeights, offset_ramp
 from geoloc_lib.train.config import TrainConfig
 
 
@@ -23,6 +26,11 @@ class Phase:
         tuple[str, ...] | None
     )  # prefixes of the parameters it trains and saves (None: every trainable one)
     province_only: bool  # the loss is the province cross-entropy alone, whatever the config's weights
+    fine_tunes: bool = False  # starts from a Phase 1 run, trains the encoders' tops, may stop early
+
+    def offset_weight(self, epoch: int, cfg: TrainConfig) -> float:
+        """The offset term's ramp in `epoch`: Phase 1 ramps it up; a fine-tuned Phase 1 model has it at 1."""
+        return 1.0 if self.fine_tunes else offset_ramp(epoch, cfg.offset_ramp_epochs)
 
     def loss_weights(self, cfg: TrainConfig) -> LossWeights:
         if self.province_only:
@@ -53,6 +61,7 @@ PHASES = {
         province_only=True,
     ),
     1: Phase(1, "geography structure (province, geocell, offset)", trains=None, province_only=False),
+    2: Phase(2, "partial fine-tuning of the encoders", trains=None, province_only=False, fine_tunes=True),
 }
 
 

@@ -18,7 +18,7 @@ from geoloc_lib.base.distributed import World
 from geoloc_lib.base.folder_lock import RunLock
 from geoloc_lib.data.contract import GeoDataset
 from geoloc_lib.data.feature_cache import clean_features
-from geoloc_lib.data.feature_sources import CachedFeatures, EncodedImages
+from geoloc_lib.data.feature_sources import CachedFeatures, CachedPrefixes, EncodedImages
 from geoloc_lib.data.photos import label_tensors
 from geoloc_lib.data.sampler import ProvinceBalancedBatchSampler
 from geoloc_lib.data.transforms import AUGMENT_PRESETS
@@ -34,10 +34,13 @@ from geoloc_lib.model.losses import (
 )
 from geoloc_lib.train.checkpoint import Checkpoint
 from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.early_stopping import StopRules
+from geoloc_lib.train.fine_tune import load_phase1_start, phase1_checkpoint_path
 from geoloc_lib.train.from_config import (
     cache_spec_of,
     check_options,
     decode_config_of,
+    head_config_of,
     load_run_data,
     model_for_training,
 )
@@ -62,20 +65,23 @@ class Training:
     loss_fn: GeolocLoss
     sampler: ProvinceBalancedBatchSampler
     optimizer: torch.optim.Optimizer
-    source: CachedFeatures | EncodedImages
+    source: CachedFeatures | CachedPrefixes | EncodedImages
     stepper: EagerStepper | GraphStepper
     decoder: Decoder
     frozen_fingerprint: str | None  # fingerprint of frozen encoders (None: one is trained)
+    checked_fingerprint: str  # of the weights training leaves alone: what checkpoints store and resumes check
     ema: AveragedModel | None  # exponential average of the heads (cfg.ema_decay > 0)
     retrieval_features: dict[str, torch.Tensor] | None  # clean training features, for retrieval
+    stop_rules: StopRules | None  # Phase 2's early stopping (None: trains every epoch)
     world: World = World()  # the processes of a torchrun launch (one without it)
     progress: bool = True
     start_epoch: int = 1
     best_metric: float = math.inf
     best_epoch: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)  # {"train": row, "val": row} per epoch
 
     def encoder_fingerprint(self) -> str:
-        return self.frozen_fingerprint or self.model.encoders.fingerprint()
+        return self.checked_fingerprint
 
     def close(self) -> None:
         """Release the run folder."""
@@ -88,16 +94,30 @@ class Training:
         return self.model.heads if self.ema is None else self.ema.module
 
 
+def parameter_groups(cfg: TrainConfig, model: GeolocModel) -> list[dict]:
+    """The optimiser's groups: the heads, the trained CLIP part, the trained scene part, each with its own
+    learning rate (`base_lr`, which the schedule scales) and weight decay; empty groups are left out."""
+    trained = trainable_parameters(model, phase_of(cfg).trains)
+    ids = {id(p) for p in trained}
+    groups = [
+        ("heads", model.heads.parameters(), cfg.lr, cfg.weight_decay),
+        ("clip", model.encoders.clip.parameters(), cfg.lr_clip, cfg.weight_decay_clip),
+        ("scene", model.encoders.scene.parameters(), cfg.lr_scene, cfg.weight_decay_scene),
+    ]
+    out = []
+    for name, parameters, lr, decay in groups:
+        chosen = [p for p in parameters if id(p) in ids]
+        if chosen:
+            out.append({"name": name, "params": chosen, "lr": lr, "base_lr": lr, "weight_decay": decay})
+    return out
+
+
 def _optimizer(cfg: TrainConfig, model: GeolocModel, use_graph: bool) -> torch.optim.AdamW:
     device_type = next(model.parameters()).device.type
     # fused: one kernel over all parameters (3x faster step on CPU); capturable keeps the step count on
     # the device so that the update can live inside a CUDA graph
     return torch.optim.AdamW(
-        trainable_parameters(model, phase_of(cfg).trains),
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        fused=device_type in ("cpu", "cuda"),
-        capturable=use_graph,
+        parameter_groups(cfg, model), fused=device_type in ("cpu", "cuda"), capturable=use_graph
     )
 
 
@@ -105,6 +125,10 @@ def _feature_source(
     cfg, model, fingerprint, data, device, log, encoders_forward
 ) -> CachedFeatures | EncodedImages:
     augment = AUGMENT_PRESETS[cfg.augment]
+    if cfg.feature_cache and model.encoders.split:
+        return CachedPrefixes.prepare(
+            cache_spec_of(cfg), model.encoders, fingerprint, data.train, data.val, augment, device, log
+        )
     if cfg.feature_cache:
         return CachedFeatures.prepare(
             cache_spec_of(cfg), model.encoders, fingerprint, data.train, data.val, augment, device, log
@@ -128,6 +152,7 @@ class StartPoint:
     epoch: int = 1
     best_metric: float = math.inf
     best_epoch: int = 0
+    history: tuple[dict, ...] = ()
 
 
 def _restore(state: Checkpoint, *, cfg, folder, data, model, ema, optimizer) -> StartPoint:
@@ -138,7 +163,7 @@ def _restore(state: Checkpoint, *, cfg, folder, data, model, ema, optimizer) -> 
         ema.load_state_dict(state.ema_state)
     verify_fingerprint(model.encoders, state.encoder_fingerprint, str(folder.root))
     optimizer.load_state_dict(state.optimizer_state)
-    return StartPoint(state.epoch + 1, state.best_metric, state.best_epoch)
+    return StartPoint(state.epoch + 1, state.best_metric, state.best_epoch, tuple(state.history or ()))
 
 
 def _start_from(plan: StartPlan, *, cfg, folder, data, model, ema, optimizer, log) -> StartPoint:
@@ -158,6 +183,21 @@ def _start_from(plan: StartPlan, *, cfg, folder, data, model, ema, optimizer, lo
     return StartPoint()
 
 
+def _stop_rules(cfg: TrainConfig, model: GeolocModel, data: GeoDataset, log) -> StopRules | None:
+    """Phase 2 loads its Phase 1 start (a fresh run: the weights; a resumed one: only its validation row,
+    for the rules) and returns its early-stopping rules."""
+    if not phase_of(cfg).fine_tunes:
+        return None
+    start = load_phase1_start(cfg, model, data.signature, dataclasses.asdict(head_config_of(cfg)))
+    rules = StopRules.of(cfg, data.train, data.val, start.metrics["val"])
+    log.info(
+        f"Phase 2 starts from {phase1_checkpoint_path(cfg.phase1_checkpoint)} (epoch {start.epoch}, validation "
+        f"median {start.median_error:.2f} km); trained: the last {cfg.unfreeze_clip_blocks} CLIP block(s) and "
+        f"{cfg.unfreeze_scene_stages} scene stage(s); {rules.describe()}"
+    )
+    return rules
+
+
 def _loss(cfg: TrainConfig, model: GeolocModel, data: GeoDataset, device: torch.device) -> GeolocLoss:
     weights = province_weights_from_split(data.train, cfg.beta)
     loss_weights = phase_of(cfg).loss_weights(cfg)
@@ -175,8 +215,8 @@ def _clean_training_features(cfg, model, data, fingerprint, device, log) -> dict
     """The clean features of the training photos when something needs them (standardisation, retrieval);
     sets the heads' input standardisation from them. Call before loading weights: Phase 0's or the resumed
     run's statistics then win."""
-    if not (cfg.standardize_features or cfg.retrieval_k > 0):
-        return None
+    if phase_of(cfg).fine_tunes or not (cfg.standardize_features or cfg.retrieval_k > 0):
+        return None  # Phase 2's standardisation comes with Phase 1's heads; retrieval is off while encoders train
     train_clean = clean_features(
         cache_spec_of(cfg), data.train, model.encoders, fingerprint, device, log.info
     )
@@ -194,10 +234,18 @@ def _check_world(cfg: TrainConfig, world: World) -> None:
 
 
 def _start_line(cfg: TrainConfig, data: GeoDataset, model: GeolocModel, device: torch.device) -> str:
+    if not cfg.feature_cache:
+        path = "images through the encoders at every step"
+    else:
+        path = (
+            "cached prefixes through the encoders' trained tops"
+            if model.encoders.split
+            else "cached features"
+        )
     return (
         f"Phase {cfg.phase} on {device}: {len(data.train)} train / {len(data.val)} validation photos "
         f"(whole {cfg.val_block_km:g} km blocks of train.csv; test.csv is not read), {model.cells.num_cells} "
-        f"cells, {'cached features' if cfg.feature_cache else 'images through the encoders at every step'}"
+        f"cells, {path}"
     )
 
 
@@ -261,8 +309,9 @@ def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampl
     """The rest of `build_training`, once the run folder is locked; writes nothing into it."""
     log = run_logger(folder) if world.is_main else silent_logger()
     frozen_fingerprint = model.encoders.fingerprint() if model.encoders.frozen else None
-    fingerprint = frozen_fingerprint or model.encoders.fingerprint()
+    fingerprint = model.encoders.fingerprint(frozen_only=True)  # the full one when both are frozen
     train_clean = _clean_training_features(cfg, model, data, fingerprint, device, log)
+    stop_rules = _stop_rules(cfg, model, data, log)  # Phase 2 loads Phase 1's weights here
     loss_fn = _loss(cfg, model, data, device)
     use_graph = cfg.cuda_graph and cfg.feature_cache and device.type == "cuda"
     optimizer = _optimizer(cfg, model, use_graph)
@@ -298,11 +347,14 @@ def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampl
         stepper=stepper,
         decoder=decoder,
         frozen_fingerprint=frozen_fingerprint,
+        checked_fingerprint=fingerprint,
         ema=ema,
         retrieval_features=retrieval_features,
+        stop_rules=stop_rules,
         world=world,
         progress=progress,
         start_epoch=start.epoch,
         best_metric=start.best_metric,
         best_epoch=start.best_epoch,
+        history=list(start.history),
     )

@@ -71,12 +71,16 @@ class EagerStepper:
         self.source = source
 
     def run(
-        self, batches: torch.Tensor, generator: torch.Generator, offset_weight: torch.Tensor, lrs: list[float]
+        self,
+        batches: torch.Tensor,
+        generator: torch.Generator,
+        offset_weight: torch.Tensor,
+        lrs: list[list[float]],
     ) -> Iterator[tuple[torch.Tensor, StepResult]]:
-        """Train on every row of `batches` [S, B] with learning rates `lrs` [S]; yields (the rows trained
-        on, the step's result)."""
-        for (idx, clip, scene), lr in zip(self.source.train_batches(batches, generator), lrs, strict=True):
-            for group in self.step.optimizer.param_groups:
+        """Train on every row of `batches` [S, B] with learning rates `lrs` [S][G] (one per optimiser group);
+        yields (the rows trained on, the step's result)."""
+        for (idx, clip, scene), rates in zip(self.source.train_batches(batches, generator), lrs, strict=True):
+            for group, lr in zip(self.step.optimizer.param_groups, rates, strict=True):
                 group["lr"] = lr
             self.step.optimizer.zero_grad(set_to_none=True)
             yield idx, self.step(idx, clip, scene, offset_weight)
@@ -132,10 +136,11 @@ class GraphStepper:
         self.source = source
         self.static_idx = torch.zeros(batch_size, dtype=torch.long, device=step.device)
         self.static_offset_weight = torch.zeros((), device=step.device)
-        # the learning rate lives in a device tensor that the captured update reads at each replay
-        self.static_lr = torch.tensor(float(step.optimizer.param_groups[0]["lr"]), device=step.device)
+        # each group's learning rate lives in a device tensor that the captured update reads at each replay
+        self.static_lrs = []
         for group in step.optimizer.param_groups:
-            group["lr"] = self.static_lr
+            group["lr"] = torch.tensor(float(group["base_lr"]), device=step.device)
+            self.static_lrs.append(group["lr"])
         snapshot = TrainingStateSnapshot(step.optimizer)
         try:
             stream = torch.cuda.Stream()
@@ -158,12 +163,17 @@ class GraphStepper:
         return self.step(idx, *self.source.gather(idx, None), self.static_offset_weight)
 
     def run(
-        self, batches: torch.Tensor, generator: torch.Generator, offset_weight: torch.Tensor, lrs: list[float]
+        self,
+        batches: torch.Tensor,
+        generator: torch.Generator,
+        offset_weight: torch.Tensor,
+        lrs: list[list[float]],
     ) -> Iterator[tuple[torch.Tensor, StepResult]]:
         self.static_offset_weight.copy_(offset_weight)
         for idx, lr in zip(batches, lrs, strict=True):
             self.static_idx.copy_(idx)
-            self.static_lr.fill_(lr)
+            for static, rate in zip(self.static_lrs, lr, strict=True):
+                static.fill_(rate)
             self.graph.replay()
             yield idx, self.output
 

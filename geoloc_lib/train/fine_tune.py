@@ -1,0 +1,74 @@
+"""Where Phase 2 starts: a Phase 1 run's best checkpoint, checked against the new run and loaded into it.
+
+Phase 2 continues the very model Phase 1 selected, so everything that shaped that model must be the same: the
+data and its validation split (or Phase 2 would validate on Phase 1's training photos), the cells, the heads'
+sizes, and the encoders' configuration and weights. Anything else is refused with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from geoloc_lib.model.heads import GeolocModel
+from geoloc_lib.train.checkpoint import Checkpoint
+from geoloc_lib.train.run_folder import RunFolder
+
+
+class Phase1StartError(ValueError):
+    """phase1_checkpoint does not name a usable Phase 1 best checkpoint for this run."""
+
+
+def phase1_checkpoint_path(value: str) -> Path:
+    """A run folder stands for its best Phase 1 checkpoint."""
+    path = Path(value)
+    if path.is_dir():
+        path = RunFolder(path).best_checkpoint(1)
+    if not path.is_file():
+        raise Phase1StartError(
+            f"phase1_checkpoint {value!r}: no such file; pass a Phase 1 run folder (runs/<name>) or its "
+            "checkpoints/phase1/phase1_best.pt"
+        )
+    return path
+
+
+def load_phase1_start(cfg, model: GeolocModel, data_signature: dict, head_config: dict) -> Checkpoint:
+    """Check the Phase 1 best checkpoint `cfg.phase1_checkpoint` against this run and load its weights into
+    `model` (the averaged heads where Phase 1 averaged: the weights it validated). Returns the checkpoint."""
+    path = phase1_checkpoint_path(cfg.phase1_checkpoint)
+    try:
+        start = Checkpoint.load(path)
+    except ValueError as err:
+        raise Phase1StartError(f"phase1_checkpoint {path}: {err}") from err
+    if start.phase != 1:
+        raise Phase1StartError(
+            f"{path} is a Phase {start.phase} checkpoint; Phase 2 starts from a Phase 1 run's best checkpoint"
+        )
+    if start.epoch != start.best_epoch:
+        raise Phase1StartError(
+            f"{path} is epoch {start.epoch} of its run, not the best one (epoch {start.best_epoch}); pass "
+            f"{path.with_name('phase1_best.pt')}"
+        )
+    differences = _differences(start, model, data_signature, head_config)
+    if differences:
+        raise Phase1StartError(f"{path} does not fit this Phase 2 run: {'; '.join(differences)}")
+    model.load_state_dict(start.model_state, strict=False)
+    return start
+
+
+def _differences(start: Checkpoint, model: GeolocModel, data_signature: dict, head_config: dict) -> list[str]:
+    found = []
+    if start.data != data_signature:
+        found.append(
+            "its data or validation split differ (use the same data_dir, val_fraction, val_block_km and val_seed)"
+        )
+    if start.cells != model.cells.signature():
+        found.append("its geocells differ")
+    if start.head_config != head_config:
+        changed = sorted(k for k in head_config if start.head_config.get(k) != head_config[k])
+        found.append(f"its heads differ in {changed} (use the Phase 1 run's values)")
+    if start.encoder_config != asdict(model.encoders.config):
+        found.append(f"its encoders were {start.encoder_config}, not {asdict(model.encoders.config)}")
+    elif start.encoder_fingerprint != model.encoders.fingerprint():
+        found.append("its encoders' weights differ from the ones configured (a weights file changed)")
+    return found
