@@ -12,7 +12,7 @@ from conftest import chromium_flags, dump_dom
 from papermill.translators import PythonTranslator
 from PIL import Image
 
-from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.train.config import PHASE2_FIELDS, TrainConfig
 from geoloc_lib.train.loop import fit
 from geoloc_lib.viz.map_export import chromium_command
 from geoloc_lib.viz.notebook_export import export_html
@@ -47,10 +47,13 @@ def _parameters(name: str) -> dict:
 
 
 def test_phase1_notebook_parameters_mirror_the_train_config():
-    # one literal per TrainConfig field (the notebook fixes phase=1), with the dataclass defaults;
-    # None is written "" because papermill literals have no None
-    expected = {f.name: "" if f.default is None else f.default for f in fields(TrainConfig)}
-    del expected["phase"]
+    # one literal per TrainConfig field but Phase 2's (the notebook fixes phase=1), with the dataclass
+    # defaults; None is written "" because papermill literals have no None
+    expected = {
+        f.name: "" if f.default is None else f.default
+        for f in fields(TrainConfig)
+        if f.name not in ("phase", *PHASE2_FIELDS)
+    }
     assert _parameters("03_train_phase1") == expected
     assert TrainConfig.from_parameters(_parameters("03_train_phase1"), phase=1) == TrainConfig()
 
@@ -70,8 +73,11 @@ def test_config_from_notebook_parameters():
         TrainConfig.from_parameters({"run_name": ""})
     with pytest.raises(ValueError, match="epochs must be at least 1.*dropout"):
         TrainConfig.from_parameters({"epochs": 0, "dropout": 1.5})
-    phase0 = _parameters("02b_train_phase0")
-    assert set(phase0) <= {f.name for f in fields(TrainConfig)}  # no parameter is silently ignored
+    for name in ("02b_train_phase0", "03b_train_phase2"):  # no parameter is silently ignored
+        assert set(_parameters(name)) <= {f.name for f in fields(TrainConfig)}
+    phase2 = _parameters("03b_train_phase2")  # the original's Phase 2 recipe
+    assert (phase2["lr"], phase2["lr_clip"], phase2["lr_scene"]) == (5e-4, 1e-5, 5e-6)
+    assert (phase2["unfreeze_clip_blocks"], phase2["unfreeze_scene_stages"]) == (4, 1)
 
 
 def _run(name, out_dir, **parameters):
@@ -125,6 +131,23 @@ def test_all_notebooks_run_under_papermill(tiny_data, tmp_path):
     log = (run / "log.txt").read_text()
     assert "Phase 0 weights from" in log and "new best" in log
     assert str(run.resolve()) not in log and str(run) not in log  # paths read relative to the run folder
+    # Phase 2 continues the Phase 1 run: its data, split and heads come from p1's config
+    _run(
+        "03b_train_phase2",
+        tmp_path,
+        phase1_checkpoint=str(run),
+        runs_dir=str(runs),
+        run_name="p2",
+        unfreeze_clip_blocks=1,
+        epochs=1,
+        batches_per_epoch=4,
+        cache_dir=common["cache_dir"],
+        num_workers=0,
+    )
+    tuned = nbformat.read(tmp_path / "03b_train_phase2.ipynb", as_version=4)
+    table = next(c for c in tuned.cells if "best_validation" in c.source).outputs[0]["data"]["text/plain"]
+    assert "p1 " in table and "p2 " in table  # Phase 2 beside the run it started from
+    assert "trained: the last 1 CLIP block(s) and 1 scene stage(s)" in (runs / "p2" / "log.txt").read_text()
     browser = chromium_command(tmp_path / "chrome") is not None
     _run("04_error_maps", tmp_path, run_dir=str(run), worst_n=5, png_maps=browser)
     if browser:  # a picture of the map, not a blank page: the borders and dots give it many colours

@@ -1,4 +1,5 @@
-"""Benchmark: the training step with images through the encoders against the cached-feature step.
+"""Benchmark: the training step with images through the encoders against the cached-feature step, and the
+same for Phase 2's trained encoder tops on cached prefixes (tools/bench_phase2.py).
 
     python -m tools.bench                      # demo encoders and real-size random encoders
     python -m tools.bench --encoders tiny-random --data-dir data/demo --steps 50
@@ -40,6 +41,7 @@ from geoloc_lib.train.config import TrainConfig
 from geoloc_lib.train.from_config import cache_spec_of, encoder_config_of
 from geoloc_lib.train.loop import seed_epoch, train_one_epoch
 from geoloc_lib.train.setup import Training, build_training
+from tools.bench_phase2 import phase2_table, time_phase2
 
 DEFAULT_ENCODERS = "tiny-random,vit-b-32-resnet18-random"
 EPOCH_STEPS = 1300  # the specification's batches per epoch
@@ -127,8 +129,9 @@ def _extraction_rate(cfg: TrainConfig) -> float:
     return (cfg.cache_views * len(data.train) + len(data.test)) / (time.perf_counter() - start)
 
 
-def time_encoder(encoder: str, data_dir: str, work: Path, args: argparse.Namespace) -> StepTiming:
-    common = {
+def _common(encoder: str, data_dir: str, work: Path, args: argparse.Namespace) -> dict:
+    """The settings every timed run shares."""
+    return {
         "data_dir": data_dir,
         "runs_dir": str(work / "runs"),
         "encoder": encoder,
@@ -138,6 +141,10 @@ def time_encoder(encoder: str, data_dir: str, work: Path, args: argparse.Namespa
         "device": args.device,
         "num_workers": args.num_workers,
     }
+
+
+def time_encoder(encoder: str, data_dir: str, work: Path, args: argparse.Namespace) -> StepTiming:
+    common = _common(encoder, data_dir, work, args)
     name = encoder.replace("/", "_")
     cached_cfg = TrainConfig(run_name=f"{name}-cached", batches_per_epoch=args.steps, **common)
     extraction_rate = _extraction_rate(cached_cfg)
@@ -245,11 +252,17 @@ def main(argv=None) -> None:
         args.steps = EPOCH_STEPS if select_device(args.device).type == "cuda" else 30
     work = Path(tempfile.mkdtemp(prefix="geoloc-bench-"))
     data_dir = args.data_dir or str(generate_demo_dataset(work / "data", TINY_DEMO))
-    timings = [time_encoder(e.strip(), data_dir, work, args) for e in args.encoders.split(",")]
+    encoders = [e.strip() for e in args.encoders.split(",")]
+    timings = [time_encoder(e, data_dir, work, args) for e in encoders]
+    phase2 = [
+        time_phase2(e, _common(e, data_dir, work, args), args.steps, t.literal_steps, _literal_step_seconds)
+        for e, t in zip(encoders, timings, strict=True)
+    ]
     device = select_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type}"
     print(f"device: {name}, {torch.get_num_threads()} CPU threads; data: {data_dir}")
     print(timing_table(timings, args.batch_size))
+    print(phase2_table(phase2, args.batch_size))
 
 
 if __name__ == "__main__":

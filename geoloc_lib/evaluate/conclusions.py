@@ -244,3 +244,27 @@ def comparison(best: pd.DataFrame) -> str:
         "`--set FIELD=VALUE`) before choosing it, and choose on validation, never on the test split."
     )
     return _bullets(lines)
+
+
+def fine_tuning(best: pd.DataFrame, phase1: str, phase2: str, stopped: str | None) -> str:
+    """From 03b: Phase 2's best validation epoch against the Phase 1 run it started from (rows of
+    `run_comparison.best_validation`), and why it stopped."""
+    start, tuned = best.loc[phase1, "median_error_km"], best.loc[phase2, "median_error_km"]
+    started = f"Phase 1 ({phase1}, epoch {int(best.loc[phase1, 'best_epoch'])})"
+    lines = [
+        f"Phase 2 best epoch {int(best.loc[phase2, 'best_epoch'])}: validation median {tuned:.1f} km, "
+        f"{compare_errors(tuned, start, started)}."
+    ]
+    if not tuned < start:
+        lines.append(
+            f"**Phase 2 did not improve on Phase 1**: predict with {phase1}, or try lower lr_clip / lr_scene, fewer "
+            "unfrozen blocks, or augmentation against overfitting."
+        )
+    lines.append(
+        f"Stopped early: {stopped}." if stopped else "Trained every epoch; no early-stopping signal fired."
+    )
+    lines.append(
+        "One seed: a gap under the seed-to-seed range (docs/accuracy.md) is no evidence; the test split is read "
+        "once, by 04_error_maps on this run."
+    )
+    return _bullets(lines)

@@ -31,9 +31,10 @@ def _checked(folders: list[RunFolder]) -> list[RunFolder]:
     if missing:
         raise ValueError(f"not run folders (no config.json): {missing}; pass folders under runs/")
     phases = {f.read_config().phase for f in folders}
-    if len(phases) > 1:
+    if 0 in phases and len(phases) > 1:  # Phases 1 and 2 both place photos and select on the same median
         raise ValueError(
-            f"the runs are of different phases {sorted(phases)}: compare Phase 1 runs with each other"
+            f"the runs are of phases {sorted(phases)}: compare Phase 0 runs with each other, and Phase 1 and 2 "
+            "runs with each other"
         )
     if len(folders) < 2:
         raise ValueError(f"{len(folders)} run(s) given: a comparison needs at least two")

@@ -123,8 +123,9 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def from_parameters(cls, namespace: dict, **overrides) -> TrainConfig:
-        """The config of a notebook: every name in `namespace` that is a config field, then `overrides`.
+    def from_parameters(cls, namespace: dict, base: TrainConfig | None = None, **overrides) -> TrainConfig:
+        """The config of a notebook: `base`'s values (default: the defaults), then every name in `namespace`
+        that is a config field, then `overrides`.
 
         Notebook parameters are papermill literals, so "" stands for None in the optional fields.
         """
@@ -134,7 +135,8 @@ class TrainConfig:
             for f in fields(cls)
             if f.name in namespace
         }
-        return cls.from_dict(values | overrides)
+        inherited = {f.name: getattr(base, f.name) for f in fields(cls)} if base is not None else {}
+        return cls.from_dict(inherited | values | overrides)
 
 
 def _range_problems(cfg: TrainConfig) -> list[str]:
@@ -216,6 +218,20 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
 
 
 LOSS_WEIGHT_FIELDS = ("loss_province", "loss_geocell", "loss_offset", "loss_aux")
+# the settings only Phase 2 reads (notebooks/03b_train_phase2 has them; the other phases ignore them)
+PHASE2_FIELDS = (
+    "phase1_checkpoint",
+    "unfreeze_clip_blocks",
+    "unfreeze_scene_stages",
+    "lr_clip",
+    "lr_scene",
+    "weight_decay_clip",
+    "weight_decay_scene",
+    "stop_rare_province_acc",
+    "rare_province_share",
+    "stop_offset_collapse",
+    "stop_patience",
+)
 
 
 def _phase2_problems(cfg: TrainConfig) -> list[str]:

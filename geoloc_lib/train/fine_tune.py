@@ -12,6 +12,7 @@ from pathlib import Path
 
 from geoloc_lib.model.heads import GeolocModel
 from geoloc_lib.train.checkpoint import Checkpoint
+from geoloc_lib.train.config import TrainConfig
 from geoloc_lib.train.run_folder import RunFolder
 
 
@@ -30,6 +31,16 @@ def phase1_checkpoint_path(value: str) -> Path:
             "checkpoints/phase1/phase1_best.pt"
         )
     return path
+
+
+def phase1_run_config(phase1_checkpoint: str) -> TrainConfig:
+    """The config of the Phase 1 run that `phase1_checkpoint` names: the base of a Phase 2 config, so that the
+    data, split, heads and encoders are Phase 1's without being repeated (03b_train_phase2)."""
+    path = phase1_checkpoint_path(phase1_checkpoint)
+    folder = RunFolder(path.parents[2])  # <run>/checkpoints/phase1/phase1_best.pt
+    if not folder.config.is_file():
+        raise Phase1StartError(f"{path} is not inside a run folder with a config.json")
+    return folder.read_config()
 
 
 def load_phase1_start(cfg, model: GeolocModel, data_signature: dict, head_config: dict) -> Checkpoint:

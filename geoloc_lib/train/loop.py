@@ -57,6 +57,7 @@ class FitResult:
     best_epoch: int
     best_metric: float  # Phase 1: end-to-end validation median km; Phase 0: 100 - balanced accuracy %
     best_val: dict  # every validation metric of the best epoch (a `val` row of losses.csv)
+    stopped: str | None = None  # why Phase 2 stopped early (None: it trained every epoch)
 
 
 def seed_epoch(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -242,15 +243,16 @@ def index_novelty(t: Training) -> None:
     )
 
 
-def _stops_early(t: Training) -> bool:
-    """Whether Phase 2's early stopping fires on the epochs so far (a resumed run that stopped stays stopped)."""
+def _stops_early(t: Training) -> str | None:
+    """Why Phase 2's early stopping fires on the epochs so far, or None (a resumed run that stopped stays
+    stopped)."""
     reason = stop_reason(t.stop_rules, t.history) if t.stop_rules is not None else None
     if reason is not None:
         t.log.info(
             f"early stop after epoch {len(t.history)}: {reason}; the best checkpoint stays epoch {t.best_epoch} "
             f"({phase_of(t.cfg).selection_text(t.best_metric)})"
         )
-    return reason is not None
+    return reason
 
 
 def fit(
@@ -264,8 +266,10 @@ def fit(
             t.folder.truncate_losses(t.start_epoch - 1)
             t.folder.write_config(cfg)
             t.folder.write_run_info(run_info(t))
+        stopped = None
         for epoch in range(t.start_epoch, cfg.epochs + 1):
-            if _stops_early(t):
+            stopped = _stops_early(t)
+            if stopped:
                 break
             run_epoch(t, epoch)
             if on_epoch is not None and t.world.is_main:
@@ -277,4 +281,4 @@ def fit(
             index_novelty(t)
     finally:
         t.close()
-    return FitResult(t.folder.root, best.epoch, best.best_metric, best.metrics["val"])
+    return FitResult(t.folder.root, best.epoch, best.best_metric, best.metrics["val"], stopped)
