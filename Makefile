@@ -7,7 +7,7 @@ KERNEL := geoloc
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_RUN ?= demo
 
-.PHONY: venv demo demo-lite0 test lab lint format bench bench-accuracy bench-scale bench-ingest bench-predict gpu-check clean-demo
+.PHONY: venv demo demo-lite0 demo-phase2 test lab lint format bench bench-accuracy bench-scale bench-ingest bench-predict gpu-check clean-demo
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ demo: venv
 # is not the default.
 demo-lite0: venv
 	$(PY) -m tools.demo --run-name $(DEMO_RUN)_lite0 --encoder tiny-random-clip+lite0-imagenet
+
+# Phase 2 (notebooks/03b_train_phase2) on the Lite0 demo: the demo-lite0 pipeline (resumed when done), then the
+# tops of both encoders fine-tuned from it into runs/$(DEMO_RUN)_lite0_phase2, and its test-split evaluation.
+demo-phase2: venv
+	$(PY) -m tools.demo --run-name $(DEMO_RUN)_lite0 --encoder tiny-random-clip+lite0-imagenet --phase2
 
 test: venv
 	$(PY) -m pytest -q
@@ -67,4 +72,4 @@ gpu-check: venv
 
 # Removes the demo data and runs (feature caches are keyed by image list and weights, so they are left alone).
 clean-demo:
-	rm -rf data/demo runs/$(DEMO_RUN) runs/$(DEMO_RUN)_phase0 runs/$(DEMO_RUN)_lite0 runs/$(DEMO_RUN)_lite0_phase0
+	rm -rf data/demo runs/$(DEMO_RUN) runs/$(DEMO_RUN)_phase0 runs/$(DEMO_RUN)_lite0 runs/$(DEMO_RUN)_lite0_phase0 runs/$(DEMO_RUN)_lite0_phase2

@@ -16,6 +16,7 @@ from geoloc_lib.evaluate.calibration import (
     confidence_curve,
     conformal_quantile,
     coverage_table,
+    pinball_loss,
     radius_confidence,
     spearman,
 )
@@ -53,12 +54,10 @@ def test_radii_reach_their_nominal_coverage_on_errors_of_a_known_distribution():
     rng = np.random.default_rng(0)
     validation, test = _predictions(rng, 2000), _predictions(rng, 20000)
     calibration, candidates = calibrate(validation, CELLS)
-    assert (
-        calibration.spread == "mixture_spread"
-    )  # the spread that scales the errors gives the smallest radii
-    assert (
-        candidates.loc["mixture_spread", "median_radius_km"] < candidates.loc["constant", "median_radius_km"]
-    )
+    # the spread that scales the errors predicts their quantiles best: the lowest held-out pinball loss
+    assert calibration.spread == "mixture_spread" and candidates["spread"].iloc[0] == "mixture_spread"
+    by_spread = candidates.groupby("spread")["pinball_loss_km"].min()
+    assert by_spread["mixture_spread"] < by_spread["cell_radius"]
     # the quantiles of Exp(1): ln 2 and ln 10
     assert calibration.pooled[0.5] == pytest.approx(math.log(2), rel=0.08)
     assert calibration.pooled[0.9] == pytest.approx(math.log(10), rel=0.08)
@@ -86,6 +85,34 @@ def test_a_province_with_enough_validation_photos_gets_its_own_quantile():
     assert radii[0] == pytest.approx(calibration.per_province[0][0.9] * calm["pred_spread_km"].iloc[0])
     assert radii[1] == pytest.approx(calibration.pooled[0.9] * wild["pred_spread_km"].iloc[0])
     assert RadiusCalibration.from_dict(calibration.to_dict()) == calibration
+
+
+def test_the_pinball_loss_by_hand_and_its_minimum_at_the_quantile():
+    # above the radius the miss costs level x distance, inside it (1 - level) x distance
+    assert pinball_loss(np.array([10.0, 2.0]), np.array([4.0, 4.0]), 0.9).tolist() == pytest.approx(
+        [5.4, 0.2]
+    )
+    rng = np.random.default_rng(4)
+    errors = rng.exponential(1.0, 20000)
+    radii = np.linspace(0.5, 4.0, 351)
+    mean_loss = [pinball_loss(errors, np.full_like(errors, r), 0.9).mean() for r in radii]
+    assert radii[int(np.argmin(mean_loss))] == pytest.approx(math.log(10), abs=0.05)  # Exp(1)'s 90 % quantile
+
+
+def test_a_spread_that_misses_a_province_loses_to_one_that_fits_every_province():
+    """The small province's errors follow its wide cell, not the predicted spread: with the spread alone and one
+    pooled quantile its 90 % radius would cover about a quarter of them. The chosen calibration covers both."""
+    rng = np.random.default_rng(5)
+    big, small = _predictions(rng, 900, province=0), _predictions(rng, 100, province=1)
+    both = pd.concat([big, small], ignore_index=True)
+    cells = pd.DataFrame({"cell_id": [0, 1], "radius_km": [10.0, 80.0]})
+    both["pred_cell_id"] = both["province_id"]  # the small province sits in the wide cell
+    both.loc[both["province_id"] == 1, "error_km"] *= 8  # its errors follow its cell, not the spread
+    both.loc[both["province_id"] == 1, "pred_spread_km"] = 20.0
+    calibration, _ = calibrate(both, cells)
+    radii = calibration.radii(both, cells)["radius_90_km"]
+    covered = (both["error_km"] <= radii).groupby(both["province_id"]).mean()
+    assert covered[0] == pytest.approx(0.9, abs=0.04) and covered[1] == pytest.approx(0.9, abs=0.07)
 
 
 def test_spearman_against_scipy():

@@ -2,6 +2,8 @@
 
 1. generate data/demo (if missing)  2. audit it (00)  3. sampler check (01)  4. Phase 0 (02b)
 5. model build (02)  6. Phase 1 (03)  7. evaluation on the test split and error maps (04)
+8. with --phase2 (make demo-phase2): Phase 2 from the Phase 1 run (03b) into runs/<run_name>_phase2, and its
+   evaluation (04)
 
 Every notebook is executed by papermill into runs/<run_name>/, next to the run's outputs, and saved
 beside it as a self-contained HTML page that reads offline (viz/notebook_export.py).
@@ -27,6 +29,8 @@ KERNEL = "geoloc"
 # The demo's training length; every other setting is the TrainConfig default (bench_accuracy uses these too).
 DEMO_PHASE0 = {"epochs": 3, "batches_per_epoch": 150}
 DEMO_PHASE1 = {"epochs": 6, "batches_per_epoch": 300}
+# Phase 2 of the demo: short, and the tiny CLIP tower has 2 blocks, so its last one trains
+DEMO_PHASE2 = {"epochs": 3, "batches_per_epoch": 300, "unfreeze_clip_blocks": 1}
 
 
 def run_notebook(name: str, out_dir: Path, **parameters) -> Path:
@@ -46,8 +50,20 @@ def run_notebook(name: str, out_dir: Path, **parameters) -> Path:
     return out
 
 
+def print_ladder(run_dir: Path) -> None:
+    ladder = read_evaluation(RunFolder(run_dir).evaluation, "ladder")
+    print(
+        f"\nTest split of {run_dir.name}, the model against the baseline ladder (same photos, same features):"
+    )
+    print(ladder[["median_error_km", "p90_error_km", "acc_25km", "geoscore"]].round(1).to_string())
+
+
 def run_demo(
-    run_name: str = "demo", data_dir: str = "data/demo", size: str = "default", encoder: str = "tiny-random"
+    run_name: str = "demo",
+    data_dir: str = "data/demo",
+    size: str = "default",
+    encoder: str = "tiny-random",
+    phase2: bool = False,
 ) -> Path:
     os.chdir(project_root(Path(__file__).parent))
     started = time.perf_counter()
@@ -87,9 +103,20 @@ def run_demo(
         **DEMO_PHASE1,
     )
     run_notebook("04_error_maps", out_dir, run_dir=str(out_dir))
-    ladder = read_evaluation(RunFolder(out_dir).evaluation, "ladder")
-    print("\nTest split, the model against the baseline ladder (same photos, same frozen features):")
-    print(ladder[["median_error_km", "p90_error_km", "acc_25km", "geoscore"]].round(1).to_string())
+    print_ladder(out_dir)
+    if phase2:
+        tuned = Path("runs") / f"{run_name}_phase2"
+        tuned.mkdir(exist_ok=True)
+        run_notebook(
+            "03b_train_phase2",
+            tuned,
+            phase1_checkpoint=str(out_dir),
+            run_name=tuned.name,
+            resume=True,
+            **DEMO_PHASE2,
+        )
+        run_notebook("04_error_maps", tuned, run_dir=str(tuned))
+        print_ladder(tuned)
     print(
         f"\ndemo finished in {time.perf_counter() - started:.0f}s: see {out_dir}/ (notebooks, each also as an "
         "offline .html page, maps/, figures/)"
@@ -107,8 +134,11 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--encoder", default="tiny-random", help="encoder preset (geoloc_lib/model/encoders.py)"
     )
+    parser.add_argument(
+        "--phase2", action="store_true", help="then Phase 2 from the Phase 1 run (03b) and its 04"
+    )
     args = parser.parse_args(argv)
-    run_demo(args.run_name, args.data_dir, args.size, args.encoder)
+    run_demo(args.run_name, args.data_dir, args.size, args.encoder, args.phase2)
 
 
 if __name__ == "__main__":

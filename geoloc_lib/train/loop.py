@@ -216,12 +216,13 @@ def calibrate_radii(t: Training, best: Checkpoint) -> None:
     calibration, candidates = calibrate(pd.DataFrame(best.val_predictions), t.data.cells)
     write_json(
         t.folder.calibration,
-        calibration.to_dict() | {"candidates": candidates.reset_index().to_dict("records")},
+        calibration.to_dict() | {"candidates": candidates.to_dict("records")},
     )
     quantiles = ", ".join(f"{100 * level:.0f} %: {q:.2f}" for level, q in calibration.pooled.items())
     t.log.info(
         f"credible radii calibrated on {calibration.photos} validation photos: radius = q x {calibration.spread} "
-        f"(pooled q {quantiles}; {len(calibration.per_province)} province(s) with their own q)"
+        f"(pooled q {quantiles}; {len(calibration.per_province)} province(s) with {calibration.min_photos} or more "
+        f"validation photos have their own q; chosen by cross-fitted pinball loss)"
     )
 
 
