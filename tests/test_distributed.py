@@ -80,3 +80,50 @@ def test_one_data_parallel_step_equals_the_single_process_step(tiny_config, tmp_
     assert clip_keys
     for key, value in states[1]["model_state"].items():
         torch.testing.assert_close(states[2]["model_state"][key], value, atol=0.2 * cfg.lr, rtol=0)
+
+
+def test_one_data_parallel_phase2_step_equals_the_single_process_step(tiny_config, tmp_path):
+    """Phase 2 on the image path under torchrun: the CLIP tower's last block trains (layer norm, no batch norm)."""
+    from geoloc_lib.train.loop import fit
+
+    start = tiny_config(runs_dir=tmp_path / "start", dropout=0.0, ema_decay=0.0, batches_per_epoch=4)
+    fit(start, progress=False)
+    cfg = tiny_config(
+        phase=2,
+        phase1_checkpoint=str(start.run_dir),
+        unfreeze_clip_blocks=1,
+        unfreeze_scene_stages=0,
+        feature_cache=False,
+        batch_size=16,
+        batches_per_epoch=1,
+        dropout=0.0,
+        augment="none",
+        ema_decay=0.0,
+        warmup_steps=0,
+        lr=1e-2,
+        lr_clip=1e-2,
+    )
+    states = {}
+    for processes in (1, 2):
+        runs = tmp_path / f"runs{processes}"
+        values = asdict(cfg) | {"runs_dir": str(runs), "cache_dir": str(runs / "cache")}
+        settings = [arg for name, value in values.items() for arg in ("--set", f"{name}={value!r}")]
+        _launch(["-m", "geoloc_lib.train", *settings], processes)
+        states[processes] = torch.load(runs / "run/checkpoints/phase2/last.pt", weights_only=True)
+    one, two = (states[p]["optimizer_state"]["state"] for p in (1, 2))
+    assert len(one) == len(two)
+    for index, moments in one.items():
+        torch.testing.assert_close(two[index]["exp_avg"], moments["exp_avg"], atol=1e-7, rtol=1e-4)
+    trained = [k for k in states[1]["model_state"] if k.startswith("encoders.")]
+    assert trained and all(
+        k.startswith(
+            (
+                "encoders.clip.body.transformer.resblocks.1.",
+                "encoders.clip.body.ln_post",
+                "encoders.clip.body.proj",
+            )
+        )
+        for k in trained
+    )
+    for key, value in states[1]["model_state"].items():
+        torch.testing.assert_close(states[2]["model_state"][key], value, atol=0.2 * cfg.lr, rtol=0)
