@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TINY_TRAINING
+from PIL import Image
 
+from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.inference.run_evaluation import evaluate_run
 from geoloc_lib.model.encoders import DualEncoder, resolve_encoder_config
 from geoloc_lib.train.config import TrainConfig
@@ -182,6 +184,12 @@ def test_a_phase2_run_killed_mid_epoch_resumes_bit_exactly_and_predicts(phase1, 
     pred = evaluate_run(reference.run_dir, split="val").tables["predictions"]
     np.testing.assert_allclose(pred["pred_lat"], val["pred_lat"], atol=1e-4)
     np.testing.assert_allclose(pred["pred_lon"], val["pred_lon"], atol=1e-4)
+    # the out-of-domain index is fitted on the best epoch's trained encoders: validation photos pass it as
+    # often as its threshold allows (99 %), a flat grey image does not
+    assert pred["out_of_domain"].mean() <= 0.05
+    flat = tmp_path / "flat.jpg"
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(flat)
+    assert bool(Predictor.from_run(reference.run_dir).predict([str(flat)])["out_of_domain"].iloc[0])
 
 
 def test_phase2_refuses_what_it_cannot_start_from(phase1, tmp_path):

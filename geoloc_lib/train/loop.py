@@ -226,14 +226,19 @@ def calibrate_radii(t: Training, best: Checkpoint) -> None:
     )
 
 
-def index_novelty(t: Training) -> None:
-    """The out-of-domain index: the training photos' encoder features, with its threshold on validation."""
-    if t.frozen_fingerprint is None:
-        t.log.info("no out-of-domain index: its features would change with the trained encoder")
-        return
+def index_novelty(t: Training, best: Checkpoint) -> None:
+    """The out-of-domain index: the training photos' encoder features, with its threshold on validation. When
+    an encoder trained, they are the features of the best epoch's encoders, which the predictor rebuilds."""
     spec, encoders = cache_spec_of(t.cfg), t.model.encoders
+    if t.frozen_fingerprint is None:
+        t.model.load_state_dict(
+            best.model_state, strict=False
+        )  # the trained parts as the best epoch left them
+    fingerprint = (
+        t.frozen_fingerprint or encoders.fingerprint()
+    )  # every weight: a cache entry of these encoders
     train, val = (
-        clean_features(spec, part, encoders, t.frozen_fingerprint, t.device, t.log.info)
+        clean_features(spec, part, encoders, fingerprint, t.device, t.log.info)
         for part in (t.data.train, t.data.val)
     )
     index = fit_novelty(train, val)
@@ -279,7 +284,7 @@ def fit(
         best = t.folder.load_checkpoint(cfg.phase, "best")
         if t.world.is_main and cfg.phase >= 1:
             calibrate_radii(t, best)
-            index_novelty(t)
+            index_novelty(t, best)
     finally:
         t.close()
     return FitResult(t.folder.root, best.epoch, best.best_metric, best.metrics["val"], stopped)
