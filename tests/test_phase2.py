@@ -94,11 +94,20 @@ def test_only_the_named_blocks_get_gradients_and_their_own_rates(phase1):
         assert {names[id(p)] for p in groups["scene"]["params"]} == {
             n for n in trained if n.startswith("scene.")
         }
-        # batch norm: the trained stage learns its statistics, the frozen ones keep theirs
+        # batch norm keeps its statistics by default, in the trained stage too; its scale and shift train
         t.model.train()
-        assert encoders.scene.body.layer4[0].bn1.training and not encoders.scene.body.layer3[0].bn1.training
+        assert (
+            not encoders.scene.body.layer4[0].bn1.training and not encoders.scene.body.layer3[0].bn1.training
+        )
+        assert encoders.scene.body.layer4[0].bn1.weight.requires_grad
+        assert encoders.clip.body.transformer.resblocks[1].training  # the rest of the top is in train mode
     finally:
         t.close()
+    learning = DualEncoder(
+        resolve_encoder_config("tiny-random"), clip_top_blocks=1, scene_top_stages=1, top_bn_statistics=True
+    )
+    learning.train()  # asked for: the trained stage learns its statistics, the frozen ones keep theirs
+    assert learning.scene.body.layer4[0].bn1.training and not learning.scene.body.layer3[0].bn1.training
 
 
 def _loss_and_gradients(t, rows: torch.Tensor):

@@ -30,7 +30,7 @@ KERNEL = "geoloc"
 DEMO_PHASE0 = {"epochs": 3, "batches_per_epoch": 150}
 DEMO_PHASE1 = {"epochs": 6, "batches_per_epoch": 300}
 # Phase 2 of the demo: short, and the tiny CLIP tower has 2 blocks, so its last one trains
-DEMO_PHASE2 = {"epochs": 3, "batches_per_epoch": 300, "unfreeze_clip_blocks": 1}
+DEMO_PHASE2 = {"epochs": 3, "batches_per_epoch": 300, "unfreeze_clip_blocks": 1, "lr": 5e-4}
 
 
 def run_notebook(name: str, out_dir: Path, **parameters) -> Path:

@@ -255,7 +255,8 @@ class DualEncoder(nn.Module):
     """CLIP image tower + scene CNN on the same [0, 1] images.
 
     Each is frozen (`freeze_*`), trained whole, or, with `clip_top_blocks` / `scene_top_stages` > 0, frozen
-    but for its last blocks / stages (Phase 2; `prefix` and `top` then split the forward pass there).
+    but for its last blocks / stages (Phase 2; `prefix` and `top` then split the forward pass there), whose
+    batch norm learns its statistics only with `top_bn_statistics`.
     """
 
     def __init__(
@@ -265,6 +266,7 @@ class DualEncoder(nn.Module):
         freeze_scene: bool = True,
         clip_top_blocks: int = 0,
         scene_top_stages: int = 0,
+        top_bn_statistics: bool = False,
     ):
         super().__init__()
         self.config = cfg
@@ -276,7 +278,7 @@ class DualEncoder(nn.Module):
             (self.scene, freeze_scene, scene_top_stages),
         ):
             if top:
-                encoder.unfreeze_top(top)
+                encoder.unfreeze_top(top, top_bn_statistics)
             elif frozen:
                 encoder.freeze()
 

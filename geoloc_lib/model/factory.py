@@ -27,9 +27,11 @@ def build_model(
     freeze_clip: bool = True,
     freeze_scene: bool = True,
     tops: tuple[int, int] = (0, 0),
+    top_bn_statistics: bool = False,
 ) -> GeolocModel:
     """`tops`: the CLIP blocks and scene stages trained on top of frozen encoders (Phase 2; 0: none)."""
-    return GeolocModel(DualEncoder(encoder_config, freeze_clip, freeze_scene, *tops), cells, head_config)
+    encoders = DualEncoder(encoder_config, freeze_clip, freeze_scene, *tops, top_bn_statistics)
+    return GeolocModel(encoders, cells, head_config)
 
 
 def trainable_parameters(

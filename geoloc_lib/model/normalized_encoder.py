@@ -25,6 +25,7 @@ class NormalizedEncoder(nn.Module):
         self.frozen = False
         self.split: BodySplit | None = None  # set by `unfreeze_top`
         self.top_count = 0  # blocks or stages in the trained top (0: none)
+        self.top_bn_statistics = False  # whether the top's batch norm updates its statistics in train mode
 
     def freeze(self) -> NormalizedEncoder:
         self.frozen = True
@@ -32,11 +33,15 @@ class NormalizedEncoder(nn.Module):
         self.body.eval()
         return self
 
-    def unfreeze_top(self, count: int) -> NormalizedEncoder:
-        """Freeze everything, then train the last `count` blocks / stages (ValueError when it has fewer)."""
+    def unfreeze_top(self, count: int, bn_statistics: bool = False) -> NormalizedEncoder:
+        """Freeze everything, then train the last `count` blocks / stages (ValueError when it has fewer). Their
+        batch norm trains its scale and shift; with `bn_statistics` it also learns its running statistics
+        (off by default: the heads were trained on features normalised with the frozen statistics, and moving
+        them shifts every feature at once)."""
         split = split_body(self.body, count)
         self.freeze()
         self.frozen, self.split, self.top_count = False, split, count
+        self.top_bn_statistics = bn_statistics
         for name, parameter in self.body.named_parameters():
             if is_under(name, split.trained):
                 parameter.requires_grad_(True)
@@ -56,6 +61,12 @@ class NormalizedEncoder(nn.Module):
             for name, module in self.body.named_modules():
                 if name in self.split.trained:
                     module.train(mode)
+            if (
+                not self.top_bn_statistics
+            ):  # batch norm normalises with its running statistics, kept as they are
+                for module in self.body.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
         return self
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,7 @@ class TrainConfig:
     )
     unfreeze_clip_blocks: int = 4  # last CLIP transformer blocks trained, with the final norm and projection
     unfreeze_scene_stages: int = 1  # last scene CNN stages trained (1: layer4 of a ResNet)
+    top_bn_statistics: bool = False  # the trained stages' batch norm learns its statistics (False: kept)
     lr_clip: float = 1e-5  # learning rate of the trained CLIP blocks (`lr` is the heads')
     lr_scene: float = 5e-6  # learning rate of the trained scene CNN stages
     weight_decay_clip: float = 1e-5
@@ -223,6 +224,7 @@ PHASE2_FIELDS = (
     "phase1_checkpoint",
     "unfreeze_clip_blocks",
     "unfreeze_scene_stages",
+    "top_bn_statistics",
     "lr_clip",
     "lr_scene",
     "weight_decay_clip",

@@ -7,6 +7,7 @@ sizes, and the encoders' configuration and weights. Anything else is refused wit
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def phase1_run_config(phase1_checkpoint: str) -> TrainConfig:
     folder = RunFolder(path.parents[2])  # <run>/checkpoints/phase1/phase1_best.pt
     if not folder.config.is_file():
         raise Phase1StartError(f"{path} is not inside a run folder with a config.json")
-    return folder.read_config()
+    # the Phase 1 run's own run-control settings are not Phase 2's
+    return dataclasses.replace(folder.read_config(), resume=False, overwrite=False, phase0_checkpoint=None)
 
 
 def load_phase1_start(cfg, model: GeolocModel, data_signature: dict, head_config: dict) -> Checkpoint:

@@ -99,4 +99,5 @@ def model_for_training(cfg: TrainConfig, cells: CellTable) -> GeolocModel:
         cfg.freeze_clip,
         cfg.freeze_scene,
         encoder_tops_of(dataclasses.asdict(cfg)),
+        cfg.top_bn_statistics,
     )
