@@ -267,3 +267,21 @@ def test_town_labels_never_collide_and_name_each_province():
     for i in range(len(labels)):
         others = np.delete(np.arange(len(labels)), i)
         assert np.min(haversine_km(lat[i], lon[i], lat[others], lon[others])) >= 60
+
+
+def test_the_nearest_town_agrees_with_a_haversine_ball_tree():
+    from sklearn.neighbors import BallTree
+
+    from geoloc_lib.geo.places import NEAREST_CHUNK, load_places, nearest_places
+    from geoloc_lib.geo.sphere import EARTH_RADIUS_KM
+
+    rng = np.random.default_rng(0)
+    n = NEAREST_CHUNK + 100  # more than one block of the distance table
+    lat, lon = rng.uniform(24, 37, n), rng.uniform(61, 77, n)
+    places = load_places()
+    tree = BallTree(np.deg2rad(places[["latitude", "longitude"]].to_numpy()), metric="haversine")
+    distance, index = tree.query(np.deg2rad(np.column_stack([lat, lon])), k=1)
+    found = nearest_places(lat, lon)
+    assert (found["nearest_town"].to_numpy() == places["name"].to_numpy()[index[:, 0]]).mean() > 0.999  # ties
+    np.testing.assert_allclose(found["town_km"], distance[:, 0] * EARTH_RADIUS_KM, rtol=1e-6, atol=1e-6)
+    assert nearest_places([31.5204], [74.3587])["nearest_town"].iloc[0] == "Lahore"

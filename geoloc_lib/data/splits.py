@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from geoloc_lib.geo.sphere import KM_PER_DEG_LAT
 
@@ -44,6 +43,10 @@ def location_split(
         raise ValueError(f"block_km must be positive, not {block_km}")
     blocks = location_blocks(split["latitude"], split["longitude"], block_km)
     province = split["province_id"].to_numpy()
+    from sklearn.model_selection import (
+        StratifiedGroupKFold,  # here: loading a dataset to predict never splits
+    )
+
     folds = StratifiedGroupKFold(n_splits=max(2, round(1 / fraction)), shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # a small province with fewer blocks than folds is expected
         warnings.simplefilter("ignore", UserWarning)

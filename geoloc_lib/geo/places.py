@@ -7,11 +7,10 @@ from functools import cache
 
 import numpy as np
 import pandas as pd
-from sklearn.neighbors import BallTree
 
 from geoloc_lib.base.resources import RESOURCES
 from geoloc_lib.geo import provinces as prov
-from geoloc_lib.geo.sphere import EARTH_RADIUS_KM
+from geoloc_lib.geo.sphere import EARTH_RADIUS_KM, haversine_km
 
 PLACES_CSV = RESOURCES / "places_pk.csv"
 
@@ -28,21 +27,25 @@ def load_places() -> pd.DataFrame:
     return _places().copy()
 
 
-@cache
-def _tree() -> BallTree:
-    return BallTree(np.deg2rad(_places()[["latitude", "longitude"]].to_numpy()), metric="haversine")
+NEAREST_CHUNK = 4096  # coordinates per block of the distance table (x 566 places, about 19 MB)
 
 
 def nearest_places(lat, lon) -> pd.DataFrame:
-    """[N] rows: the nearest bundled place of each coordinate (`nearest_town`) and its distance (`town_km`)."""
-    points = np.deg2rad(np.column_stack([np.asarray(lat, float).ravel(), np.asarray(lon, float).ravel()]))
-    distance, index = _tree().query(points, k=1)  # [N, 1] each, distance in radians
-    return pd.DataFrame(
-        {
-            "nearest_town": _places()["name"].to_numpy()[index[:, 0]],
-            "town_km": distance[:, 0] * EARTH_RADIUS_KM,
-        }
-    )
+    """[N] rows: the nearest bundled place of each coordinate (`nearest_town`) and its distance (`town_km`).
+
+    Every distance to the 566 places, in blocks: a search tree would cost more to import (scikit-learn takes
+    about a second to load, most of a short prediction's start-up) than the search costs without one.
+    """
+    lat, lon = np.asarray(lat, float).ravel(), np.asarray(lon, float).ravel()
+    places = _places()
+    place_lat, place_lon = places["latitude"].to_numpy()[None], places["longitude"].to_numpy()[None]  # [1, P]
+    index, distance = np.zeros(len(lat), dtype=int), np.zeros(len(lat))
+    for start in range(0, len(lat), NEAREST_CHUNK):
+        part = slice(start, start + NEAREST_CHUNK)
+        km = haversine_km(lat[part, None], lon[part, None], place_lat, place_lon)  # [n, P]
+        index[part] = km.argmin(axis=1)
+        distance[part] = km[np.arange(len(km)), index[part]]
+    return pd.DataFrame({"nearest_town": places["name"].to_numpy()[index], "town_km": distance})
 
 
 def map_labels(count: int, min_gap_km: float) -> pd.DataFrame:
@@ -53,6 +56,8 @@ def map_labels(count: int, min_gap_km: float) -> pd.DataFrame:
     places = _places().sort_values("population", ascending=False).drop_duplicates("name")
     first = ~places.duplicated("province_id")  # the largest of its province
     places = pd.concat([places[first], places[~first]])
+    from sklearn.neighbors import BallTree  # here: the prediction path never needs scikit-learn
+
     chosen: list[int] = []
     coords = np.deg2rad(places[["latitude", "longitude"]].to_numpy())
     for i in range(len(places)):
