@@ -45,27 +45,36 @@ def test_a_sharded_extraction_writes_the_single_process_cache(tiny_data, tmp_pat
             assert torch.equal(one[key], two[key]), (name, key)  # to the bit
 
 
-def test_one_data_parallel_step_equals_the_single_process_step(tiny_config, tmp_path):
-    # the CLIP tower trains (layer norm only: batch norm statistics would differ per process); no dropout
-    # and no augmentation, so both runs see the same numbers; a large first step makes any error show
-    cfg = tiny_config(
-        feature_cache=False,
-        freeze_clip=False,
-        batch_size=16,
-        batches_per_epoch=1,
-        dropout=0.0,
-        augment="none",
-        ema_decay=0.0,
-        warmup_steps=0,
-        lr=1e-2,
-    )
+# one step on a batch of 16, no dropout, no augmentation, no averaging: both launches see the same numbers, and
+# a large first step makes any error show
+ONE_STEP = dict(
+    feature_cache=False,
+    batch_size=16,
+    batches_per_epoch=1,
+    dropout=0.0,
+    augment="none",
+    ema_decay=0.0,
+    warmup_steps=0,
+    lr=1e-2,
+)
+
+
+def _last_checkpoints(cfg, tmp_path) -> dict:
+    """Train `cfg` with the command line users run, in 1 and in 2 processes; each one's last checkpoint."""
     states = {}
     for processes in (1, 2):
         runs = tmp_path / f"runs{processes}"
         values = asdict(cfg) | {"runs_dir": str(runs), "cache_dir": str(runs / "cache")}
         settings = [arg for name, value in values.items() for arg in ("--set", f"{name}={value!r}")]
-        _launch(["-m", "geoloc_lib.train", *settings], processes)  # the command line users run
-        states[processes] = torch.load(runs / "run/checkpoints/phase1/last.pt", weights_only=True)
+        _launch(["-m", "geoloc_lib.train", *settings], processes)
+        states[processes] = torch.load(runs / f"run/checkpoints/phase{cfg.phase}/last.pt", weights_only=True)
+    return states
+
+
+def test_one_data_parallel_step_equals_the_single_process_step(tiny_config, tmp_path):
+    # the CLIP tower trains (layer norm only: batch norm statistics would differ per process)
+    cfg = tiny_config(freeze_clip=False, **ONE_STEP)
+    states = _last_checkpoints(cfg, tmp_path)
     one, two = (states[p]["optimizer_state"]["state"] for p in (1, 2))
     assert len(one) == len(two) > 30  # heads and the CLIP tower
     # Adam's first moment after one step is 0.1 x the gradient: the gradient of the whole batch, averaged
@@ -88,28 +97,9 @@ def test_one_data_parallel_phase2_step_equals_the_single_process_step(tiny_confi
 
     start = tiny_config(runs_dir=tmp_path / "start", dropout=0.0, ema_decay=0.0, batches_per_epoch=4)
     fit(start, progress=False)
-    cfg = tiny_config(
-        phase=2,
-        phase1_checkpoint=str(start.run_dir),
-        unfreeze_clip_blocks=1,
-        unfreeze_scene_stages=0,
-        feature_cache=False,
-        batch_size=16,
-        batches_per_epoch=1,
-        dropout=0.0,
-        augment="none",
-        ema_decay=0.0,
-        warmup_steps=0,
-        lr=1e-2,
-        lr_clip=1e-2,
-    )
-    states = {}
-    for processes in (1, 2):
-        runs = tmp_path / f"runs{processes}"
-        values = asdict(cfg) | {"runs_dir": str(runs), "cache_dir": str(runs / "cache")}
-        settings = [arg for name, value in values.items() for arg in ("--set", f"{name}={value!r}")]
-        _launch(["-m", "geoloc_lib.train", *settings], processes)
-        states[processes] = torch.load(runs / "run/checkpoints/phase2/last.pt", weights_only=True)
+    phase2 = dict(phase1_checkpoint=str(start.run_dir), unfreeze_clip_blocks=1, unfreeze_scene_stages=0)
+    cfg = tiny_config(phase=2, lr_clip=1e-2, **phase2, **ONE_STEP)
+    states = _last_checkpoints(cfg, tmp_path)
     one, two = (states[p]["optimizer_state"]["state"] for p in (1, 2))
     assert len(one) == len(two)
     for index, moments in one.items():
