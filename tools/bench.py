@@ -69,7 +69,7 @@ class StepTiming:
         return self.literal_s / self.cached_s
 
 
-def _literal_step_seconds(t: Training, steps: int) -> float:
+def image_step_seconds(t: Training, steps: int) -> float:
     """Mean seconds of image-path steps 2..steps+1 of an epoch (step 1 pays the worker start-up)."""
     batches = torch.as_tensor(t.sampler.epoch_batches(1), device=t.device)  # [steps + 1, B]
     offset_weight = torch.tensor(1.0, device=t.device)
@@ -129,7 +129,7 @@ def _extraction_rate(cfg: TrainConfig) -> float:
     return (cfg.cache_views * len(data.train) + len(data.test)) / (time.perf_counter() - start)
 
 
-def _common(encoder: str, data_dir: str, work: Path, args: argparse.Namespace) -> dict:
+def common_settings(encoder: str, data_dir: str, work: Path, args: argparse.Namespace) -> dict:
     """The settings every timed run shares."""
     return {
         "data_dir": data_dir,
@@ -144,7 +144,7 @@ def _common(encoder: str, data_dir: str, work: Path, args: argparse.Namespace) -
 
 
 def time_encoder(encoder: str, data_dir: str, work: Path, args: argparse.Namespace) -> StepTiming:
-    common = _common(encoder, data_dir, work, args)
+    common = common_settings(encoder, data_dir, work, args)
     name = encoder.replace("/", "_")
     cached_cfg = TrainConfig(run_name=f"{name}-cached", batches_per_epoch=args.steps, **common)
     extraction_rate = _extraction_rate(cached_cfg)
@@ -163,7 +163,7 @@ def time_encoder(encoder: str, data_dir: str, work: Path, args: argparse.Namespa
     literal_cfg = TrainConfig(
         run_name=f"{name}-literal", feature_cache=False, batches_per_epoch=literal_steps + 1, **common
     )
-    literal_s = _literal_step_seconds(build_training(literal_cfg, progress=False), literal_steps)
+    literal_s = image_step_seconds(build_training(literal_cfg, progress=False), literal_steps)
     return StepTiming(
         encoder,
         extraction_rate,
@@ -255,7 +255,9 @@ def main(argv=None) -> None:
     encoders = [e.strip() for e in args.encoders.split(",")]
     timings = [time_encoder(e, data_dir, work, args) for e in encoders]
     phase2 = [
-        time_phase2(e, _common(e, data_dir, work, args), args.steps, t.literal_steps, _literal_step_seconds)
+        time_phase2(
+            e, common_settings(e, data_dir, work, args), args.steps, t.literal_steps, image_step_seconds
+        )
         for e, t in zip(encoders, timings, strict=True)
     ]
     device = select_device(args.device)

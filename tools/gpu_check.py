@@ -6,6 +6,7 @@
 1. the GPU tests (tests/test_gpu.py: the CUDA-graph step against the eager step, a resumed CUDA run);
 2. the step benchmark (tools.bench): images through the encoders at every step against the cached
    step (a CUDA graph on CUDA), for the demo encoders and the real system's architectures;
+   and the Phase 2 step (the encoders' trained tops on cached prefixes) against its image path (tools.bench_phase2);
 3. the extraction benchmark: photos per second of 448-px JPEGs decoded on the GPU and encoded in bf16 by
    ViT-B/16 + ResNet-50 (random weights), the clean view and four augmented views;
 4. a full-size synthetic Phase 1: GEOPAK's 90,515 photos and province shares, their geocells, extraction
@@ -41,7 +42,8 @@ from geoloc_lib.model.encoders import DualEncoder, resolve_encoder_config
 from geoloc_lib.train.config import TrainConfig
 from geoloc_lib.train.from_config import cache_spec_of, load_run_data
 from geoloc_lib.train.loop import fit
-from tools.bench import StepTiming, time_encoder
+from tools.bench import StepTiming, common_settings, image_step_seconds, time_encoder
+from tools.bench_phase2 import time_phase2
 
 FULL = {"photos": 90_515, "epochs": 30, "batches": 1300, "extract_photos": 4000, "steps": 1300}
 SMOKE = {"photos": 1500, "epochs": 1, "batches": 10, "extract_photos": 120, "steps": 8}
@@ -67,7 +69,15 @@ def step_bench(work: Path, sizes: dict, encoders: list[str]) -> list[dict]:
         work / "bench_data", DemoConfig(n_train=2000, n_test=200, image_size=96, workers=WORKERS)
     )
     timings: list[StepTiming] = [time_encoder(e, str(data), work, args) for e in encoders]
-    return [{**t.__dict__, "ratio": t.ratio, "floor_s": t.cached_floor_s} for t in timings]
+    phase2 = [
+        time_phase2(
+            e, common_settings(e, str(data), work, args), args.steps, t.literal_steps, image_step_seconds
+        )
+        for e, t in zip(encoders, timings, strict=True)
+    ]
+    return [{**t.__dict__, "ratio": t.ratio, "floor_s": t.cached_floor_s} for t in timings] + [
+        {**t.__dict__, "phase": 2, "ratio": t.ratio} for t in phase2
+    ]
 
 
 def extraction_bench(work: Path, sizes: dict, device: torch.device, encoder: str) -> dict:
