@@ -17,8 +17,8 @@ radius among the candidates that cover overall picked the hypotheses' spread alo
 of the test photos overall but 45 % of ICT's and 29 % of Balochistan's at the 90 % level.)
 
 **Confidence.** 1 / (1 + R90 / 25 km), from the 90 % radius R90: a photo whose credible radius is small is one
-the model is sure of. On the demo's test split it ranks errors with a Spearman correlation of 0.54, against
-0.15 for the probability of the predicted hypothesis (`pred_cell_prob`, the fallback of an uncalibrated run).
+the model is sure of. On the demo's test split it ranks errors with a Spearman correlation of 0.53, against
+0.13 for the probability of the predicted hypothesis (`pred_cell_prob`, the fallback of an uncalibrated run).
 `confidence_curve` keeps the most confident x % of photos; a confidence that orders errors well makes the
 kept photos' errors fall as x shrinks, which random ranking does not.
 """
