@@ -120,17 +120,14 @@ def extract_rows(
     extraction killed part-way continues from its shards: each view's augmentation is seeded per photo,
     so the rows do not depend on where a batch starts.
     """
-    clip_shape, scene_shape = encoders.output_shapes(prefix)
-    clip = torch.empty(len(items), *clip_shape, dtype=dtype)  # [R, Dc] (prefix: [R, T, W])
-    scene = torch.empty(len(items), *scene_shape, dtype=dtype)  # [R, Ds] (prefix: [R, C, H, W])
+    clip, scene = (torch.empty(len(items), *shape, dtype=dtype) for shape in encoders.output_shapes(prefix))
     encode = encoders.prefix if prefix else encoders
     done = _load_parts(parts_dir, clip, scene, log) if parts_dir is not None and parts_dir.is_dir() else 0
     loader = _loader(dataset, items[done:], device, batch_size, num_workers, decode_on_device)
     encoders.eval().to(device)
     start, flushed, last_flush = done, done, time.monotonic()
-    # The progress bar is updated by hand and never holds the worker iterator: a notebook's tqdm
-    # outlives the loop, and a live iterator inherited by the next DataLoader's forked workers makes
-    # them print "can only test a child process" tracebacks when they exit.
+    # The progress bar is updated by hand and never holds the worker iterator: a notebook's tqdm outlives the
+    # loop, and a live iterator inherited by the next DataLoader's forked workers makes them print tracebacks.
     batches = iter(loader)
     with progress_bar(total=len(items), initial=done, desc=desc, unit="img") as bar:
         for batch in batches:

@@ -149,51 +149,13 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
         problems.append(f"phase must be 0, 1 or 2, not {cfg.phase}")
     if cfg.phase == 2:
         problems += _phase2_problems(cfg)
-    counts = (
-        "epochs",
-        "batch_size",
-        "batches_per_epoch",
-        "cache_views",
-        "eval_batch_size",
-        "keep_checkpoints",
+    checks = (
+        (AT_LEAST_ONE, lambda v: v >= 1, "at least 1"),
+        (ZERO_OR_MORE, lambda v: v >= 0, "0 or more"),
+        (POSITIVE, lambda v: v > 0, "positive"),
     )
-    widths = ("top_provinces", "top_cells", "offset_ramp_epochs", "proj_dim", "geocell_hidden")
-    for name in (*counts, *widths, "small_geocell_hidden"):
-        if getattr(cfg, name) < 1:
-            problems.append(f"{name} must be at least 1, not {getattr(cfg, name)}")
-    for name in (
-        "seed",
-        "val_seed",
-        "num_workers",
-        "retrieval_k",
-        "warmup_steps",
-        "scene_image_size",
-        "unfreeze_clip_blocks",
-        "unfreeze_scene_stages",
-        "stop_patience",
-    ):
-        if getattr(cfg, name) < 0:
-            problems.append(f"{name} must be 0 or more, not {getattr(cfg, name)}")
-    for name in (
-        "lr",
-        "lr_clip",
-        "lr_scene",
-        "temperature",
-        "aux_scale_km",
-        "val_block_km",
-        "retrieval_temperature",
-    ):
-        if not getattr(cfg, name) > 0:
-            problems.append(f"{name} must be positive, not {getattr(cfg, name)}")
-    for name in (
-        "weight_decay",
-        "weight_decay_clip",
-        "weight_decay_scene",
-        "prior_correction",
-        *LOSS_WEIGHT_FIELDS,
-    ):
-        if getattr(cfg, name) < 0:
-            problems.append(f"{name} must be 0 or more, not {getattr(cfg, name)}")
+    for names, ok, wanted in checks:
+        problems += [f"{n} must be {wanted}, not {getattr(cfg, n)}" for n in names if not ok(getattr(cfg, n))]
     if cfg.phase >= 1 and not any(getattr(cfg, name) > 0 for name in LOSS_WEIGHT_FIELDS):
         problems.append(f"at least one of {LOSS_WEIGHT_FIELDS} must be positive")
     if not 0 <= cfg.dropout < 1:
@@ -219,6 +181,32 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
 
 
 LOSS_WEIGHT_FIELDS = ("loss_province", "loss_geocell", "loss_offset", "loss_aux")
+# counts and widths; seeds, counts that may be 0, and weights; rates and scales
+AT_LEAST_ONE = (
+    *("epochs", "batch_size", "batches_per_epoch", "cache_views", "eval_batch_size", "keep_checkpoints"),
+    *(
+        "top_provinces",
+        "top_cells",
+        "offset_ramp_epochs",
+        "proj_dim",
+        "geocell_hidden",
+        "small_geocell_hidden",
+    ),
+)
+ZERO_OR_MORE = (
+    *("seed", "val_seed", "num_workers", "retrieval_k", "warmup_steps", "scene_image_size"),
+    *("unfreeze_clip_blocks", "unfreeze_scene_stages", "stop_patience"),
+    *("weight_decay", "weight_decay_clip", "weight_decay_scene", "prior_correction", *LOSS_WEIGHT_FIELDS),
+)
+POSITIVE = (
+    "lr",
+    "lr_clip",
+    "lr_scene",
+    "temperature",
+    "aux_scale_km",
+    "val_block_km",
+    "retrieval_temperature",
+)
 # the settings only Phase 2 reads (notebooks/03b_train_phase2 has them; the other phases ignore them)
 PHASE2_FIELDS = (
     "phase1_checkpoint",

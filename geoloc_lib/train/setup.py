@@ -305,6 +305,12 @@ def _check_decoding(cfg: TrainConfig, cells: CellTable) -> None:
         )
 
 
+def _retrieval_features(cfg, train_clean, frozen_fingerprint, log) -> dict[str, torch.Tensor] | None:
+    if cfg.retrieval_k > 0 and frozen_fingerprint is None:
+        log.info("retrieval is left out of the per-epoch validation while an encoder trains")
+    return train_clean if cfg.retrieval_k > 0 and frozen_fingerprint else None
+
+
 def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampler, progress) -> Training:
     """The rest of `build_training`, once the run folder is locked; writes nothing into it."""
     log = run_logger(folder) if world.is_main else silent_logger()
@@ -317,21 +323,18 @@ def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampl
     optimizer = _optimizer(cfg, model, use_graph)
     decoder = _decoder(cfg, data, sampler, loss_fn, device)
     heads_forward, encoders_forward = distributed.data_parallel(model, world, device)
-    labels = label_tensors(data.train, device)
-    step = TrainStep(model, loss_fn, optimizer, labels, decoder, device, heads=heads_forward)
+    step = TrainStep(
+        model, loss_fn, optimizer, label_tensors(data.train, device), decoder, device, heads_forward
+    )
     ema = exponential_average(model.heads, cfg.ema_decay) if cfg.ema_decay > 0 else None
     start = _start_from(
         plan, cfg=cfg, folder=folder, data=data, model=model, ema=ema, optimizer=optimizer, log=log
     )
     log.info(_start_line(cfg, data, model, device))
-    retrieval_features = train_clean if cfg.retrieval_k > 0 and frozen_fingerprint else None
-    if cfg.retrieval_k > 0 and retrieval_features is None:
-        log.info("retrieval is left out of the per-epoch validation while an encoder trains")
+    retrieval_features = _retrieval_features(cfg, train_clean, frozen_fingerprint, log)
     source = _feature_source(cfg, model, fingerprint, data, device, log.info, encoders_forward)
     model.train()  # a captured graph keeps the mode it was captured in
     stepper = select_stepper(step, source, cfg.batch_size, use_graph, log.info)
-    if isinstance(stepper, GraphStepper):
-        log.info("the cached-feature step runs as one CUDA graph")
     return Training(
         cfg=cfg,
         folder=folder,

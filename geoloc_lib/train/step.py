@@ -184,7 +184,9 @@ def select_stepper(
     """The graph stepper when asked for and possible (CUDA and cached features), else the eager one."""
     if use_graph and step.device.type == "cuda" and isinstance(source, CachedFeatures):
         try:
-            return GraphStepper(step, source, batch_size)
+            stepper = GraphStepper(step, source, batch_size)
+            log("the cached-feature step runs as one CUDA graph")
+            return stepper
         except RuntimeError as err:
             log(f"CUDA graph capture failed ({err}); training continues eagerly")
     return EagerStepper(step, source)
