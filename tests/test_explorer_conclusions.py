@@ -162,3 +162,14 @@ def _stated_factor(text: str, other: str) -> float:
     assert match, text
     value = float(match.group(1))
     return value if match.group(2) == "x" else 1 + value / 100
+
+
+def test_the_fine_tuning_conclusion_states_the_direction_and_the_stop():
+    best = pd.DataFrame({"median_error_km": [20.0, 24.0], "best_epoch": [6, 2]}, index=["p1", "p2"])
+    text = conclusions.fine_tuning(best, "p1", "p2", "the validation median has been above its best")
+    assert "validation median 24.0 km, 20 % worse than Phase 1 (p1, epoch 6) (20.0 km)" in text
+    assert "did not improve on Phase 1" in text and "Stopped early: the validation median" in text
+    better = best.assign(median_error_km=[20.0, 10.0])
+    text = conclusions.fine_tuning(better, "p1", "p2", None)
+    assert "2.0x better than Phase 1" in text and "did not improve" not in text
+    assert "no early-stopping signal fired" in text
