@@ -96,7 +96,7 @@ def test_bad_photos_are_reported_and_skipped_and_the_csv_holds_json(runs, tiny_d
         ("no-run", "no such run folder; runs live in runs/<name>"),
         ("empty-folder", "a folder with no image files"),
         ("not-a-run", "is not a run folder (it has no config.json); pass runs/<name>"),
-        ("phase0", "is a Phase 0 run (province pre-training); prediction needs a Phase 1 run"),
+        ("phase0", "is a Phase 0 run (province pre-training); prediction needs a Phase 1 or 2 run"),
         ("checkpoint", "checkpoint not found; try --checkpoint last"),
     ],
 )

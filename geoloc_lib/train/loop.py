@@ -241,6 +241,8 @@ def index_novelty(t: Training, best: Checkpoint) -> None:
         clean_features(spec, part, encoders, fingerprint, t.device, t.log.info)
         for part in (t.data.train, t.data.val)
     )
+    if not t.world.is_main:
+        return
     index = fit_novelty(train, val)
     index.save(t.folder.novelty)
     t.log.info(
@@ -282,9 +284,10 @@ def fit(
                 on_epoch(t.folder)
         t.world.barrier()  # the other processes read what the first one wrote
         best = t.folder.load_checkpoint(cfg.phase, "best")
-        if t.world.is_main and cfg.phase >= 1:
-            calibrate_radii(t, best)
-            index_novelty(t, best)
+        if cfg.phase >= 1:
+            if t.world.is_main:
+                calibrate_radii(t, best)
+            index_novelty(t, best)  # every process: under torchrun each extracts its share of the features
     finally:
         t.close()
     return FitResult(t.folder.root, best.epoch, best.best_metric, best.metrics["val"], stopped)
