@@ -230,13 +230,10 @@ def index_novelty(t: Training, best: Checkpoint) -> None:
     """The out-of-domain index: the training photos' encoder features, with its threshold on validation. When
     an encoder trained, they are the features of the best epoch's encoders, which the predictor rebuilds."""
     spec, encoders = cache_spec_of(t.cfg), t.model.encoders
-    if t.frozen_fingerprint is None:
-        t.model.load_state_dict(
-            best.model_state, strict=False
-        )  # the trained parts as the best epoch left them
-    fingerprint = (
-        t.frozen_fingerprint or encoders.fingerprint()
-    )  # every weight: a cache entry of these encoders
+    if t.frozen_fingerprint is None:  # the trained parts as the best epoch left them
+        t.model.load_state_dict(best.model_state, strict=False)
+    # keyed by every weight: a cache entry of exactly these encoders
+    fingerprint = t.frozen_fingerprint or encoders.fingerprint()
     train, val = (
         clean_features(spec, part, encoders, fingerprint, t.device, t.log.info)
         for part in (t.data.train, t.data.val)
