@@ -135,7 +135,7 @@ class CachedPrefixes:
         return c.float(), s.float()  # [B, Dc], [B, Ds]
 
     def train_batches(self, batches: torch.Tensor, generator: torch.Generator | None) -> Iterator[Batch]:
-        self.encoders.train()  # the tops' batch norm learns; the frozen parts stay in eval mode
+        self.encoders.train()  # the tops train (their batch norm as configured); the frozen parts stay in eval
         for idx in batches:  # batches [S, B] on the device
             yield idx, *self._tops(*_pick_views(self.train, idx, generator))
 

@@ -43,9 +43,8 @@ def location_split(
         raise ValueError(f"block_km must be positive, not {block_km}")
     blocks = location_blocks(split["latitude"], split["longitude"], block_km)
     province = split["province_id"].to_numpy()
-    from sklearn.model_selection import (
-        StratifiedGroupKFold,  # here: loading a dataset to predict never splits
-    )
+    # imported here: loading a dataset to predict never splits, and scikit-learn takes a second to import
+    from sklearn.model_selection import StratifiedGroupKFold
 
     folds = StratifiedGroupKFold(n_splits=max(2, round(1 / fraction)), shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # a small province with fewer blocks than folds is expected

@@ -211,7 +211,9 @@ def _decoder(cfg: TrainConfig, data: GeoDataset, sampler, loss_fn: GeolocLoss, d
     return Decoder(decode_config_of(cfg), torch.tensor(shift, dtype=torch.float32, device=device))
 
 
-def _clean_training_features(cfg, model, data, fingerprint, device, log) -> dict[str, torch.Tensor] | None:
+def _clean_training_features(
+    cfg, model, data, fingerprint: str | None, device, log
+) -> dict[str, torch.Tensor] | None:
     """The clean features of the training photos when something needs them (standardisation, retrieval);
     sets the heads' input standardisation from them. Call before loading weights: Phase 0's or the resumed
     run's statistics then win."""
@@ -315,8 +317,10 @@ def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampl
     """The rest of `build_training`, once the run folder is locked; writes nothing into it."""
     log = run_logger(folder) if world.is_main else silent_logger()
     frozen_fingerprint = model.encoders.fingerprint() if model.encoders.frozen else None
-    fingerprint = model.encoders.fingerprint(frozen_only=True)  # the full one when both are frozen
-    train_clean = _clean_training_features(cfg, model, data, fingerprint, device, log)
+    # of the weights training leaves alone: checkpoints and the prefix cache (the full one when all is frozen)
+    fingerprint = frozen_fingerprint or model.encoders.fingerprint(frozen_only=True)
+    # whole features are keyed by every weight: None lets the cache hash a trained encoder's too
+    train_clean = _clean_training_features(cfg, model, data, frozen_fingerprint, device, log)
     stop_rules = _stop_rules(cfg, model, data, log)  # Phase 2 loads Phase 1's weights here
     loss_fn = _loss(cfg, model, data, device)
     use_graph = cfg.cuda_graph and cfg.feature_cache and device.type == "cuda"
