@@ -313,12 +313,17 @@ def _retrieval_features(cfg, train_clean, frozen_fingerprint, log) -> dict[str, 
     return train_clean if cfg.retrieval_k > 0 and frozen_fingerprint else None
 
 
+def _fingerprints(model: GeolocModel) -> tuple[str | None, str]:
+    """(every weight's, when nothing trains; the weights training leaves alone, which checkpoints store and the
+    prefix cache is keyed by: the same when nothing trains)."""
+    frozen = model.encoders.fingerprint() if model.encoders.frozen else None
+    return frozen, frozen or model.encoders.fingerprint(frozen_only=True)
+
+
 def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampler, progress) -> Training:
     """The rest of `build_training`, once the run folder is locked; writes nothing into it."""
     log = run_logger(folder) if world.is_main else silent_logger()
-    frozen_fingerprint = model.encoders.fingerprint() if model.encoders.frozen else None
-    # of the weights training leaves alone: checkpoints and the prefix cache (the full one when all is frozen)
-    fingerprint = frozen_fingerprint or model.encoders.fingerprint(frozen_only=True)
+    frozen_fingerprint, fingerprint = _fingerprints(model)
     # whole features are keyed by every weight: None lets the cache hash a trained encoder's too
     train_clean = _clean_training_features(cfg, model, data, frozen_fingerprint, device, log)
     stop_rules = _stop_rules(cfg, model, data, log)  # Phase 2 loads Phase 1's weights here
