@@ -7,7 +7,7 @@ KERNEL := geoloc
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_RUN ?= demo
 
-.PHONY: venv demo demo-lite0 demo-phase2 test lab lint format bench bench-accuracy bench-scale bench-ingest bench-predict gpu-check clean-demo
+.PHONY: venv demo demo-lite0 demo-phase2 test lab lint format bench bench-accuracy bench-scale bench-ingest bench-predict bench-calibration gpu-check clean-demo
 
 venv: $(VENV)/.installed
 
@@ -65,6 +65,11 @@ bench-ingest: venv
 # The predictor over 1,000 demo photos against the encoders alone, and a 2-photo geoloc-predict start-up (runs/demo).
 bench-predict: venv
 	$(PY) -m tools.bench_predict
+
+# The credible radii over 3 generated datasets with 2,000 test photos each: coverage against the range a calibrated
+# radius shows at those photo counts (about 10 min on 2 cores).
+bench-calibration: venv
+	$(PY) -m tools.bench_calibration
 
 # Everything that needs a GPU in one go; writes runs/gpu_check/results.json (runs on a CPU too, slowly).
 gpu-check: venv

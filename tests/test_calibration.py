@@ -8,11 +8,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from geoloc_lib.evaluate import conclusions
 from geoloc_lib.evaluate.calibration import (
     LEVELS,
     RadiusCalibration,
     _fit,
     calibrate,
+    calibrated_range,
     confidence_curve,
     conformal_quantile,
     coverage_table,
@@ -61,7 +63,7 @@ def test_radii_reach_their_nominal_coverage_on_errors_of_a_known_distribution():
     # the quantiles of Exp(1): ln 2 and ln 10
     assert calibration.pooled[0.5] == pytest.approx(math.log(2), rel=0.08)
     assert calibration.pooled[0.9] == pytest.approx(math.log(10), rel=0.08)
-    covered = coverage_table(test, calibration.radii(test, CELLS)).loc["all"]
+    covered = coverage_table(test, calibration.radii(test, CELLS), calibration).loc["all"]
     assert covered["coverage_50_%"] == pytest.approx(50, abs=2.5)  # about 3 standard errors
     assert covered["coverage_90_%"] == pytest.approx(90, abs=1.5)
 
@@ -85,6 +87,37 @@ def test_a_province_with_enough_validation_photos_gets_its_own_quantile():
     assert radii[0] == pytest.approx(calibration.per_province[0][0.9] * calm["pred_spread_km"].iloc[0])
     assert radii[1] == pytest.approx(calibration.pooled[0.9] * wild["pred_spread_km"].iloc[0])
     assert RadiusCalibration.from_dict(calibration.to_dict()) == calibration
+
+
+def test_the_calibrated_range_holds_the_simulated_coverages_of_a_small_province():
+    """Punjab's sizes on the demo: a conformal median of 28 validation scores, scored on 56 test photos. The
+    coverages of 4,000 such draws fall inside the range as often as the beta-binomial says, and the range is
+    wider than the test photos' binomial error alone, by the calibration's own draw."""
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(6)
+    low, high = calibrated_range(0.5, 28, 56)
+    quantiles = np.sort(rng.exponential(size=(4000, 28)), axis=1)[:, 14]  # ceil(29 x 0.5) = 15th smallest
+    covered = 100 * (rng.exponential(size=(4000, 56)) <= quantiles[:, None]).mean(axis=1)
+    inside = np.mean((covered >= low) & (covered <= high))
+    k_low, k_high = round(low * 56 / 100), round(high * 56 / 100)
+    mass = stats.betabinom.cdf(k_high, 56, 15, 14) - stats.betabinom.cdf(k_low - 1, 56, 15, 14)
+    assert mass >= 0.95 and inside == pytest.approx(mass, abs=0.012)  # 4,000 draws: 3.5 standard errors
+    binomial_low, binomial_high = stats.binom.interval(0.95, 56, 0.5)
+    assert (high - low) - 100 * (binomial_high - binomial_low) / 56 > 10
+    assert calibrated_range(0.9, 8, 100) == (100.0, 100.0)  # the 9th of 8 scores: an infinite radius
+
+
+def test_the_conclusion_names_a_province_outside_its_range():
+    rng = np.random.default_rng(7)
+    validation = pd.concat([_predictions(rng, 600), _predictions(rng, 300, province=1)], ignore_index=True)
+    test = pd.concat([_predictions(rng, 600), _predictions(rng, 300, province=1)], ignore_index=True)
+    calibration = _fit(validation, CELLS, "mixture_spread", LEVELS, min_photos=50)
+    test.loc[test["province_id"] == 1, "error_km"] *= 3  # Punjab's test photos are three times harder
+    table = coverage_table(test, calibration.radii(test, CELLS), calibration)
+    assert table.loc["Sindh", "calibrated_50_low_%"] < 50 < table.loc["Sindh", "calibrated_50_high_%"]
+    text = conclusions.trust(table, pd.DataFrame({"value": confidence_curve(test.assign(confidence=1.0))[1]}))
+    punjab = table.loc["Punjab", "coverage_50_%"]
+    assert f"Outside their own ranges: Punjab ({punjab:.0f} %)" in text and "Sindh (" not in text
 
 
 def test_the_pinball_loss_by_hand_and_its_minimum_at_the_quantile():

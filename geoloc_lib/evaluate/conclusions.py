@@ -181,21 +181,31 @@ def errors(
 
 
 def trust(coverage: pd.DataFrame, ranking: pd.DataFrame) -> str:
-    """From 04: how often the credible radii held on this split, how large they are, and whether the
-    confidence orders the errors."""
+    """From 04: how often the credible radii held on this split, overall and in each province, against the
+    range a calibrated radius shows with as many photos; how large the radii are; whether the confidence orders
+    the errors."""
     overall = coverage.loc["all"]
     lines = []
     for column in [c for c in coverage.columns if c.startswith("coverage_")]:
         level = column.removeprefix("coverage_").removesuffix("_%")
+        low, high = coverage[f"calibrated_{level}_low_%"], coverage[f"calibrated_{level}_high_%"]
+        outside = (coverage[column] < low) | (coverage[column] > high)
+        missed = [f"{p} ({coverage.loc[p, column]:.0f} %)" for p in coverage.index[outside] if p != "all"]
         held = overall[column]
         verdict = (
-            "as calibrated"
-            if abs(held - float(level)) <= 5
-            else "**off its level**: recalibrate on more validation photos"
+            "inside the range a calibrated radius shows on as many photos"
+            if not outside["all"]
+            else "**off its level**: these photos are not like the validation photos"
+        )
+        provinces = (
+            f"Outside their own ranges: {', '.join(missed)}."
+            if missed
+            else "Every province is inside its range."
         )
         lines.append(
             f"The {level} % radius (median {overall[f'median_radius_{level}_km']:.0f} km) held for {held:.1f} % of "
-            f"the {int(overall['photos'])} photos, {verdict}."
+            f"the {int(overall['photos'])} photos ({low['all']:.0f}-{high['all']:.0f} % expected), {verdict}. "
+            f"{provinces}"
         )
     rho = ranking.loc["spearman_confidence_vs_closeness", "value"]
     kept, shuffled = (

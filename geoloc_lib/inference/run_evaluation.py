@@ -107,7 +107,7 @@ def _trust_tables(predictor: Predictor, pred: pd.DataFrame, cells: pd.DataFrame)
     pred = pred.join(radii).assign(confidence=radius_confidence(radii.iloc[:, -1]))
     curve, ranking = confidence_curve(pred)
     tables = {
-        "coverage": coverage_table(pred, radii),
+        "coverage": coverage_table(pred, radii, predictor.calibration),
         "confidence": curve,
         "confidence_ranking": pd.DataFrame({"value": ranking}),
     }
