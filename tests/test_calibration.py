@@ -68,25 +68,46 @@ def test_radii_reach_their_nominal_coverage_on_errors_of_a_known_distribution():
     assert covered["coverage_90_%"] == pytest.approx(90, abs=1.5)
 
 
-def test_a_province_with_enough_validation_photos_gets_its_own_quantile():
+def test_a_province_quantile_is_pooled_by_hand():
+    """A province of 20 photos with tau = 20 weighs its own quantile and the pooled one alike: their geometric
+    mean. One of 400 photos keeps nearly its own."""
     rng = np.random.default_rng(1)
     calm, wild = _predictions(rng, 400, province=0), _predictions(rng, 20, province=1)
     wild["error_km"] *= 10  # a province whose errors are ten times larger
     both = pd.concat([calm, wild], ignore_index=True)
     calibration = _fit(
-        both, CELLS, "mixture_spread", LEVELS, min_photos=50
+        both, CELLS, "mixture_spread", LEVELS, pooling=20.0
     )  # the spread fixed, to check by hand
-    assert list(calibration.per_province) == [0]  # 20 photos are too few for a quantile of their own
-    pooled = conformal_quantile(
-        pd.concat([calm, wild])["error_km"] / pd.concat([calm, wild])["pred_spread_km"], 0.9
-    )
+    scores = both["error_km"] / both["pred_spread_km"]
+    pooled = np.sort(scores)[math.ceil(421 * 0.9) - 1]
+    wild_own = np.sort(scores[both["province_id"] == 1])[math.ceil(21 * 0.9) - 1]  # the 19th of 20
+    calm_own = np.sort(scores[both["province_id"] == 0])[math.ceil(401 * 0.9) - 1]
     assert calibration.pooled[0.9] == pytest.approx(pooled)
+    assert calibration.per_province[1][0.9] == pytest.approx(math.sqrt(wild_own * pooled))
+    assert calibration.per_province[0][0.9] == pytest.approx(calm_own ** (400 / 420) * pooled ** (20 / 420))
+    assert wild_own > 5 * pooled  # the pooling matters here: the wild province is far from the pool
     radii = calibration.radii(pd.concat([calm.head(1), wild.head(1)], ignore_index=True), CELLS)[
         "radius_90_km"
     ]
-    assert radii[0] == pytest.approx(calibration.per_province[0][0.9] * calm["pred_spread_km"].iloc[0])
-    assert radii[1] == pytest.approx(calibration.pooled[0.9] * wild["pred_spread_km"].iloc[0])
+    assert radii[1] == pytest.approx(calibration.per_province[1][0.9] * wild["pred_spread_km"].iloc[0])
     assert RadiusCalibration.from_dict(calibration.to_dict()) == calibration
+    # w = 1/2 from 20 photos and 1/2 from 420: the spread of a quantile of 1 / (1/80 + 1/1680) = 76.4 photos
+    assert calibration.effective_photos(1) == pytest.approx(1 / (0.25 / 20 + 0.25 / 420))
+    assert calibration.effective_photos(None) == 420
+    # a province with fewer photos than the level needs (8 < 9 at 90 %) takes its largest score as its own
+    few = _fit(pd.concat([calm, wild.head(8)], ignore_index=True), CELLS, "mixture_spread", LEVELS, 20.0)
+    few_scores = scores[400:408]
+    assert few.per_province[1][0.9] == pytest.approx(
+        few_scores.max() ** (8 / 28) * few.pooled[0.9] ** (20 / 28)
+    )
+
+
+def test_a_run_calibrated_before_partial_pooling_still_loads():
+    old = {"spread": "cell_radius", "levels": [0.5, 0.9], "pooled": {"0.5": 1.0, "0.9": 3.0}, "photos": 300}
+    old |= {"per_province": {"0": {"0.5": 0.8, "0.9": 2.0}}, "min_photos": 20}
+    calibration = RadiusCalibration.from_dict(old)
+    radii = calibration.radii(pd.DataFrame({"pred_cell_id": [0, 1], "pred_province_id": [0, 3]}), CELLS)
+    assert radii["radius_90_km"].tolist() == [20.0, 240.0]  # Sindh's own quantile, the pooled one elsewhere
 
 
 def test_the_calibrated_range_holds_the_simulated_coverages_of_a_small_province():
@@ -107,16 +128,24 @@ def test_the_calibrated_range_holds_the_simulated_coverages_of_a_small_province(
     assert calibrated_range(0.9, 8, 100) == (100.0, 100.0)  # the 9th of 8 scores: an infinite radius
 
 
+def _even_predictions(n, province):
+    """Errors that are the spread times the n evenly spaced quantiles of Exp(1): no sampling noise at all."""
+    predictions = _predictions(np.random.default_rng(province), n, province)
+    predictions["error_km"] = predictions["pred_spread_km"] * -np.log1p(-(np.arange(n) + 0.5) / n)
+    return predictions
+
+
 def test_the_conclusion_names_a_province_outside_its_range():
-    rng = np.random.default_rng(7)
-    validation = pd.concat([_predictions(rng, 600), _predictions(rng, 300, province=1)], ignore_index=True)
-    test = pd.concat([_predictions(rng, 600), _predictions(rng, 300, province=1)], ignore_index=True)
-    calibration = _fit(validation, CELLS, "mixture_spread", LEVELS, min_photos=50)
+    validation = pd.concat([_even_predictions(600, 0), _even_predictions(300, 1)], ignore_index=True)
+    test = validation.copy()
+    calibration = _fit(validation, CELLS, "mixture_spread", LEVELS, pooling=20.0)
     test.loc[test["province_id"] == 1, "error_km"] *= 3  # Punjab's test photos are three times harder
     table = coverage_table(test, calibration.radii(test, CELLS), calibration)
     assert table.loc["Sindh", "calibrated_50_low_%"] < 50 < table.loc["Sindh", "calibrated_50_high_%"]
     text = conclusions.trust(table, pd.DataFrame({"value": confidence_curve(test.assign(confidence=1.0))[1]}))
     punjab = table.loc["Punjab", "coverage_50_%"]
+    # 1 - exp(-ln 2 / 3) = 20.6 % of three-times-larger errors fall inside the median radius
+    assert punjab == pytest.approx(100 * (1 - 2 ** (-1 / 3)), abs=1.5)
     assert f"Outside their own ranges: Punjab ({punjab:.0f} %)" in text and "Sindh (" not in text
 
 
@@ -254,3 +283,23 @@ def test_a_photos_probability_map_covers_every_cell_and_agrees_with_its_hypothes
     except SystemExit as exit_:
         assert exit_.code == 2
     assert "give one photo" in capsys.readouterr().err
+
+
+def test_the_calibration_bench_flags_and_averages_by_hand():
+    from tools.bench_calibration import summary
+
+    def table(sindh_50, all_50):
+        return pd.DataFrame(
+            {
+                "photos": [400, 600],
+                "coverage_50_%": [sindh_50, all_50],
+                "calibrated_50_low_%": [44.0, 45.0],
+                "calibrated_50_high_%": [56.0, 55.0],
+            },
+            index=pd.Index(["Sindh", "all"], name="province"),
+        )
+
+    rows, by_province = summary({21: table(43.0, 50.0), 22: table(55.0, 56.0)})
+    assert rows["inside_50"].tolist() == [False, True, True, False]
+    assert by_province.loc["Sindh", "coverage_50_% mean"] == 49.0
+    assert by_province.loc["all", "coverage_50_% max"] == 56.0 and by_province.loc["all", "datasets"] == 2

@@ -63,6 +63,7 @@ def summary(tables: dict[int, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame
         rows[f"inside_{level}"] = (coverage >= low) & (coverage <= high)
     coverage_columns = [f"coverage_{level}_%" for level in levels]
     by_province = rows.groupby(level="province")[coverage_columns].agg(["mean", "min", "max"])
+    by_province.columns = [f"{column} {stat}" for column, stat in by_province.columns]  # "coverage_50_% mean"
     by_province.insert(0, "datasets", rows.groupby(level="province").size())
     return rows, by_province
 

@@ -221,8 +221,8 @@ def calibrate_radii(t: Training, best: Checkpoint) -> None:
     quantiles = ", ".join(f"{100 * level:.0f} %: {q:.2f}" for level, q in calibration.pooled.items())
     t.log.info(
         f"credible radii calibrated on {calibration.photos} validation photos: radius = q x {calibration.spread} "
-        f"(pooled q {quantiles}; {len(calibration.per_province)} province(s) with {calibration.min_photos} or more "
-        f"validation photos have their own q; chosen by cross-fitted pinball loss)"
+        f"(pooled q {quantiles}; each province's q pooled with it at tau = {calibration.pooling:g} photos; "
+        "chosen by cross-fitted pinball loss)"
     )
 
 
