@@ -3,17 +3,16 @@
     python -m tools.bench_calibration                  # datasets 21-26 (make bench-calibration)
     python -m tools.bench_calibration --datasets 21,22,23 --test-photos 3000
 
-A split's coverage moves with its photo counts: were the demo's Punjab calibrated on its 28 validation photos
-alone and scored on its 56 test photos, a perfectly calibrated 50 % radius would land anywhere in 30-73 %. One dataset
-therefore cannot tell a better calibration from a luckier one. This tool generates datasets of the demo's sizes
-but with a larger test split (`DemoConfig(seed=s, n_test=...)` under data/bench_calibration/), trains each one
-as `make demo` does (Phase 0, then Phase 1, resumed when finished; runs/bench_calibration/), predicts its test
-split once, and calibrates the radii with the current code on the run's validation predictions. For every
-dataset and every province with at least 50 test photos it prints the coverage at each level beside the range a
-calibrated radius shows with those photo counts (`calibrated_range`), then each province's mean over the
-datasets. With 95 % ranges about one row in twenty falls outside by chance. The datasets are development data:
-their test splits are not the demo's. About 80 s per dataset on 2 CPU cores; a rerun only
-recalibrates. Not a test.
+A split's coverage moves with its photo counts: were the demo's Punjab calibrated on its 28 validation photos alone
+and scored on its 56 test photos, a perfectly calibrated 50 % radius would land anywhere in 30-73 %. One dataset
+therefore cannot tell a better calibration from a luckier one. This tool generates datasets of the demo's sizes but
+with a larger test split (`DemoConfig(seed=s, n_test=...)` under data/bench_calibration/), trains each one as `make
+demo` does (Phase 0, then Phase 1, resumed when finished; runs/bench_calibration/), predicts its test split once,
+and calibrates the radii with the current code on the run's validation predictions. For every dataset and every
+province with at least 50 test photos it prints the coverage at each level beside the range a calibrated radius
+shows with those photo counts (`calibrated_range`), then each province's mean over the datasets. With 95 % ranges
+about one row in twenty falls outside by chance. The datasets are development data: their test splits are not the
+demo's. About 80 s per dataset on 2 CPU cores; a rerun only recalibrates. Not a test.
 """
 
 from __future__ import annotations

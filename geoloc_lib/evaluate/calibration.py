@@ -7,7 +7,8 @@ ceil((n + 1) x level)-th smallest of n scores. For photos exchangeable with the 
 place then lies within R of the prediction with probability at least `level` (and at most level + 1/(n + 1)).
 Per predicted province, q is partially pooled: the geometric mean of the province's own quantile and the
 pooled one, weighted n / (n + tau) for a province with n validation photos. A province with many photos keeps
-its own quantile, one with a handful leans on the pool, and none is cut off at a threshold.
+its own quantile, one with a handful leans on the pool, and none is cut off at a threshold. The guarantee above
+is exact for the pooled quantile; a province's pooled-toward quantile trades it for less noise.
 
 The spread s and the pooling strength tau (`POOLING_CHOICES`) are chosen on validation by repeated 5-fold
 cross-fitting: calibrate on four folds, score the held-out fold with
@@ -21,7 +22,7 @@ replaced a threshold (a province's own quantile from 20 or 50 validation photos,
 six generated datasets (`tools/bench_calibration`) it brought the provinces' coverage closer to the levels.
 
 **Confidence.** 1 / (1 + R90 / 25 km), from the 90 % radius R90: a photo whose credible radius is small is one
-the model is sure of. On the demo's test split it ranks errors with a Spearman correlation of 0.53, against
+the model is sure of. On the demo's test split it ranks errors with a Spearman correlation of 0.52, against
 0.13 for the probability of the predicted hypothesis (`pred_cell_prob`, the fallback of an uncalibrated run).
 `confidence_curve` keeps the most confident x % of photos; a confidence that orders errors well makes the
 kept photos' errors fall as x shrinks, which random ranking does not.
