@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import stats
 
 from geoloc_lib.evaluate import conclusions
 from geoloc_lib.evaluate.calibration import (
@@ -114,7 +115,6 @@ def test_the_calibrated_range_holds_the_simulated_coverages_of_a_small_province(
     """Punjab's sizes on the demo: a conformal median of 28 validation scores, scored on 56 test photos. The
     coverages of 4,000 such draws fall inside the range as often as the beta-binomial says, and the range is
     wider than the test photos' binomial error alone, by the calibration's own draw."""
-    stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(6)
     low, high = calibrated_range(0.5, 28, 56)
     quantiles = np.sort(rng.exponential(size=(4000, 28)), axis=1)[:, 14]  # ceil(29 x 0.5) = 15th smallest
@@ -178,7 +178,6 @@ def test_a_spread_that_misses_a_province_loses_to_one_that_fits_every_province()
 
 
 def test_spearman_against_scipy():
-    stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=50), rng.normal(size=50)
     b[:10] = a[:10]  # some ties and some agreement

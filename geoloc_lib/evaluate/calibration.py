@@ -132,7 +132,8 @@ class RadiusCalibration:
                 int(p): {float(k): float(v) for k, v in q.items()} for p, q in values["per_province"].items()
             },
             photos=int(values["photos"]),
-            # runs calibrated before partial pooling kept a province's own quantile alone (tau 0) where it had one
+            # runs calibrated before partial pooling kept a province's own quantile alone (tau 0) where it had one;
+            # they stored no per-province counts, so their ranges in 04 count the pooled photos (too narrow)
             pooling=float(values.get("pooling", 0.0)),
             province_photos={int(p): int(n) for p, n in values.get("province_photos", {}).items()},
         )
