@@ -178,3 +178,11 @@ def test_standardised_inputs_have_zero_mean_and_unit_std():
         ((scene - norm["scene_mean"]) / norm["scene_std"]).std(0), torch.ones(6), atol=1e-5, rtol=0
     )
     assert not any(p.requires_grad for p in norm.parameters())  # never trained
+
+
+def test_a_fraction_between_fold_sizes_is_held_out_as_several_folds():
+    photos = _photos()
+    kept, held = location_split(photos, fraction=0.4, block_km=10.0, seed=0)  # 2 of 5 folds, not 1 of 2
+    assert 0.3 < len(held) / len(photos) < 0.5
+    one_tenth = location_split(photos, fraction=0.1, block_km=10.0, seed=0)[1]
+    assert len(one_tenth) < len(held)

@@ -236,7 +236,7 @@ def test_00_ingests_the_photos_and_the_folder_trains_through_phase0_phase1_and_t
 
     root, _ = phone_folder
     data, runs = tmp_path / "my_photos", tmp_path / "runs"
-    ingest = dict(ingest_test_fraction=0.2, ingest_block_km=2.0, geocell_min_samples=8)
+    ingest = dict(ingest_test_fraction=0.2, ingest_block_km=2.0, leakage_block_km=2.0, geocell_min_samples=8)
     _run(
         "00_data_audit",
         tmp_path,

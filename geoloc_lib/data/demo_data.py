@@ -11,6 +11,9 @@ province imbalance. Each JPEG is a crude scene whose content depends on where it
 - every photo gets a random camera (horizon height and tilt, zoom, exposure) and sensor noise.
 
 Province, cell and in-cell position are therefore all learnable from pixels, and none trivially.
+
+The test split holds out whole location blocks (`test_block_km`), so a test photo stands where no training photo
+does, as it would for photos of a new place.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pandas as pd
 from PIL import Image
 
 from geoloc_lib.base.progress import progress_bar
+from geoloc_lib.data.splits import location_split
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.geocell_builder import GeocellConfig, assign_cells, build_geocells
 from geoloc_lib.geo.places import load_places
@@ -57,6 +61,7 @@ class DemoConfig:
     seed: int = 0
     geocell_min_samples: int = 30
     geocell_target_radius_km: float = 50.0
+    test_block_km: float = 10.0  # the test split takes whole blocks of this size, as validation and ingest do
     workers: int = 2
 
 
@@ -190,24 +195,25 @@ def _render_chunk(args) -> None:
         image.save(out_dir / rel_path, quality=88)
 
 
-def generate_demo_dataset(out_dir: str | os.PathLike, config: DemoConfig | None = None) -> Path:
-    """Write images/, train.csv, test.csv and cell_metadata.csv into `out_dir`; returns it."""
-    cfg = config or DemoConfig()
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+def demo_photos(cfg: DemoConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    """(all photo rows [N], is_test [N] bool) of a demo dataset, before any pixel is drawn."""
     rng = np.random.default_rng(cfg.seed)
     n = cfg.n_train + cfg.n_test
     df = sample_locations(n, cfg.min_per_province, rng)
     df.insert(0, "id", [f"pk{i:06d}" for i in range(len(df))])
     df.insert(1, "image", [f"images/pk{i:06d}.jpg" for i in range(len(df))])
+    # whole location blocks go to test, per province (the split of ingest and of validation): a test photo
+    # never has a training photo from its own block, as a photo from a new place would not
+    _, test_rows = location_split(df, cfg.n_test / n, cfg.test_block_km, cfg.seed)
+    return df, df.index.isin(test_rows.index)
 
-    # split within each province so that every province is in both splits
-    test_share = cfg.n_test / n
-    is_test = np.zeros(len(df), dtype=bool)
-    for _, part in df.groupby("province_id"):
-        k = max(2, round(len(part) * test_share))
-        is_test[rng.choice(part.index.to_numpy(), size=k, replace=False)] = True
 
+def generate_demo_dataset(out_dir: str | os.PathLike, config: DemoConfig | None = None) -> Path:
+    """Write images/, train.csv, test.csv and cell_metadata.csv into `out_dir`; returns it."""
+    cfg = config or DemoConfig()
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    df, is_test = demo_photos(cfg)
     rows = list(
         zip(
             range(len(df)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ import pandas as pd
 from geoloc_lib.geo.sphere import KM_PER_DEG_LAT
 
 BLOCK_REFERENCE_LAT = 30.0  # blocks are block_km wide at this latitude (Pakistan spans 24-37 N)
+MAX_FOLDS = 20  # a fraction is held out as m of k folds, k at most this (0.4 = 2 of 5, 1/6 = 1 of 6)
 
 
 def location_blocks(latitude, longitude, block_km: float) -> np.ndarray:
@@ -46,12 +48,15 @@ def location_split(
     # imported here: loading a dataset to predict never splits, and scikit-learn takes a second to import
     from sklearn.model_selection import StratifiedGroupKFold
 
-    folds = StratifiedGroupKFold(n_splits=max(2, round(1 / fraction)), shuffle=True, random_state=seed)
+    # the held-out side is the first m of k folds, m / k the fraction's nearest ratio (0.1 -> 1 of 10)
+    ratio = Fraction(fraction).limit_denominator(MAX_FOLDS)
+    folds = StratifiedGroupKFold(n_splits=ratio.denominator, shuffle=True, random_state=seed)
+    held_out = np.zeros(len(split), bool)
     with warnings.catch_warnings():  # a small province with fewer blocks than folds is expected
         warnings.simplefilter("ignore", UserWarning)
-        _, held = next(folds.split(np.zeros(len(split)), province, groups=blocks))
-    held_out = np.zeros(len(split), bool)
-    held_out[held] = True
+        fold_iter = folds.split(np.zeros(len(split)), province, groups=blocks)
+        for _ in range(ratio.numerator):
+            held_out[next(fold_iter)[1]] = True
     # a province whose every block went to the held-out side stays wholly on the kept side
     emptied = [p for p in np.unique(province) if held_out[province == p].all()]
     held_out[np.isin(province, emptied)] = False
