@@ -302,3 +302,28 @@ def test_the_calibration_bench_flags_and_averages_by_hand():
     assert rows["inside_50"].tolist() == [False, True, True, False]
     assert by_province.loc["Sindh", "coverage_50_% mean"] == 49.0
     assert by_province.loc["all", "coverage_50_% max"] == 56.0 and by_province.loc["all", "datasets"] == 2
+
+
+def test_the_calibration_verdict_by_hand():
+    from tools.bench_calibration import summary, verdict
+
+    def table(sindh_50, all_50):
+        return pd.DataFrame(
+            {
+                "photos": [400, 600],
+                "coverage_50_%": [sindh_50, all_50],
+                "calibrated_50_low_%": [44.0, 45.0],
+                "calibrated_50_high_%": [56.0, 55.0],
+            },
+            index=pd.Index(["Sindh", "all"], name="province"),
+        )
+
+    # 4 of 4 inside, means 49 and 51: within 46-54
+    passed, lines = verdict(*summary({21: table(47.0, 50.0), 22: table(51.0, 52.0)}))
+    assert passed and lines[-1] == "verdict: PASS" and "4 of 4" in lines[0]
+    # 3 of 4 inside (75 % < 90 %) fails, though both means sit in their band
+    passed, lines = verdict(*summary({21: table(43.0, 50.0), 22: table(55.0, 52.0)}))
+    assert not passed and lines[0].startswith("FAIL: 3 of 4")
+    # every coverage inside, but Sindh's mean 55 % lies outside 46-54 %
+    passed, lines = verdict(*summary({21: table(55.0, 50.0), 22: table(55.0, 52.0)}))
+    assert not passed and any(line.startswith("FAIL: Sindh") for line in lines)

@@ -11,7 +11,8 @@ demo` does (Phase 0, then Phase 1, resumed when finished; runs/bench_calibration
 and calibrates the radii with the current code on the run's validation predictions. For every dataset and every
 province with at least 50 test photos it prints the coverage at each level beside the range a calibrated radius
 shows with those photo counts (`calibrated_range`), then each province's mean over the datasets. With 95 % ranges
-about one row in twenty falls outside by chance. The datasets are development data: their test splits are not the
+about one row in twenty falls outside by chance. Its last lines are the verdict: at least 90 % of the coverages
+inside their ranges, and each province's mean coverage within 4 points of its level (46-54 % and 86-94 %). The datasets are development data: their test splits are not the
 demo's. About 80 s per dataset on 2 CPU cores; a rerun only recalibrates. Not a test.
 """
 
@@ -32,6 +33,8 @@ from geoloc_lib.viz.notebook import project_root
 from tools.bench_accuracy import train_seed
 
 MIN_TEST_PHOTOS = 50  # the provinces reported, as in the acceptance bands of the credible radii
+MIN_INSIDE_SHARE = 0.90  # of all coverages inside their calibrated ranges (95 % would be by chance alone)
+MEAN_BAND_POINTS = 4.0  # each province's mean coverage over the datasets within its level +- this
 DATA_ROOT, RUNS_ROOT = Path("data/bench_calibration"), Path("runs/bench_calibration")
 
 
@@ -68,6 +71,30 @@ def summary(tables: dict[int, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame
     return rows, by_province
 
 
+def verdict(rows: pd.DataFrame, by_province: pd.DataFrame) -> tuple[bool, list[str]]:
+    """(passed, lines): at least MIN_INSIDE_SHARE of the coverages inside their ranges, and every province's mean
+    coverage over the datasets within MEAN_BAND_POINTS of its level."""
+    inside = rows[[c for c in rows.columns if c.startswith("inside_")]].to_numpy()
+    share = inside.mean()
+    passed = share >= MIN_INSIDE_SHARE
+    lines = [
+        f"{'PASS' if passed else 'FAIL'}: {int(inside.sum())} of {inside.size} coverages ({100 * share:.1f} %) "
+        f"inside their calibrated ranges (at least {100 * MIN_INSIDE_SHARE:.0f} % wanted)"
+    ]
+    for column in [c for c in by_province.columns if c.endswith(" mean")]:
+        level = float(column.removeprefix("coverage_").split("_")[0])
+        low, high = level - MEAN_BAND_POINTS, level + MEAN_BAND_POINTS
+        for province, mean in by_province[column].items():
+            ok = low <= mean <= high
+            passed &= ok
+            lines.append(
+                f"{'PASS' if ok else 'FAIL'}: {province} mean coverage at {level:.0f} %: {mean:.1f} % "
+                f"(band {low:.0f}-{high:.0f} %)"
+            )
+    lines.append(f"verdict: {'PASS' if passed else 'FAIL'}")
+    return bool(passed), lines
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -93,7 +120,8 @@ def main(argv=None) -> None:
     print(by_province.round(1).to_string())
     RUNS_ROOT.mkdir(parents=True, exist_ok=True)
     rows.to_csv(RUNS_ROOT / "coverage.csv")
-    print(f"\nwritten to {RUNS_ROOT / 'coverage.csv'}")
+    print(f"\nwritten to {RUNS_ROOT / 'coverage.csv'}\n")
+    print("\n".join(verdict(rows, by_province)[1]))  # the verdict is the last lines
 
 
 if __name__ == "__main__":
