@@ -5,7 +5,13 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from geoloc_lib.data.demo_data import REAL_PROVINCE_COUNTS, TINY_DEMO, DemoConfig, demo_photos, generate_demo_dataset
+from geoloc_lib.data.demo_data import (
+    REAL_PROVINCE_COUNTS,
+    TINY_DEMO,
+    DemoConfig,
+    demo_photos,
+    generate_demo_dataset,
+)
 
 
 def _digest(folder):

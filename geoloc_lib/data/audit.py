@@ -148,7 +148,6 @@ def leakage_report(ds: GeoDataset, coord_tolerance_m: float = 2.0, block_km: flo
     return pd.DataFrame(checks, columns=["check", "count"])
 
 
-
 def assert_audit_passes(leakage: pd.DataFrame, geocells: pd.DataFrame, min_photos_per_cell: int = 1) -> None:
     failures = [f"{row.check}: {row.count}" for row in leakage.itertuples() if row.count > 0]
     empty = geocells[geocells["min_photos"] < min_photos_per_cell]
