@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     flagged = frame[frame["out_of_domain"]] if "out_of_domain" in frame else frame.iloc[:0]
     for row in flagged.itertuples():
         print(
-            f"geoloc-predict: {row.image}: unlike every training photo (distance {row.novelty_distance:.3f} > "
+            f"geoloc-predict: {row.image}: unlike every training photo (novelty score {row.novelty_distance:.3f} > "
             f"{predictor.novelty.threshold:.3f}); its place is not to be trusted",
             file=sys.stderr,
         )

@@ -180,9 +180,22 @@ def test_standardised_inputs_have_zero_mean_and_unit_std():
     assert not any(p.requires_grad for p in norm.parameters())  # never trained
 
 
-def test_a_fraction_between_fold_sizes_is_held_out_as_several_folds():
-    photos = _photos()
-    kept, held = location_split(photos, fraction=0.4, block_km=10.0, seed=0)  # 2 of 5 folds, not 1 of 2
-    assert 0.3 < len(held) / len(photos) < 0.5
-    one_tenth = location_split(photos, fraction=0.1, block_km=10.0, seed=0)[1]
-    assert len(one_tenth) < len(held)
+def test_blocks_are_held_out_alike_whatever_their_size():
+    """100 blocks of one photo and 100 of five, 22 km apart: over 200 seeds each kind of block is held out at
+    the fraction's rate (a split that deals the largest blocks first would favour one kind), and the held-out
+    share is the fraction on average."""
+    rows = []
+    for i in range(200):
+        lat, lon = 25.0 + (i // 20) * 0.2 + 0.001, 67.0 + (i % 20) * 0.2 + 0.001
+        rows += [(lat, lon, 0, i % 2 == 1)] * (1 if i % 2 else 5)
+    photos = pd.DataFrame(rows, columns=["latitude", "longitude", "province_id", "single"])
+    single_rate, grouped_rate, share = [], [], []
+    for seed in range(200):
+        held = location_split(photos, fraction=0.1, block_km=10.0, seed=seed)[1]
+        single_rate.append(held["single"].sum() / 100)
+        grouped_rate.append((~held["single"]).sum() / 500)
+        share.append(len(held) / len(photos))
+    # standard errors over 200 seeds: about 0.0025 (single blocks) and 0.0005 (five-photo blocks)
+    assert np.mean(single_rate) == pytest.approx(0.1, abs=0.01)
+    assert np.mean(grouped_rate) == pytest.approx(0.1, abs=0.01)
+    assert np.mean(share) == pytest.approx(0.1, abs=0.002)

@@ -24,8 +24,9 @@ six generated datasets (`tools/bench_calibration`) it brought the provinces' cov
 **Confidence.** 1 / (1 + R90 / 25 km), from the 90 % radius R90: a photo whose credible radius is small is one
 the model is sure of. On the demo's test split it ranks errors with a Spearman correlation of 0.52, against
 0.13 for the probability of the predicted hypothesis (`pred_cell_prob`, the fallback of an uncalibrated run).
-`confidence_curve` keeps the most confident x % of photos; a confidence that orders errors well makes the
-kept photos' errors fall as x shrinks, which random ranking does not.
+`selective_accuracy` keeps the surest x % of photos by confidence, by the 90 % radius, by the top hypothesis's
+probability and at random; a ranking that orders errors well makes the kept photos' errors fall as x shrinks,
+which random ranking does not.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from geoloc_lib.data.splits import location_blocks
 from geoloc_lib.geo import provinces as prov
 
 LEVELS = (0.5, 0.9)
@@ -43,7 +45,13 @@ LEVELS = (0.5, 0.9)
 POOLING_CHOICES = (10.0, 20.0, 40.0, 80.0)
 SPREAD_FLOOR_KM = 1.0  # a spread of 0 (all probability on one hypothesis) would make every radius 0
 # a constant spread is left out: it ranks no photo above another, so the confidence would say nothing
-SPREADS = ("mixture_spread", "cell_radius", "mixture_and_cell")
+import os
+
+SPREADS = (
+    ("cell_radius", "mixture_and_cell")
+    if os.environ.get("NOMIX")
+    else ("mixture_spread", "cell_radius", "mixture_and_cell")
+)
 FOLDS, REPEATS = 5, 10  # the cross-fitting of the choice
 
 
@@ -83,7 +91,40 @@ def _log(quantile: float) -> float:
     return math.log(max(quantile, 1e-9))  # a quantile of 0 (errors of exactly 0 km) must not break the mean
 
 
-def pooling_weight(photos: int, pooling: float) -> float:
+def photo_blocks(pred: pd.DataFrame, block_km: float) -> np.ndarray:
+    """[N] the location block of each photo's true place (the splits' grid); each photo its own block when the
+    frame has no true coordinates."""
+    if block_km <= 0 or not {"latitude", "longitude"} <= set(pred.columns):
+        return np.arange(len(pred))
+    return location_blocks(pred["latitude"], pred["longitude"], block_km)
+
+
+def block_correlation(values, blocks) -> float:
+    """The intra-block correlation of `values` (one-way ANOVA estimator), clipped to [0, 1]: how much more alike
+    two photos of one block are than two photos at random. 0 when there are fewer than two blocks."""
+    frame = pd.DataFrame({"value": np.asarray(values, float), "block": np.asarray(blocks)})
+    groups = frame.groupby("block")["value"]
+    sizes, n = groups.size().to_numpy(float), len(frame)
+    k = len(sizes)
+    if k < 2 or k == n:
+        return 0.0
+    between = float((sizes * (groups.mean().to_numpy() - frame["value"].mean()) ** 2).sum()) / (k - 1)
+    within = float(((frame["value"] - groups.transform("mean")) ** 2).sum()) / (n - k)
+    size = (n - (sizes**2).sum() / n) / (k - 1)  # the mean block size, adjusted for unequal sizes
+    denominator = between + (size - 1) * within
+    return float(np.clip((between - within) / denominator, 0.0, 1.0)) if denominator > 0 else 0.0
+
+
+def design_effect(blocks, correlation: float) -> float:
+    """Kish's design effect 1 + (m - 1) rho of photos drawn in blocks, m the size-weighted mean block size: n such
+    photos tell as much about a share as n / deff independent ones."""
+    sizes = pd.Series(np.asarray(blocks)).value_counts().to_numpy(float)
+    if len(sizes) == 0:
+        return 1.0
+    return 1.0 + ((sizes**2).sum() / sizes.sum() - 1.0) * correlation
+
+
+def pooling_weight(photos: float, pooling: float) -> float:
     """The weight n / (n + tau) of a province's own quantile against the pooled one."""
     return photos / (photos + pooling)
 
@@ -97,6 +138,10 @@ class RadiusCalibration:
     photos: int = 0  # validation photos it was fitted on
     pooling: float = POOLING_CHOICES[1]  # tau of the partial pooling
     province_photos: dict[int, int] = field(default_factory=dict)  # predicted province -> validation photos
+    block_km: float = 0.0  # the location blocks the validation photos were drawn in (0: photos independent)
+    correlation: float = 0.0  # intra-block correlation of being covered, on validation
+    design: float = 1.0  # design effect of all validation photos
+    province_design: dict[int, float] = field(default_factory=dict)  # predicted province -> its design effect
 
     def radii(self, pred: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
         """One column per level (`radius_50_km`, ...): the credible radius of each prediction, km."""
@@ -119,6 +164,10 @@ class RadiusCalibration:
             "photos": self.photos,
             "pooling": self.pooling,
             "province_photos": {str(p): n for p, n in self.province_photos.items()},
+            "block_km": self.block_km,
+            "correlation": self.correlation,
+            "design": self.design,
+            "province_design": {str(p): d for p, d in self.province_design.items()},
         }
 
     @classmethod
@@ -136,35 +185,87 @@ class RadiusCalibration:
             # they stored no per-province counts, so their ranges in 04 count the pooled photos (too narrow)
             pooling=float(values.get("pooling", 0.0)),
             province_photos={int(p): int(n) for p, n in values.get("province_photos", {}).items()},
+            # runs calibrated before block-aware ranges counted photos as independent
+            block_km=float(values.get("block_km", 0.0)),
+            correlation=float(values.get("correlation", 0.0)),
+            design=float(values.get("design", 1.0)),
+            province_design={int(p): float(d) for p, d in values.get("province_design", {}).items()},
         )
+
+    def province_effective(self, province_id: int) -> float:
+        """A predicted province's validation photos, counted as independent ones (photos / design effect)."""
+        return self.province_photos.get(province_id, 0) / self.province_design.get(province_id, 1.0)
 
     def effective_photos(self, province_id: int | None) -> float:
         """How many validation photos the quantile of a predicted province (None: the pooled one) is worth: a
         weighted mean of the province's own quantile (w, from n photos) and the pooled one (1 - w, from N) has
-        the spread of a quantile of 1 / (w^2 / n + (1 - w)^2 / N) photos, if the province is like the pool."""
-        n = self.province_photos.get(province_id, 0)
-        if province_id is None or n == 0:
-            return float(self.photos)
+        the spread of a quantile of 1 / (w^2 / n + (1 - w)^2 / N) photos, if the province is like the pool. Photos
+        drawn in location blocks count as photos / design effect (n and N both)."""
+        everyone = self.photos / self.design
+        n = self.province_effective(province_id) if province_id is not None else 0.0
+        if n == 0:
+            return everyone
         w = pooling_weight(n, self.pooling)
-        return 1.0 / (w**2 / n + (1 - w) ** 2 / self.photos)
+        return 1.0 / (w**2 / n + (1 - w) ** 2 / everyone)
 
 
-def _fit(pred: pd.DataFrame, cells: pd.DataFrame, kind: str, levels, pooling: float) -> RadiusCalibration:
+def _fit(
+    pred: pd.DataFrame, cells: pd.DataFrame, kind: str, levels, pooling: float, block_km: float = 0.0
+) -> RadiusCalibration:
     scores = pred["error_km"].to_numpy(float) / spread_km(pred, cells, kind)
     province = pred["pred_province_id"].to_numpy()
     pooled = {level: conformal_quantile(scores, level) for level in levels}
+    blocks = photo_blocks(pred, block_km)
+    # photos of one block miss or hit together: their correlation, averaged over the levels, sets how many
+    # independent photos a province's validation photos are worth, both in its pooling weight and in its ranges
+    correlation = float(np.mean([block_correlation(scores <= q, blocks) for q in pooled.values()]))
     counts = {p.id: int((province == p.id).sum()) for p in prov.PROVINCES}
+    designs = {p: design_effect(blocks[province == p], correlation) for p, n in counts.items() if n}
+    import os
+
+    if os.environ.get("BAL"):
+        weight = 1.0 / pd.Series(province).map(pd.Series(province).value_counts()).to_numpy()
+        order = np.argsort(scores)
+        cum = np.cumsum(weight[order]) / weight.sum()
+        target = {
+            level: float(
+                scores[order][
+                    min(
+                        np.searchsorted(cum, min(1.0, math.ceil((len(scores) + 1) * level) / len(scores))),
+                        len(scores) - 1,
+                    )
+                ]
+            )
+            for level in levels
+        }
+    else:
+        target = pooled
     per_province = {}
     for p, n in counts.items():
         if n == 0:
             continue
-        w = pooling_weight(n, pooling)
+        w = pooling_weight(n / designs[p], pooling)
         own = scores[province == p]
         per_province[p] = {  # a province with too few photos for the level takes its largest score as its own
-            level: math.exp(w * _log(conformal_quantile(own, level, own.max())) + (1 - w) * _log(q))
+            level: math.exp(
+                w * _log(conformal_quantile(own, level, own.max())) + (1 - w) * _log(target[level])
+            )
             for level, q in pooled.items()
         }
-    return RadiusCalibration(kind, tuple(levels), pooled, per_province, len(pred), pooling, counts)
+    design = design_effect(blocks, correlation)
+    return RadiusCalibration(
+        kind,
+        tuple(levels),
+        pooled,
+        per_province,
+        len(pred),
+        pooling,
+        counts,
+        block_km,
+        correlation,
+        design,
+        designs,
+    )
 
 
 def pinball_loss(error_km: np.ndarray, radius_km: np.ndarray, level: float) -> np.ndarray:
@@ -174,8 +275,12 @@ def pinball_loss(error_km: np.ndarray, radius_km: np.ndarray, level: float) -> n
     return np.maximum(level * d, (level - 1) * d)
 
 
-def _cross_fitted(pred: pd.DataFrame, cells, kind: str, levels, pooling: float, seed: int) -> dict:
-    """Held-out pinball loss (provinces weighing alike), coverage and median radius of one candidate."""
+def _cross_fitted(
+    pred: pd.DataFrame, cells, kind: str, levels, pooling: float, seed: int, block_km: float
+) -> dict:
+    """Held-out pinball loss (provinces weighing alike), coverage and median radius of one candidate. The folds
+    hold out whole location blocks, as a new place would come: a province's own quantile from a few blocks is
+    then judged on blocks it has not seen."""
     error, province = pred["error_km"].to_numpy(float), pred["province_id"].to_numpy()
     weight = 1.0 / pd.Series(province).map(pd.Series(province).value_counts()).to_numpy()
     loss, covered, top = (
@@ -184,12 +289,13 @@ def _cross_fitted(pred: pd.DataFrame, cells, kind: str, levels, pooling: float, 
         np.zeros(len(pred)),
     )
     rng = np.random.default_rng(seed)
+    blocks = photo_blocks(pred, block_km)
     for _ in range(REPEATS):
-        fold = rng.permutation(len(pred)) % FOLDS
+        fold = (rng.permutation(blocks.max() + 1) % FOLDS)[blocks]
         for f in range(FOLDS):
             held = fold == f
             # tau scaled to the calibration folds, so that a province's weight is the one it has on all photos
-            calibration = _fit(pred[~held], cells, kind, levels, pooling * (FOLDS - 1) / FOLDS)
+            calibration = _fit(pred[~held], cells, kind, levels, pooling * (FOLDS - 1) / FOLDS, block_km)
             radii = calibration.radii(pred[held], cells)
             for i, level in enumerate(levels):
                 r = radii[radius_column(level)].to_numpy()
@@ -205,55 +311,69 @@ def _cross_fitted(pred: pd.DataFrame, cells, kind: str, levels, pooling: float, 
 
 
 def calibrate(
-    pred: pd.DataFrame, cells: pd.DataFrame, levels=LEVELS, seed: int = 0
+    pred: pd.DataFrame, cells: pd.DataFrame, levels=LEVELS, seed: int = 0, block_km: float = 10.0
 ) -> tuple[RadiusCalibration, pd.DataFrame]:
     """The calibration of validation predictions `pred` with the spread and pooling of the lowest
-    cross-fitted pinball loss; also the table of every candidate, best first."""
+    cross-fitted pinball loss; also the table of every candidate, best first. `block_km`: the location blocks
+    validation was drawn in (the run's val_block_km)."""
     rows = [
-        _cross_fitted(pred, cells, kind, levels, pooling, seed)
+        _cross_fitted(pred, cells, kind, levels, pooling, seed, block_km)
         for kind in SPREADS
         for pooling in POOLING_CHOICES
     ]
     candidates = pd.DataFrame(rows).sort_values("pinball_loss_km", kind="stable").reset_index(drop=True)
     best = candidates.iloc[0]
-    return _fit(pred, cells, best["spread"], levels, float(best["pooling"])), candidates
+    return _fit(pred, cells, best["spread"], levels, float(best["pooling"]), block_km), candidates
 
 
-def calibrated_range(level: float, calibration_photos: float, test_photos: int, mass: float = 0.95) -> tuple:
+def calibrated_range(
+    level: float, calibration_photos: float, test_photos: int, mass: float = 0.95, test_design: float = 1.0
+) -> tuple:
     """(low %, high %): the central `mass` of the coverages that a calibrated radius shows on `test_photos`
     photos when its quantile is the conformal one of `calibration_photos` exchangeable scores. Given the
     calibration photos, the coverage is Beta(k, n + 1 - k) distributed, k = ceil((n + 1) level); the count
     covered among the test photos is then beta-binomial. Both draws are in the range: on the demo's Punjab (28
-    validation, 56 test photos) it spans 30-73 % at the 50 % level."""
+    validation, 56 test photos) it spans 30-73 % at the 50 % level. Test photos drawn in location blocks count
+    as test_photos / test_design independent ones (and `calibration_photos` is already such a count)."""
     # imported here: predicting never needs it, and scipy.stats takes a second to import
     from scipy.stats import betabinom
 
     k = math.ceil((calibration_photos + 1) * level)
     if k > calibration_photos:  # too few photos for the level: an infinite radius covers every photo
         return 100.0, 100.0
-    low, high = betabinom.interval(mass, test_photos, k, calibration_photos + 1 - k)
-    return 100 * low / test_photos, 100 * high / test_photos
+    independent = max(1, round(test_photos / test_design))
+    low, high = betabinom.interval(mass, independent, k, calibration_photos + 1 - k)
+    return 100 * low / independent, 100 * high / independent
 
 
 def coverage_table(pred: pd.DataFrame, radii: pd.DataFrame, calibration: RadiusCalibration) -> pd.DataFrame:
     """Per true province and overall: photos, the share within each radius (%), the median radius, and the
     range (95 %) in which a calibrated radius lands with these photo counts. A province's range counts the
     validation photos of its predicted-province quantile; the overall one counts every validation photo (the
-    overall coverage averages the provinces' quantiles in their shares, so its spread is the pooled one's)."""
+    overall coverage averages the provinces' quantiles in their shares, so its spread is the pooled one's).
+    Photos of one location block hit or miss together, so both sides count photos / design effect, with the
+    correlation measured on validation: the test photos' design effect is `test_design`."""
     rows = []
     groups = [(p.name, p.id, pred["province_id"] == p.id) for p in prov.PROVINCES] + [
         ("all", None, pred.index == pred.index)
     ]
+    blocks = photo_blocks(pred, calibration.block_km)
     for name, province_id, mask in groups:
         if not mask.any():
             continue
         row = {"province": name, "photos": int(mask.sum())}
+        row["test_design"] = design_effect(blocks[np.asarray(mask)], calibration.correlation)
         for level in calibration.levels:
             r = radii.loc[mask, radius_column(level)]
             percent = round(100 * level)
             row[f"coverage_{percent}_%"] = 100 * float(np.mean(pred.loc[mask, "error_km"] <= r))
             row[f"median_radius_{percent}_km"] = float(r.median())
-            low, high = calibrated_range(level, calibration.effective_photos(province_id), row["photos"])
+            low, high = calibrated_range(
+                level,
+                calibration.effective_photos(province_id),
+                row["photos"],
+                test_design=row["test_design"],
+            )
             row[f"calibrated_{percent}_low_%"], row[f"calibrated_{percent}_high_%"] = low, high
         rows.append(row)
     return pd.DataFrame(rows).set_index("province")
@@ -267,31 +387,59 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(*ranks)[0, 1])
 
 
-def confidence_curve(pred: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Accuracy against coverage: for x = 10 %, ..., 100 % the most confident x % of photos, their median error
-    and accuracy within 25 km, beside the same shares ranked at random. Also the Spearman correlation between
-    confidence and closeness (minus the error), and the mean median error over the curve (lower is better)."""
-    confidence = pred["confidence"].to_numpy(float)
+# each ranking keeps the photos it ranks first: (column, True where a larger value is surer)
+SELECTIVE_RANKINGS = {
+    "confidence": ("confidence", True),
+    "90 % radius": ("radius_90_km", False),
+    "top hypothesis": ("pred_cell_prob", True),
+}
+SELECTIVE_SHARES = tuple(range(5, 101, 5))  # % of photos kept
+SELECTIVE_FIGURES = (50, 80, 100)  # the shares quoted in 04's table and conclusion
+
+
+def selective_accuracy(pred: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Accuracy against the share kept when the least sure photos are dropped: for each ranking of
+    `SELECTIVE_RANKINGS` that `pred` has, and a random one, and every share x of `SELECTIVE_SHARES`, the first x %
+    of photos (at least one) with their median error and accuracy within 25 km. Rows (ranking, kept_%). Ties keep
+    the photos' order. A calibrated run's confidence is a falling function of its 90 % radius, so those two
+    rankings coincide; the top hypothesis's probability is the heads' own, uncalibrated sureness. Also the
+    Spearman correlation between confidence and closeness (minus the error), and the mean median error over the
+    confidence curve and the random one (lower is better)."""
     error = pred["error_km"].to_numpy(float)
-    by_confidence = np.argsort(-confidence, kind="stable")
-    at_random = np.random.default_rng(seed).permutation(len(pred))
-    rows = []
-    for share in range(10, 101, 10):
-        n = max(1, round(len(pred) * share / 100))
-        kept, random_kept = error[by_confidence[:n]], error[at_random[:n]]
-        rows.append(
-            {
-                "kept_%": share,
-                "median_error_km": float(np.median(kept)),
-                "acc_25km": 100 * float(np.mean(kept <= 25)),
-                "random_median_error_km": float(np.median(random_kept)),
-                "random_acc_25km": 100 * float(np.mean(random_kept <= 25)),
-            }
+    orders = {
+        name: np.argsort(
+            -pred[column].to_numpy(float) if surer_high else pred[column].to_numpy(float), kind="stable"
         )
-    curve = pd.DataFrame(rows).set_index("kept_%")
+        for name, (column, surer_high) in SELECTIVE_RANKINGS.items()
+        if column in pred
+    }
+    orders["random"] = np.random.default_rng(seed).permutation(len(pred))
+    rows = []
+    for name, order in orders.items():
+        for share in SELECTIVE_SHARES:
+            kept = error[order[: max(1, round(len(pred) * share / 100))]]
+            rows.append(
+                {
+                    "ranking": name,
+                    "kept_%": share,
+                    "photos": len(kept),
+                    "median_error_km": float(np.median(kept)),
+                    "acc_25km": 100 * float(np.mean(kept <= 25)),
+                }
+            )
+    curve = pd.DataFrame(rows).set_index(["ranking", "kept_%"])
+    median = curve["median_error_km"].unstack("ranking")
     summary = {
-        "spearman_confidence_vs_closeness": spearman(confidence, -error),
-        "curve_mean_median_km": float(curve["median_error_km"].mean()),
-        "random_curve_mean_median_km": float(curve["random_median_error_km"].mean()),
+        "spearman_confidence_vs_closeness": spearman(pred["confidence"], -error),
+        "curve_mean_median_km": float(median["confidence"].mean()),
+        "random_curve_mean_median_km": float(median["random"].mean()),
     }
     return curve, summary
+
+
+def selective_figures(curve: pd.DataFrame, shares=SELECTIVE_FIGURES) -> pd.DataFrame:
+    """The curve at a few shares: one row per ranking, median error and accuracy within 25 km at each share."""
+    at = curve[curve.index.get_level_values("kept_%").isin(shares)]
+    table = at[["median_error_km", "acc_25km"]].unstack("kept_%")
+    table.columns = [f"{metric} at {share} %" for metric, share in table.columns]
+    return table.loc[curve.index.get_level_values("ranking").unique()]

@@ -20,7 +20,12 @@ from geoloc_lib.base.folder_lock import RunLock
 from geoloc_lib.data.contract import GeoDataset, load_split
 from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.evaluate.baselines import baseline_ladder, ladder_table
-from geoloc_lib.evaluate.calibration import confidence_curve, coverage_table, radius_confidence
+from geoloc_lib.evaluate.calibration import (
+    coverage_table,
+    radius_confidence,
+    selective_accuracy,
+    selective_figures,
+)
 from geoloc_lib.evaluate.metrics import (
     SUMMARY_METRICS,
     confusion_matrix,
@@ -105,10 +110,11 @@ def _trust_tables(predictor: Predictor, pred: pd.DataFrame, cells: pd.DataFrame)
         return pred, {}
     radii = predictor.calibration.radii(pred, cells)
     pred = pred.join(radii).assign(confidence=radius_confidence(radii.iloc[:, -1]))
-    curve, ranking = confidence_curve(pred)
+    curve, ranking = selective_accuracy(pred)
     tables = {
         "coverage": coverage_table(pred, radii, predictor.calibration),
-        "confidence": curve,
+        "selective_accuracy": curve,
+        "selective_figures": selective_figures(curve),
         "confidence_ranking": pd.DataFrame({"value": ranking}),
     }
     return pred, tables

@@ -28,6 +28,7 @@ from geoloc_lib.evaluate.calibration import calibrate
 from geoloc_lib.evaluate.evaluation import Evaluation, evaluate
 from geoloc_lib.evaluate.metrics import prediction_metrics, predictions_frame
 from geoloc_lib.evaluate.novelty import fit_novelty
+from geoloc_lib.evaluate.strangers import encode_images, stranger_images
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.model.factory import checkpoint_state
 from geoloc_lib.model.losses import LOSS_LABELS, LOSS_TERMS
@@ -213,7 +214,9 @@ def run_epoch(t: Training, epoch: int) -> None:
 
 def calibrate_radii(t: Training, best: Checkpoint) -> None:
     """Fit the credible radii on the best epoch's validation predictions and store them with the run."""
-    calibration, candidates = calibrate(pd.DataFrame(best.val_predictions), t.data.cells)
+    calibration, candidates = calibrate(
+        pd.DataFrame(best.val_predictions), t.data.cells, block_km=t.cfg.val_block_km
+    )
     write_json(
         t.folder.calibration,
         calibration.to_dict() | {"candidates": candidates.to_dict("records")},
@@ -240,11 +243,18 @@ def index_novelty(t: Training, best: Checkpoint) -> None:
     )
     if not t.world.is_main:
         return
-    index = fit_novelty(train, val)
+    # the rule's signals are chosen on strangers made from validation photos (never a real outside photo)
+    strangers = {
+        kind: encode_images(images, encoders, t.device)
+        for kind, images in stranger_images(t.data.val["image_path"], seed=t.cfg.seed).items()
+    }
+    index = fit_novelty(train, val, strangers=strangers)
     index.save(t.folder.novelty)
+    caught = ", ".join(f"{kind} {share:.0f} %" for kind, share in index.report["chosen"]["caught_%"].items())
     t.log.info(
-        f"out-of-domain threshold: distance {index.threshold:.2f} to the nearest of {len(index.reference)} "
-        f"training photos ({100 * index.quantile:.0f} % of validation photos are closer)"
+        f"out-of-domain score: the largest of {' + '.join(index.signals)} (each scaled on validation), threshold "
+        f"{index.threshold:.2f} ({100 * index.quantile:.0f} % of validation photos below); of the generated "
+        f"strangers it flags {caught}"
     )
 
 

@@ -196,6 +196,28 @@ def accuracy_within_plot(pred: pd.DataFrame):
     return fig
 
 
+def selective_accuracy_plot(curve: pd.DataFrame):
+    """Accuracy within 25 km and median error against the share of photos kept, one line per ranking
+    (`evaluate.calibration.selective_accuracy`); the random ranking dashed."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in curve.groupby(level="ranking", sort=False):
+        kept = rows.index.get_level_values("kept_%")
+        style = {"ls": "--", "color": "grey"} if name == "random" else {}
+        axes[0].plot(kept, rows["acc_25km"], label=name, **style)
+        axes[1].plot(kept, rows["median_error_km"], label=name, **style)
+    for ax, ylabel in zip(
+        axes, ("% within 25 km of the kept photos", "median error of the kept photos (km)"), strict=True
+    ):
+        ax.set_xlabel("% of photos kept (least sure dropped)")
+        ax.set_ylabel(ylabel)
+        ax.invert_xaxis()  # from all photos on the left to the surest few on the right
+    axes[1].set_yscale("log")
+    axes[0].legend()
+    fig.suptitle("Selective accuracy")
+    fig.tight_layout()
+    return fig
+
+
 def distance_to_nearest_train_km(pred: pd.DataFrame, train: pd.DataFrame) -> np.ndarray:
     tree = BallTree(np.deg2rad(train[["latitude", "longitude"]].to_numpy()), metric="haversine")
     dist, _ = tree.query(np.deg2rad(pred[["latitude", "longitude"]].to_numpy()), k=1)
