@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
+from geoloc_lib.data.splits import BLOCK_REFERENCE_LAT, KM_PER_DEG_LAT
 from geoloc_lib.evaluate import conclusions
 from geoloc_lib.evaluate.calibration import (
     LEVELS,
@@ -17,6 +18,7 @@ from geoloc_lib.evaluate.calibration import (
     calibrate,
     calibrated_range,
     conformal_quantile,
+    correlation_scale,
     coverage_table,
     pinball_loss,
     radius_confidence,
@@ -35,25 +37,50 @@ from geoloc_lib.train.run_folder import RunFolder
 CELLS = pd.DataFrame({"cell_id": [0, 1], "radius_km": [10.0, 80.0]})
 
 
+SPREAD = "mixture_and_cell"  # the spread the generated errors follow
+
+
+def _spread(frame: pd.DataFrame) -> np.ndarray:
+    """[N] the hypotheses' spread and the cell's radius in quadrature, computed here independently."""
+    return np.hypot(frame["pred_cell_id"].map({0: 10.0, 1: 80.0}), frame["pred_spread_km"]).to_numpy()
+
+
 def _predictions(rng, n, province=0):
-    """Errors that are the predicted spread times an Exp(1) draw: error / spread is exchangeable."""
-    spread = rng.uniform(5, 100, n)
-    return pd.DataFrame(
+    """Errors that are the spread (hypotheses' and cell's) times an Exp(1) draw: error / spread is
+    exchangeable."""
+    frame = pd.DataFrame(
         {
-            "pred_spread_km": spread,
-            "error_km": spread * rng.exponential(1.0, n),
+            "pred_spread_km": rng.uniform(5, 100, n),
             "pred_cell_id": rng.integers(0, 2, n),
             "pred_province_id": province,
             "province_id": province,
         }
     )
+    return frame.assign(error_km=_spread(frame) * rng.exponential(1.0, n))
+
+
+def _quantile_by_hand(scores, level):
+    """The score at rank (n + 1) x level, linearly interpolated (np.interp on the 0-based ranks)."""
+    ordered = np.sort(np.asarray(scores, float))
+    return float(np.interp((len(ordered) + 1) * level - 1, np.arange(len(ordered)), ordered))
 
 
 def test_the_conformal_quantile_by_hand():
     scores = np.arange(1.0, 10.0)  # 1..9
-    assert conformal_quantile(scores, 0.5) == 5.0  # ceil(10 x 0.5) = 5th smallest
-    assert conformal_quantile(scores, 0.9) == 9.0  # ceil(10 x 0.9) = 9th
-    assert conformal_quantile(scores, 0.95) == math.inf  # the 10th of 9 does not exist
+    assert conformal_quantile(scores, 0.5) == 5.0  # rank 10 x 0.5 = 5: the 5th smallest
+    assert conformal_quantile(scores, 0.9) == 9.0  # rank 9
+    assert conformal_quantile(scores, 0.75) == 7.5  # rank 7.5: halfway from the 7th to the 8th
+    assert conformal_quantile(scores, 0.95) == math.inf  # rank 9.5 of 9 scores does not exist
+    assert conformal_quantile(scores, 0.95, too_few=9.0) == 9.0
+
+
+def test_the_interpolated_quantile_covers_its_level_on_average_at_small_n():
+    """17 validation scores, the 90 % level: rank 16.2. For uniform scores E[U_(k)] = k / 18, so the interpolated
+    quantile covers 16.2 / 18 = 90 % of new scores on average, where the 17th smallest alone covers 94.4 %."""
+    draws = np.random.default_rng(8).uniform(size=(20000, 17))
+    coverage = np.array([conformal_quantile(row, 0.9) for row in draws])  # uniform: coverage = the quantile
+    assert coverage.mean() == pytest.approx(0.9, abs=0.003)  # 20,000 draws: about 4 standard errors
+    assert np.sort(draws, axis=1)[:, 16].mean() == pytest.approx(17 / 18, abs=0.003)
 
 
 def test_radii_reach_their_nominal_coverage_on_errors_of_a_known_distribution():
@@ -61,9 +88,9 @@ def test_radii_reach_their_nominal_coverage_on_errors_of_a_known_distribution():
     validation, test = _predictions(rng, 2000), _predictions(rng, 20000)
     calibration, candidates = calibrate(validation, CELLS)
     # the spread that scales the errors predicts their quantiles best: the lowest held-out pinball loss
-    assert calibration.spread == "mixture_spread" and candidates["spread"].iloc[0] == "mixture_spread"
+    assert calibration.spread == SPREAD and candidates["spread"].iloc[0] == SPREAD
     by_spread = candidates.groupby("spread")["pinball_loss_km"].min()
-    assert by_spread["mixture_spread"] < by_spread["cell_radius"]
+    assert by_spread[SPREAD] < by_spread["cell_radius"]
     # the quantiles of Exp(1): ln 2 and ln 10
     assert calibration.pooled[0.5] == pytest.approx(math.log(2), rel=0.08)
     assert calibration.pooled[0.9] == pytest.approx(math.log(10), rel=0.08)
@@ -79,13 +106,11 @@ def test_a_province_quantile_is_pooled_by_hand():
     calm, wild = _predictions(rng, 400, province=0), _predictions(rng, 20, province=1)
     wild["error_km"] *= 10  # a province whose errors are ten times larger
     both = pd.concat([calm, wild], ignore_index=True)
-    calibration = _fit(
-        both, CELLS, "mixture_spread", LEVELS, pooling=20.0
-    )  # the spread fixed, to check by hand
-    scores = both["error_km"] / both["pred_spread_km"]
-    pooled = np.sort(scores)[math.ceil(421 * 0.9) - 1]
-    wild_own = np.sort(scores[both["province_id"] == 1])[math.ceil(21 * 0.9) - 1]  # the 19th of 20
-    calm_own = np.sort(scores[both["province_id"] == 0])[math.ceil(401 * 0.9) - 1]
+    calibration = _fit(both, CELLS, SPREAD, LEVELS, pooling=20.0)  # the spread fixed, to check by hand
+    scores = both["error_km"] / _spread(both)
+    pooled = _quantile_by_hand(scores, 0.9)
+    wild_own = _quantile_by_hand(scores[both["province_id"] == 1], 0.9)  # rank 18.9 of 20
+    calm_own = _quantile_by_hand(scores[both["province_id"] == 0], 0.9)
     assert calibration.pooled[0.9] == pytest.approx(pooled)
     assert calibration.per_province[1][0.9] == pytest.approx(math.sqrt(wild_own * pooled))
     assert calibration.per_province[0][0.9] == pytest.approx(calm_own ** (400 / 420) * pooled ** (20 / 420))
@@ -93,13 +118,13 @@ def test_a_province_quantile_is_pooled_by_hand():
     radii = calibration.radii(pd.concat([calm.head(1), wild.head(1)], ignore_index=True), CELLS)[
         "radius_90_km"
     ]
-    assert radii[1] == pytest.approx(calibration.per_province[1][0.9] * wild["pred_spread_km"].iloc[0])
+    assert radii[1] == pytest.approx(calibration.per_province[1][0.9] * _spread(wild.head(1))[0])
     assert RadiusCalibration.from_dict(calibration.to_dict()) == calibration
     # w = 1/2 from 20 photos and 1/2 from 420: the spread of a quantile of 1 / (1/80 + 1/1680) = 76.4 photos
     assert calibration.effective_photos(1) == pytest.approx(1 / (0.25 / 20 + 0.25 / 420))
     assert calibration.effective_photos(None) == 420
-    # a province with fewer photos than the level needs (8 < 9 at 90 %) takes its largest score as its own
-    few = _fit(pd.concat([calm, wild.head(8)], ignore_index=True), CELLS, "mixture_spread", LEVELS, 20.0)
+    # a province with fewer photos than the level needs (rank 8.1 of 8 at 90 %) takes its largest score as its own
+    few = _fit(pd.concat([calm, wild.head(8)], ignore_index=True), CELLS, SPREAD, LEVELS, 20.0)
     few_scores = scores[400:408]
     assert few.per_province[1][0.9] == pytest.approx(
         few_scores.max() ** (8 / 28) * few.pooled[0.9] ** (20 / 28)
@@ -120,28 +145,31 @@ def test_the_calibrated_range_holds_the_simulated_coverages_of_a_small_province(
     wider than the test photos' binomial error alone, by the calibration's own draw."""
     rng = np.random.default_rng(6)
     low, high = calibrated_range(0.5, 28, 56)
-    quantiles = np.sort(rng.exponential(size=(4000, 28)), axis=1)[:, 14]  # ceil(29 x 0.5) = 15th smallest
+    ordered = np.sort(rng.exponential(size=(4000, 28)), axis=1)
+    quantiles = (
+        ordered[:, 13] + ordered[:, 14]
+    ) / 2  # rank 29 x 0.5 = 14.5: halfway from the 14th to the 15th
     covered = 100 * (rng.exponential(size=(4000, 56)) <= quantiles[:, None]).mean(axis=1)
     inside = np.mean((covered >= low) & (covered <= high))
     k_low, k_high = round(low * 56 / 100), round(high * 56 / 100)
-    mass = stats.betabinom.cdf(k_high, 56, 15, 14) - stats.betabinom.cdf(k_low - 1, 56, 15, 14)
+    mass = stats.betabinom.cdf(k_high, 56, 14.5, 14.5) - stats.betabinom.cdf(k_low - 1, 56, 14.5, 14.5)
     assert mass >= 0.95 and inside == pytest.approx(mass, abs=0.012)  # 4,000 draws: 3.5 standard errors
     binomial_low, binomial_high = stats.binom.interval(0.95, 56, 0.5)
     assert (high - low) - 100 * (binomial_high - binomial_low) / 56 > 10
-    assert calibrated_range(0.9, 8, 100) == (100.0, 100.0)  # the 9th of 8 scores: an infinite radius
+    assert calibrated_range(0.9, 8, 100) == (100.0, 100.0)  # rank 8.1 of 8 scores: an infinite radius
 
 
 def _even_predictions(n, province):
     """Errors that are the spread times the n evenly spaced quantiles of Exp(1): no sampling noise at all."""
     predictions = _predictions(np.random.default_rng(province), n, province)
-    predictions["error_km"] = predictions["pred_spread_km"] * -np.log1p(-(np.arange(n) + 0.5) / n)
+    predictions["error_km"] = _spread(predictions) * -np.log1p(-(np.arange(n) + 0.5) / n)
     return predictions
 
 
 def test_the_conclusion_names_a_province_outside_its_range():
     validation = pd.concat([_even_predictions(600, 0), _even_predictions(300, 1)], ignore_index=True)
     test = validation.copy()
-    calibration = _fit(validation, CELLS, "mixture_spread", LEVELS, pooling=20.0)
+    calibration = _fit(validation, CELLS, SPREAD, LEVELS, pooling=20.0)
     test.loc[test["province_id"] == 1, "error_km"] *= 3  # Punjab's test photos are three times harder
     table = coverage_table(test, calibration.radii(test, CELLS), calibration)
     assert table.loc["Sindh", "calibrated_50_low_%"] < 50 < table.loc["Sindh", "calibrated_50_high_%"]
@@ -364,21 +392,23 @@ def test_a_photos_probability_map_covers_every_cell_and_agrees_with_its_hypothes
     assert "give one photo" in capsys.readouterr().err
 
 
+def _bench_table(sindh_50, all_50):
+    """One dataset's coverage rows, Sindh and overall, with fixed calibrated ranges of 44-56 % and 45-55 %."""
+    return pd.DataFrame(
+        {
+            "photos": [400, 600],
+            "coverage_50_%": [sindh_50, all_50],
+            "calibrated_50_low_%": [44.0, 45.0],
+            "calibrated_50_high_%": [56.0, 55.0],
+        },
+        index=pd.Index(["Sindh", "all"], name="province"),
+    )
+
+
 def test_the_calibration_bench_flags_and_averages_by_hand():
     from tools.bench_calibration import summary
 
-    def table(sindh_50, all_50):
-        return pd.DataFrame(
-            {
-                "photos": [400, 600],
-                "coverage_50_%": [sindh_50, all_50],
-                "calibrated_50_low_%": [44.0, 45.0],
-                "calibrated_50_high_%": [56.0, 55.0],
-            },
-            index=pd.Index(["Sindh", "all"], name="province"),
-        )
-
-    rows, by_province = summary({21: table(43.0, 50.0), 22: table(55.0, 56.0)})
+    rows, by_province = summary({21: _bench_table(43.0, 50.0), 22: _bench_table(55.0, 56.0)})
     assert rows["inside_50"].tolist() == [False, True, True, False]
     assert by_province.loc["Sindh", "coverage_50_% mean"] == 49.0
     assert by_province.loc["all", "coverage_50_% max"] == 56.0 and by_province.loc["all", "datasets"] == 2
@@ -387,23 +417,40 @@ def test_the_calibration_bench_flags_and_averages_by_hand():
 def test_the_calibration_verdict_by_hand():
     from tools.bench_calibration import summary, verdict
 
-    def table(sindh_50, all_50):
-        return pd.DataFrame(
-            {
-                "photos": [400, 600],
-                "coverage_50_%": [sindh_50, all_50],
-                "calibrated_50_low_%": [44.0, 45.0],
-                "calibrated_50_high_%": [56.0, 55.0],
-            },
-            index=pd.Index(["Sindh", "all"], name="province"),
-        )
-
     # 4 of 4 inside, means 49 and 51: within 46-54
-    passed, lines = verdict(*summary({21: table(47.0, 50.0), 22: table(51.0, 52.0)}))
+    passed, lines = verdict(*summary({21: _bench_table(47.0, 50.0), 22: _bench_table(51.0, 52.0)}))
     assert passed and lines[-1] == "verdict: PASS" and "4 of 4" in lines[0]
+    # Sindh's range 44-56 % in both datasets: sd 12 / 3.92 = 3.06 each, the mean of two sd 3.06 / sqrt 2 = 2.16,
+    # so by chance alone the mean lies within 50 +- 4.2
+    assert any(line.startswith("PASS: Sindh") and "50 +- 4.2)" in line for line in lines)
     # 3 of 4 inside (75 % < 90 %) fails, though both means sit in their band
-    passed, lines = verdict(*summary({21: table(43.0, 50.0), 22: table(55.0, 52.0)}))
+    passed, lines = verdict(*summary({21: _bench_table(43.0, 50.0), 22: _bench_table(55.0, 52.0)}))
     assert not passed and lines[0].startswith("FAIL: 3 of 4")
     # every coverage inside, but Sindh's mean 55 % lies outside 46-54 %
-    passed, lines = verdict(*summary({21: table(55.0, 50.0), 22: table(55.0, 52.0)}))
+    passed, lines = verdict(*summary({21: _bench_table(55.0, 50.0), 22: _bench_table(55.0, 52.0)}))
     assert not passed and any(line.startswith("FAIL: Sindh") for line in lines)
+
+
+def test_hits_and_misses_correlated_over_regions_count_at_the_regions_scale():
+    """16 regions, each one 100 km grid block, of 50 photos scattered across it; in a checkerboard of them the
+    errors are ten times larger. Whether a photo is covered is then set by its region: within 10 or 25 km blocks
+    photos are few, and a 200 km block holds two hard and two easy regions, so the design effect is largest at
+    100 km blocks. There, by hand: the pooled median m of half Exp(1), half 10 Exp(1) solves e^-m + e^-m/10 = 1,
+    m = 1.80, covering 83.5 % of easy and 16.5 % of hard photos: an intra-block correlation of the coverage of
+    0.335^2 / 0.25 = 0.449; the pooled 90 % quantile (e^-m + e^-m/10 = 0.2, m = 16.1) covers all easy photos and
+    80 % of hard ones: 0.1^2 / 0.09 = 0.111. Their mean 0.28 gives a design effect 1 + (50 - 1) x 0.28 = 14.7."""
+    rng = np.random.default_rng(9)
+    region_row, region_col = np.divmod(np.repeat(np.arange(16), 50), 4)
+    km_per_deg_lon = KM_PER_DEG_LAT * math.cos(math.radians(BLOCK_REFERENCE_LAT))
+    north_km, east_km = (region_row + rng.uniform(size=800)) * 100, (region_col + rng.uniform(size=800)) * 100
+    validation = _predictions(rng, 800).assign(
+        latitude=(north_km + 2000) / KM_PER_DEG_LAT,  # offset to whole 200 km blocks as well
+        longitude=(east_km + 2000) / km_per_deg_lon,
+    )
+    hard = (region_row + region_col) % 2 == 1
+    validation.loc[hard, "error_km"] *= 10
+    assert correlation_scale(validation, CELLS, SPREAD, LEVELS, block_km=10.0) == 100.0
+    calibration, _ = calibrate(validation, CELLS)
+    assert calibration.block_km == 100.0 and calibration.design == pytest.approx(14.7, rel=0.15)
+    # counted as photos / design effect, 800 photos are worth about 55 independent ones
+    assert calibration.effective_photos(None) == pytest.approx(800 / calibration.design)

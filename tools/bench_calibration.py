@@ -23,6 +23,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from geoloc_lib.data.contract import load_cell_metadata
@@ -71,6 +72,15 @@ def summary(tables: dict[int, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame
     return rows, by_province
 
 
+def chance_spread(rows: pd.DataFrame, level: str) -> pd.Series:
+    """Per province, the half-width (95 %) of the mean coverage over the datasets that calibrated radii would
+    show by chance: each dataset's range read as a normal one (half-width 1.96 sd), the mean's sd
+    sqrt(sum sd^2) / datasets."""
+    sd = (rows[f"calibrated_{level}_high_%"] - rows[f"calibrated_{level}_low_%"]) / (2 * 1.96)
+    grouped = (sd**2).groupby(level="province")
+    return 1.96 * np.sqrt(grouped.sum()) / grouped.size()
+
+
 def verdict(rows: pd.DataFrame, by_province: pd.DataFrame) -> tuple[bool, list[str]]:
     """(passed, lines): at least MIN_INSIDE_SHARE of the coverages inside their ranges, and every province's mean
     coverage over the datasets within MEAN_BAND_POINTS of its level."""
@@ -84,12 +94,13 @@ def verdict(rows: pd.DataFrame, by_province: pd.DataFrame) -> tuple[bool, list[s
     for column in [c for c in by_province.columns if c.endswith(" mean")]:
         level = float(column.removeprefix("coverage_").split("_")[0])
         low, high = level - MEAN_BAND_POINTS, level + MEAN_BAND_POINTS
+        chance = chance_spread(rows, f"{level:.0f}")
         for province, mean in by_province[column].items():
             ok = low <= mean <= high
             passed &= ok
             lines.append(
                 f"{'PASS' if ok else 'FAIL'}: {province} mean coverage at {level:.0f} %: {mean:.1f} % "
-                f"(band {low:.0f}-{high:.0f} %)"
+                f"(band {low:.0f}-{high:.0f} %; a calibrated radius's mean: {level:.0f} +- {chance[province]:.1f})"
             )
     lines.append(f"verdict: {'PASS' if passed else 'FAIL'}")
     return bool(passed), lines
