@@ -22,11 +22,9 @@ from geoloc_lib.evaluate.calibration import (
     coverage_table,
     pinball_loss,
     radius_confidence,
-    selective_accuracy,
-    selective_figures,
-    spearman,
 )
 from geoloc_lib.evaluate.novelty import SIGNALS, NoveltyIndex
+from geoloc_lib.evaluate.selective import selective_accuracy, selective_figures, spearman
 from geoloc_lib.evaluate.strangers import STRANGER_KINDS
 from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.inference.run_evaluation import evaluate_run, read_evaluation

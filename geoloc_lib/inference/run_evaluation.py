@@ -20,12 +20,7 @@ from geoloc_lib.base.folder_lock import RunLock
 from geoloc_lib.data.contract import GeoDataset, load_split
 from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.evaluate.baselines import baseline_ladder, ladder_table
-from geoloc_lib.evaluate.calibration import (
-    coverage_table,
-    radius_confidence,
-    selective_accuracy,
-    selective_figures,
-)
+from geoloc_lib.evaluate.calibration import coverage_table, radius_confidence
 from geoloc_lib.evaluate.metrics import (
     SUMMARY_METRICS,
     confusion_matrix,
@@ -33,6 +28,7 @@ from geoloc_lib.evaluate.metrics import (
     per_province_table,
     prediction_metrics,
 )
+from geoloc_lib.evaluate.selective import selective_accuracy, selective_figures
 from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.model.decode_modes import DECODE_MODES
 from geoloc_lib.train.from_config import cache_spec_of, load_run_data

@@ -198,7 +198,7 @@ def accuracy_within_plot(pred: pd.DataFrame):
 
 def selective_accuracy_plot(curve: pd.DataFrame):
     """Accuracy within 25 km and median error against the share of photos kept, one line per ranking
-    (`evaluate.calibration.selective_accuracy`); the random ranking dashed."""
+    (`evaluate.selective.selective_accuracy`); the random ranking dashed."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, rows in curve.groupby(level="ranking", sort=False):
         kept = rows.index.get_level_values("kept_%")
