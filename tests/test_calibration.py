@@ -229,10 +229,8 @@ def test_a_confidence_that_orders_errors_perfectly():
     assert kept.is_monotonic_increasing  # fewer, surer photos: smaller errors
     assert kept[10] == pytest.approx(np.median(np.sort(pred["error_km"])[:20]))
     assert summary["curve_mean_median_km"] < summary["random_curve_mean_median_km"]
-    assert set(curve.index.get_level_values("ranking")) == {
-        "confidence",
-        "random",
-    }  # no radius, no probability
+    rankings = set(curve.index.get_level_values("ranking"))
+    assert rankings == {"confidence", "random"}  # no radius, no probability
 
 
 def test_selective_accuracy_endpoints_by_hand():
@@ -243,8 +241,8 @@ def test_selective_accuracy_endpoints_by_hand():
         {
             "error_km": error,
             "confidence": 1 - error / 200,
-            "radius_90_km": 200
-            - error,  # large radius on the small errors: a ranking that orders them backwards
+            # a large radius on the small errors: a ranking that orders them backwards
+            "radius_90_km": 200 - error,
             "pred_cell_prob": np.r_[np.linspace(0.9, 0.5, 9), 0.95],
         }
     )
@@ -345,9 +343,8 @@ def test_photos_unlike_any_training_photo_are_flagged_and_the_cli_exits_1(tiny_c
     # validation's 99 % quantile; on the tiny run's 30-odd validation photos that is about their largest, so
     # about one in thirty genuine photos goes over
     assert flagged[: len(own)].mean() <= 0.1, flagged[: len(own)].mean()
-    assert (
-        flagged[len(own) : len(own) + len(real)].mean() >= 0.8
-    )  # real photos from outside the training world
+    # real photos from outside the training world
+    assert flagged[len(own) : len(own) + len(real)].mean() >= 0.8
     assert flagged[-3:].all()  # a chart, a flat colour and smooth noise
     try:
         main([str(cfg.run_dir), *drawn])
@@ -356,9 +353,8 @@ def test_photos_unlike_any_training_photo_are_flagged_and_the_cli_exits_1(tiny_c
         code = exit_.code
     err = capsys.readouterr().err
     assert code == 1 and err.count("unlike every training photo") == 3
-    if (
-        SHARED_PHOTOS.is_dir()
-    ):  # real camera photos with GPS, all outside Pakistan, where this machine has them
+    # real camera photos with GPS, all outside Pakistan, where this machine has them
+    if SHARED_PHOTOS.is_dir():
         shared = sorted(str(p) for p in SHARED_PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
         assert predictor.predict(shared)["out_of_domain"].mean() >= 0.8
 

@@ -57,15 +57,13 @@ class NoveltyIndex:
     std: torch.Tensor  # [Dc + Ds]
     threshold: float  # score beyond which a photo is out of domain
     quantile: float  # of the validation photos' scores that the threshold is
-    clip_dims: int = (
-        0  # Dc: the first Dc columns are the CLIP tower's (0: an index of the joined signal alone)
-    )
+    # Dc: the first Dc columns are the CLIP tower's (0: an index of the joined signal alone)
+    clip_dims: int = 0
     signals: tuple[str, ...] = ("joined",)  # the signals whose largest standardised value is the score
     centre: dict[str, float] = field(default_factory=lambda: {"joined": 0.0})  # validation median per signal
     scale: dict[str, float] = field(default_factory=lambda: {"joined": 1.0})  # validation IQR per signal
-    report: dict = field(
-        default_factory=dict
-    )  # what each signal and the chosen rule catch, per stranger kind
+    # what each signal and the chosen rule catch, per stranger kind
+    report: dict = field(default_factory=dict)
 
     @torch.no_grad()
     def signal_values(self, clip: torch.Tensor, scene: torch.Tensor) -> dict[str, torch.Tensor]:
