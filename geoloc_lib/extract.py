@@ -13,7 +13,10 @@ and a later `fit` finds it. (Several machines need a `cache_dir` they all see.)
 
 from __future__ import annotations
 
+import sys
+
 from geoloc_lib.base import distributed
+from geoloc_lib.base.command_line import run_command
 from geoloc_lib.data.feature_cache import augmented_features, clean_features
 from geoloc_lib.data.transforms import AUGMENT_PRESETS
 from geoloc_lib.model.encoders import DualEncoder
@@ -39,9 +42,13 @@ def extract(cfg: TrainConfig) -> None:
     world.barrier()
 
 
-def main(argv=None) -> None:
-    extract(config_from_command_line(argv, __doc__))
+PROG = "python -m geoloc_lib.extract"
+
+
+def main(argv=None) -> int:
+    config = config_from_command_line(argv, __doc__, PROG)
+    return run_command(PROG, lambda: extract(config))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,16 +15,19 @@ import argparse
 import sys
 from dataclasses import fields
 
-from geoloc_lib.data.dataset_builder import IngestConfig, IngestError, ingest
+from geoloc_lib.base.command_line import CommandParser, run_command
+from geoloc_lib.data.dataset_builder import IngestConfig, ingest, option_flag
+
+PROG = "geoloc-ingest"
 
 OPTION_HELP = {
     "test_fraction": "share of the photos held out as test.csv, by whole location blocks (default 0.1)",
     "block_km": "side in km of the location blocks the split never cuts (default 10)",
     "seed": "seed of the split and the geocells (default 0)",
-    "border_tolerance_km": "a photo this close outside Pakistan's border takes the nearest province (default 5)",
-    "burst_m": "photos of the same minute within this many metres count as one burst (default 50)",
-    "geocell_min_samples": "minimum training photos per geocell (default 40)",
-    "geocell_target_radius_km": "geocells wider than this are split (default 50)",
+    "border_tolerance_km": "a photo this close outside Pakistan's border takes the nearest province (0-50, default 5)",
+    "burst_m": "photos with the same capture minute within this many metres count as one burst (0-1000, default 50)",
+    "geocell_min_samples": "minimum training photos per geocell (at least 2, default 40)",
+    "geocell_target_radius_km": "geocells wider than this are split (1-2000, default 50)",
     "csv_image_column": "with a CSV source: the column of image paths, relative to the CSV (default image)",
     "csv_latitude_column": "with a CSV source: the latitude column (default latitude)",
     "csv_longitude_column": "with a CSV source: the longitude column (default longitude)",
@@ -33,9 +36,7 @@ OPTION_HELP = {
 
 
 def parser() -> argparse.ArgumentParser:
-    cli = argparse.ArgumentParser(
-        prog="geoloc-ingest", description="Make a data folder of the contract from geotagged photos."
-    )
+    cli = CommandParser(prog=PROG, description="Make a data folder of the contract from geotagged photos.")
     cli.add_argument(
         "source", help="a folder of photos (searched recursively) or a CSV of image, latitude, longitude"
     )
@@ -45,9 +46,8 @@ def parser() -> argparse.ArgumentParser:
     for field in fields(IngestConfig):
         if field.name == "overwrite":
             continue
-        flag = "--" + field.name.removeprefix("csv_").replace("_", "-")
         cli.add_argument(
-            flag,
+            option_flag(field.name),
             dest=field.name,
             type=type(field.default),
             default=field.default,
@@ -62,16 +62,17 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = vars(parser().parse_args(argv))
     source, out_dir = args.pop("source"), args.pop("out_dir")
-    try:
-        result = ingest(source, out_dir, IngestConfig(**args))
-    except (IngestError, ValueError) as err:
-        print(f"geoloc-ingest: {err}", file=sys.stderr)
-        return 2
-    print(result.counts.to_string())
-    print(
-        f"wrote {result.data_dir} (train.csv, test.csv, cell_metadata.csv; rejected files in ingest_report.csv)"
-    )
-    return 0
+
+    def body() -> None:
+        result = ingest(
+            source, out_dir, IngestConfig(**args)
+        )  # the settings are checked before any photo is read
+        print(result.counts.to_string())
+        print(
+            f"wrote {result.data_dir} (train.csv, test.csv, cell_metadata.csv; rejected files in ingest_report.csv)"
+        )
+
+    return run_command(PROG, body)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,15 @@ import json
 import sys
 from pathlib import Path
 
+from geoloc_lib.base.command_line import CommandError, CommandParser, run_command
 from geoloc_lib.model.decode_modes import DECODE_MODES, MODE_HELP
 
-
-class CommandError(Exception):
-    """A problem that stops the command: printed as one line, exit status 2."""
+PROG = "geoloc-predict"
 
 
 def parser() -> argparse.ArgumentParser:
-    cli = argparse.ArgumentParser(
-        prog="geoloc-predict",
+    cli = CommandParser(
+        prog=PROG,
         description="Predict where photos were taken in Pakistan with a trained run (Phase 1).",
         epilog="Output: a table on stdout (image, lat, lon, province); with --csv, also every mode's "
         "coordinate and the hypotheses as JSON.",
@@ -60,6 +59,11 @@ def parser() -> argparse.ArgumentParser:
         "--map",
         help="with one photo: write its offline probability map (every cell, the prediction, its 90 %% radius) here",
     )
+    cli.add_argument(
+        "--force",
+        action="store_true",
+        help="write --csv / --map even over an input, a file of another kind or a file inside a run or data folder",
+    )
     return cli
 
 
@@ -79,9 +83,9 @@ def expand_inputs(inputs: list[str], image_column: str) -> list[str]:
                 raise CommandError(f"{item}: a folder with no image files (.jpg, .png, ...) in it")
             paths += found
         elif path.suffix.lower() == ".csv" and path.is_file():
-            import pandas as pd
+            from geoloc_lib.base.user_tables import read_user_csv
 
-            table = pd.read_csv(path, dtype=str)
+            table = read_user_csv(path, dtype=str)
             if image_column not in table:
                 raise CommandError(
                     f"{item}: no column {image_column!r} (it has {list(table.columns)}); use --image-column"
@@ -108,7 +112,6 @@ def readable_photos(paths: list[str]) -> tuple[list[str], list[str]]:
 
 
 def load_predictor(args: argparse.Namespace):
-    from geoloc_lib.model.encoders import EncoderFingerprintError, EncoderWeightsError
     from geoloc_lib.train.run_folder import RunFolder
 
     folder = RunFolder(args.run_dir)
@@ -131,44 +134,49 @@ def load_predictor(args: argparse.Namespace):
         )
     from geoloc_lib.inference.predictor import Predictor
 
-    try:
-        return Predictor.from_run(args.run_dir, args.checkpoint, args.device, args.data_dir)
-    except (ValueError, KeyError, OSError, EncoderWeightsError, EncoderFingerprintError) as err:
-        # a damaged checkpoint, other geocells or data, missing weights, a device this machine lacks
-        raise CommandError(str(err).strip("'\"")) from err
+    # a damaged file, other geocells, missing weights, a device this machine lacks: each raises a ValueError,
+    # OSError or RuntimeError that names it, and run_command prints it as the one line
+    return Predictor.from_run(args.run_dir, args.checkpoint, args.device, args.data_dir)
 
 
 def run(args: argparse.Namespace) -> int:
     """Predict and print; the exit status: 0 when every photo was placed, 1 when one was skipped or flagged."""
-    for option, path in (("--csv", args.csv), ("--map", args.map)):
-        if path and not Path(path).resolve().parent.is_dir():
-            raise CommandError(f"{option} {path}: its folder does not exist; create it or name another file")
     if args.map and len(args.images) != 1:
         raise CommandError(f"--map draws one photo's probabilities; give one photo, not {len(args.images)}")
-    photos, problems = readable_photos(expand_inputs(args.images, args.image_column))
+    listed = expand_inputs(args.images, args.image_column)
+    from geoloc_lib.base.output_files import check_output
+
+    inputs = [*args.images, *listed]
+    for option, path, suffixes in (("--csv", args.csv, (".csv",)), ("--map", args.map, (".html", ".htm"))):
+        if path:
+            check_output(path, option, inputs, suffixes, args.force)
+    photos, problems = readable_photos(listed)
     for problem in problems:
-        print(f"geoloc-predict: {problem}", file=sys.stderr)
+        print(f"{PROG}: {problem}", file=sys.stderr)
     if not photos:
         raise CommandError("none of the photos could be read (see above); nothing to predict")
     predictor = load_predictor(args)
     frame = readable_table(predictor.predict(photos, args.batch_size, args.mode), args.top_k)
+    if frame["confidence"].isna().all():
+        print(f"{PROG}: {args.run_dir}: {predictor.uncalibrated_reason(args.mode)}", file=sys.stderr)
     shown = ["image", "lat", "lon", "province", "nearest_town", "town_km", "confidence"]
     shown += [c for c in frame if c.startswith("radius_")]
-    print(frame[shown + (["out_of_domain"] if "out_of_domain" in frame else [])].to_string(index=False))
+    print(
+        frame[shown + (["out_of_domain"] if "out_of_domain" in frame else [])].to_string(
+            index=False, na_rep=""
+        )
+    )
     flagged = frame[frame["out_of_domain"]] if "out_of_domain" in frame else frame.iloc[:0]
     for row in flagged.itertuples():
         print(
-            f"geoloc-predict: {row.image}: unlike every training photo (novelty score {row.novelty_distance:.3f} > "
+            f"{PROG}: {row.image}: unlike every training photo (novelty_distance {row.novelty_distance:.3f} > "
             f"{predictor.novelty.threshold:.3f}); its place is not to be trusted",
             file=sys.stderr,
         )
     if args.csv:
         from geoloc_lib.base.atomic_files import atomic_write_csv
 
-        try:
-            atomic_write_csv(frame.assign(hypotheses=frame["hypotheses"].map(json.dumps)), Path(args.csv))
-        except OSError as err:
-            raise CommandError(str(err)) from None
+        atomic_write_csv(frame.assign(hypotheses=frame["hypotheses"].map(json.dumps)), Path(args.csv))
         print(f"wrote {args.csv}")
     if args.map:
         from geoloc_lib.inference.predictor import cell_probabilities
@@ -191,7 +199,7 @@ def readable_table(frame, top_k: int):
             frame[column] = frame[column].astype(float).round(5)
         elif column.endswith("_km") or column == "novelty_distance":
             frame[column] = frame[column].astype(float).round(1 if column.endswith("_km") else 4)
-    frame["confidence"] = frame["confidence"].astype(float).round(4)
+    frame[["confidence", "cell_prob"]] = frame[["confidence", "cell_prob"]].astype(float).round(4)
     rounding = {"prob": 4, "lat": 5, "lon": 5}
     frame["hypotheses"] = [
         [{k: round(v, rounding[k]) if k in rounding else v for k, v in h.items()} for h in hyps[:top_k]]
@@ -209,11 +217,7 @@ def positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    try:
-        status = run(args)
-    except CommandError as err:
-        print(f"geoloc-predict: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    status = run_command(PROG, lambda: run(args))
     if status:
         raise SystemExit(status)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -155,5 +156,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's own text advises weights_only=False: the wrong advice for a file that may be hostile
+        if "global" in str(err):
+            raise ValueError(
+                f"{path} holds Python objects besides tensors and plain containers, which could run code when "
+                "loaded, so it is refused (the workbench never writes such a checkpoint); use one it wrote"
+            ) from None
+        raise ValueError(
+            f"{path} is not a checkpoint file (torch cannot read it); use one the workbench wrote"
+        ) from None
     except Exception as err:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first})") from err

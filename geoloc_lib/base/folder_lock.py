@@ -20,6 +20,21 @@ class RunFolderBusyError(RuntimeError):
     """Another process is training into this run folder."""
 
 
+def lock_holder(folder: Path) -> str | None:
+    """Who holds `folder`'s lock ("pid ... on host, started ..."), or None when nobody does. Only looks: it
+    takes a shared lock for an instant, which no trainer holds."""
+    path = Path(folder) / LOCK_NAME
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return file.read().strip() or "another process"
+        fcntl.flock(file, fcntl.LOCK_UN)
+    return None
+
+
 class RunLock:
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)

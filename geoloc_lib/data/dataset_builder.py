@@ -1,45 +1,49 @@
 """A folder of geotagged photos (or a CSV of image, latitude, longitude) becomes a data folder in the contract.
 
-1. Every file under the photo folder (recursive), or every row of the CSV, is read without decoding pixels
-   (data/photo_exif.py): its EXIF GPS position and capture time, its size and a hash of its first bytes.
-2. Each is accepted or rejected with one reason (REASONS), in that order: not an image, unreadable, no GPS,
-   GPS at (0, 0), outside Pakistan (the bundled borders, with a tolerance), an exact duplicate of an earlier
-   file, or a burst (within `burst_m` of an earlier photo taken in the same minute). "Earlier" is path order.
+0. The settings are range-checked and the folders checked before any photo is read.
+1. Every entry under the photo folder (recursive; links to folders are not followed), or every row of the CSV,
+   is listed with every path against one root, resolved once (data/photo_listing.py); each regular file is
+   read without decoding pixels (data/photo_exif.py): its EXIF GPS position and capture time, its size and a
+   hash of its first bytes.
+2. Each is accepted or rejected with one reason (REASONS), in that order: not a regular file, a name that is
+   not UTF-8, not an image, unreadable, no GPS, GPS at (0, 0), outside Pakistan (the bundled borders, with a
+   tolerance), an exact duplicate of an earlier file, or a burst (within `burst_m` of an earlier photo with
+   the same capture minute). "Earlier" is path order. Every rejected entry has a row in ingest_report.csv.
 3. The accepted photos are split train/test by whole location blocks (data/splits.py), and geocells are built
    on the training photos only (geo/geocell_builder.py).
-4. The folder is written under a temporary name and renamed into place at the end; an existing folder is
-   replaced only with `overwrite`, and the photos are never touched. `photos` in the new folder links to the
-   folder that holds them, so the CSVs' image paths work from the data folder.
+4. The folder is written under a temporary name, loaded back through the data contract, and only then
+   renamed into place; an existing folder is replaced only with `overwrite`, and the photos are never
+   touched. `photos` in the new folder links to the folder that holds them, so the CSVs' image paths work
+   from the data folder. A failure removes the temporary folder.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from geoloc_lib.base.atomic_files import write_json
-from geoloc_lib.data.photo_exif import NOT_AN_IMAGE, UNREADABLE, file_digest, read_facts
+from geoloc_lib.base.atomic_files import neutralise_formulas, write_json
+from geoloc_lib.base.output_files import owning_folder
+from geoloc_lib.data.bursts import burst_repeats
+from geoloc_lib.data.contract import DataContractError, load_dataset
+from geoloc_lib.data.photo_exif import IMAGE_SUFFIXES, NOT_AN_IMAGE, UNREADABLE, file_digest, read_facts
+from geoloc_lib.data.photo_listing import BAD_NAME, NOT_A_FILE, IngestError, list_csv, list_folder, shown
 from geoloc_lib.data.splits import location_split
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.borders import province_at
 from geoloc_lib.geo.geocell_builder import GeocellConfig, assign_cells, build_geocells
-from geoloc_lib.geo.sphere import haversine_km
 
 NO_GPS, ZERO_GPS, OUTSIDE = "no GPS", "GPS at (0, 0)", "outside Pakistan"
 DUPLICATE, BURST = "exact duplicate", "burst"
-REASONS = (NOT_AN_IMAGE, UNREADABLE, NO_GPS, ZERO_GPS, OUTSIDE, DUPLICATE, BURST)
+REASONS = (NOT_A_FILE, BAD_NAME, NOT_AN_IMAGE, UNREADABLE, NO_GPS, ZERO_GPS, OUTSIDE, DUPLICATE, BURST)
 PHOTOS_LINK = "photos"
 REPORT_CSV, SUMMARY_JSON = "ingest_report.csv", "ingest_summary.json"
 MIN_PHOTOS = 20  # fewer accepted photos cannot be split into train and test by location
-
-
-class IngestError(ValueError):
-    """The photos cannot become a data folder; the message says why and what to do."""
 
 
 @dataclass
@@ -57,6 +61,44 @@ class IngestConfig:
     workers: int = 0  # processes reading EXIF (0: every core)
     overwrite: bool = False  # replace an existing output folder
 
+    def __post_init__(self):
+        problems = [
+            f"{option_flag(name)} must be {wanted}, not {getattr(self, name)!r}"
+            for name, (ok, wanted) in SETTING_RANGES.items()
+            if not _is_number(getattr(self, name)) or not ok(getattr(self, name))
+        ]
+        problems += [
+            f"{option_flag(f.name)} must name a column, not {getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.name.startswith("csv_") and not str(getattr(self, f.name)).strip()
+        ]
+        if problems:
+            raise IngestError("; ".join(problems))
+
+
+def option_flag(name: str) -> str:
+    """The command-line option of an IngestConfig field: csv_image_column -> --image-column."""
+    return "--" + name.removeprefix("csv_").replace("_", "-")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# every numeric setting's range, checked before a photo is read (NaN and infinity are never in range): a border
+# tolerance of thousands of km would give a province to a photo from anywhere, and a cell radius of 0 km splits
+# every cell forever
+SETTING_RANGES = {
+    "test_fraction": (lambda v: 0 < v <= 0.5, "in (0, 0.5]"),
+    "block_km": (lambda v: 0 < v <= 500, "in (0, 500] km"),
+    "seed": (lambda v: v >= 0 and v == int(v), "a whole number of at least 0"),
+    "border_tolerance_km": (lambda v: 0 <= v <= 50, "in [0, 50] km"),
+    "burst_m": (lambda v: 0 <= v <= 1000, "in [0, 1000] m (0: only photos at the very same spot)"),
+    "geocell_min_samples": (lambda v: v >= 2 and v == int(v), "a whole number of at least 2"),
+    "geocell_target_radius_km": (lambda v: 1 <= v <= 2000, "in [1, 2000] km"),
+    "workers": (lambda v: v >= 0 and v == int(v), "a whole number of at least 0 (0: every core)"),
+}
+
 
 @dataclass
 class IngestResult:
@@ -66,34 +108,31 @@ class IngestResult:
 
 
 def _source_files(source: Path, cfg: IngestConfig) -> pd.DataFrame:
-    """path (absolute) and the CSV's latitude/longitude (NaN for a folder: they come from EXIF)."""
+    """Every listed entry: path, csv_latitude, csv_longitude, csv_position (the CSV's text), and reason/detail
+    for an entry that is not a regular file or has a name that is not UTF-8 ('' otherwise)."""
     if source.is_dir():
-        paths = sorted(str(p) for p in source.rglob("*") if p.is_file())
-        return pd.DataFrame({"path": paths, "csv_latitude": np.nan, "csv_longitude": np.nan})
-    columns = [cfg.csv_image_column, cfg.csv_latitude_column, cfg.csv_longitude_column]
-    table = pd.read_csv(source, dtype={cfg.csv_image_column: str})
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise IngestError(
-            f"{source}: no column(s) {missing} (it has {list(table.columns)}); name the columns with "
-            "--image-column, --latitude-column and --longitude-column"
-        )
-    coords = table[columns[1:]].apply(pd.to_numeric, errors="coerce")
-    paths = [os.path.abspath(source.parent / str(p)) for p in table[cfg.csv_image_column].fillna("")]
-    return pd.DataFrame(
-        {"path": paths, "csv_latitude": coords.iloc[:, 0], "csv_longitude": coords.iloc[:, 1]}
-    )
+        return list_folder(source)
+    return list_csv(source, cfg.csv_image_column, cfg.csv_latitude_column, cfg.csv_longitude_column)
 
 
 def _judge_positions(facts: pd.DataFrame, cfg: IngestConfig) -> None:
-    """Set latitude, longitude, province_id, and reason/detail for every file without a usable position."""
-    from_csv = facts["csv_latitude"].notna() | facts["csv_longitude"].notna()
+    """Set latitude, longitude, province_id, and reason/detail for every file without a usable position.
+
+    A CSV position is used where both its numbers are valid coordinates; elsewhere the photo's own EXIF."""
+    from_csv = _valid_position(facts["csv_latitude"], facts["csv_longitude"])
     facts["latitude"] = facts["csv_latitude"].where(from_csv, facts["gps_latitude"])
     facts["longitude"] = facts["csv_longitude"].where(from_csv, facts["gps_longitude"])
     open_ = facts["reason"] == ""
     lat, lon = facts["latitude"], facts["longitude"]
-    valid = lat.between(-90, 90) & lon.between(-180, 180)
-    facts.loc[open_ & ~valid, ["reason", "detail"]] = [NO_GPS, "no GPS position in the EXIF or the CSV"]
+    valid = _valid_position(lat, lon)
+    nowhere = open_ & ~valid
+    facts.loc[nowhere, "reason"] = NO_GPS
+    facts.loc[nowhere, "detail"] = [
+        f"the CSV's position ({text}) is not a pair of coordinates, and the EXIF has none"
+        if text
+        else "neither the EXIF nor the CSV gives a position"
+        for text in facts.loc[nowhere, "csv_position"]
+    ]
     facts.loc[open_ & valid & (lat == 0) & (lon == 0), "reason"] = ZERO_GPS  # a receiver's placeholder
     placed = (facts["reason"] == "").to_numpy()
     facts["province_id"] = -1
@@ -103,6 +142,10 @@ def _judge_positions(facts: pd.DataFrame, cfg: IngestConfig) -> None:
     facts.loc[outside, "detail"] = [
         f"{a:.5f}, {b:.5f}" for a, b in zip(lat[outside], lon[outside], strict=True)
     ]
+
+
+def _valid_position(lat: pd.Series, lon: pd.Series) -> pd.Series:
+    return lat.between(-90, 90) & lon.between(-180, 180)
 
 
 def _judge_duplicates(facts: pd.DataFrame) -> None:
@@ -122,25 +165,29 @@ def _judge_duplicates(facts: pd.DataFrame) -> None:
 
 
 def _judge_bursts(facts: pd.DataFrame, burst_m: float) -> None:
-    """A photo within `burst_m` of an earlier kept photo taken in the same minute repeats that photo."""
+    """A photo within `burst_m` of an earlier kept photo with the same capture minute repeats that photo."""
     open_ = facts[(facts["reason"] == "") & (facts["taken"] != "")]
     minute = open_["taken"].str[:16]
-    for _, group in open_[minute.duplicated(keep=False)].groupby(minute):
-        lat, lon = group["latitude"].to_numpy(), group["longitude"].to_numpy()  # [G] each
-        kept: list[int] = []  # positions in the group
-        for i in range(len(group)):
-            metres = haversine_km(lat[i], lon[i], lat[kept], lon[kept]) * 1000  # [K] to the kept photos
-            if len(kept) and metres.min() <= burst_m:
-                earlier = group["path"].iloc[kept[int(np.argmax(metres <= burst_m))]]
-                facts.loc[group.index[i], ["reason", "detail"]] = [BURST, "with " + earlier]
-            else:
-                kept.append(i)
+    repeats, details = [], []
+    for _, group in open_[minute.duplicated(keep=False)].groupby(minute, sort=False):
+        found = burst_repeats(group["latitude"].to_numpy(), group["longitude"].to_numpy(), burst_m)
+        repeats += [group.index[i] for i in found]
+        details += ["with " + group["path"].iloc[earlier] for earlier in found.values()]
+    facts.loc[repeats, "reason"] = BURST
+    facts.loc[repeats, "detail"] = details
 
 
 def judge(files: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
     """FACT_COLUMNS of every file with latitude, longitude, province_id, and reason ('' when accepted)."""
-    facts = read_facts(files["path"].tolist(), cfg.workers or None)
-    facts[["csv_latitude", "csv_longitude"]] = files[["csv_latitude", "csv_longitude"]].to_numpy()
+    listed = files["reason"] == ""
+    read = read_facts(files.loc[listed, "path"].tolist(), cfg.workers or None).set_index(files.index[listed])
+    facts = read.reindex(files.index)
+    facts["path"] = files["path"]
+    facts.loc[~listed, ["problem", "detail"]] = files.loc[~listed, ["reason", "detail"]].to_numpy()
+    facts[["size"]] = facts[["size"]].fillna(-1)
+    facts[["prefix_hash", "taken"]] = facts[["prefix_hash", "taken"]].fillna("")
+    for column in ("csv_latitude", "csv_longitude", "csv_position"):
+        facts[column] = files[column]
     facts["reason"] = facts["problem"]
     _judge_positions(facts, cfg)
     _judge_duplicates(facts)
@@ -191,13 +238,32 @@ def outcome_counts(facts: pd.DataFrame, n_train: int, n_test: int) -> pd.DataFra
 
 
 def _check_folders(source: Path, out_dir: Path, overwrite: bool) -> None:
+    """Before any photo is read: the source exists, the output is a folder ingest may write, and neither holds
+    the other."""
     if not source.exists():
         raise IngestError(f"{source}: no such folder or CSV file")
-    photos, out = (source if source.is_dir() else source.parent).resolve(), out_dir.resolve()
-    if out == photos or photos in out.parents or out in photos.parents:
+    if not source.is_dir() and not source.is_file():
+        raise IngestError(f"{source}: neither a folder nor a file; pass the folder of photos or a CSV")
+    if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
         raise IngestError(
-            f"{out_dir}: the output folder must lie outside the photos' folder {photos} (and not hold it): "
-            "ingest never writes beside the photos or replaces them"
+            f"{source} is a photo; pass the folder that holds the photos (or a CSV listing them)"
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise IngestError(
+            f"{out_dir} is a file, not a folder; name a new folder for the data, such as data/my_photos"
+        )
+    out = out_dir.resolve()
+    if source.is_dir():
+        _check_apart(source.resolve(), out, out_dir)
+    elif out in source.resolve().parents:
+        raise IngestError(
+            f"{source} lies inside {out_dir}, the folder that would be replaced; copy the CSV out of it first"
+        )
+    owner = owning_folder(out / "x")
+    if owner is not None and owner[1] != out:
+        raise IngestError(
+            f"{out_dir} lies inside the {owner[0]} folder {owner[1]}; put the new data folder beside it, "
+            "such as data/my_photos"
         )
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
@@ -211,23 +277,65 @@ def _check_folders(source: Path, out_dir: Path, overwrite: bool) -> None:
             )
 
 
-def _write_folder(out_dir: Path, photos_root: str, tables: dict[str, pd.DataFrame], summary: dict) -> None:
-    """Everything goes into a hidden sibling folder first, which then takes the output folder's place."""
+def _check_apart(photos: Path, out: Path, out_dir: Path) -> None:
+    if out == photos or photos in out.parents or out in photos.parents:
+        raise IngestError(
+            f"{out_dir}: the output folder must lie outside the photos' folder {photos} (and not hold it): "
+            "ingest never writes beside the photos or replaces them"
+        )
+
+
+def photos_root(paths: pd.Series, source: Path, out_dir: Path) -> str:
+    """The one folder the `photos` link points at: the resolved photo folder, or the deepest folder that holds
+    every accepted photo of a CSV (their folders are resolved). Refused when it is `/` or a home folder (the
+    photos lie too far apart to link one folder) or lies inside the folder that ingest replaces."""
+    root = (
+        source.resolve() if source.is_dir() else Path(os.path.commonpath([os.path.dirname(p) for p in paths]))
+    )
+    if root == Path(root.anchor) or root == Path.home().resolve() or root.parent == Path("/home"):
+        tops = sorted({Path(*Path(p).parts[: len(root.parts) + 1]).as_posix() for p in paths})
+        raise IngestError(
+            f"the accepted photos of {source} lie under {', '.join(tops[:3])}{' ...' if len(tops) > 3 else ''}, "
+            f"so `{PHOTOS_LINK}` would link all of {root}; gather the photos under one folder, or ingest each "
+            "folder on its own"
+        )
+    out = out_dir.resolve()
+    if root == out or out in root.parents:
+        raise IngestError(
+            f"the photos listed in {source} lie inside {out_dir}, the folder that would be replaced; list them "
+            f"by their own folder (not through {out_dir / PHOTOS_LINK})"
+        )
+    _check_apart(root, out, out_dir)
+    return str(root)
+
+
+def _write_folder(out_dir: Path, root: str, tables: dict[str, pd.DataFrame], summary: dict) -> None:
+    """Everything goes into a hidden sibling folder first, which is loaded back through the data contract and
+    then takes the output folder's place. Any failure removes the hidden folder and leaves the old one."""
     partial = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    (partial / PHOTOS_LINK).symlink_to(photos_root, target_is_directory=True)
-    for name, frame in tables.items():
-        frame.to_csv(partial / name, index=False)
-    write_json(partial / SUMMARY_JSON, summary)
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        replaced = out_dir.with_name(f".{out_dir.name}.replaced")
-        shutil.rmtree(replaced, ignore_errors=True)
-        os.replace(out_dir, replaced)
-        os.replace(partial, out_dir)
-        shutil.rmtree(replaced)
-    else:
-        os.replace(partial, out_dir)  # also over an empty folder
+    try:
+        partial.mkdir(parents=True)
+        (partial / PHOTOS_LINK).symlink_to(root, target_is_directory=True)
+        for name, frame in tables.items():
+            neutralise_formulas(frame).to_csv(partial / name, index=False)  # a file name may start with "="
+        write_json(partial / SUMMARY_JSON, summary)
+        try:
+            load_dataset(partial, image_check="exists", allow_missing_provinces=True)
+        except DataContractError as err:
+            raise IngestError(
+                f"the data folder came out unreadable, so nothing was replaced: {err}"
+            ) from None
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            replaced = out_dir.with_name(f".{out_dir.name}.replaced")
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(out_dir, replaced)
+            os.replace(partial, out_dir)
+            shutil.rmtree(replaced)
+        else:
+            os.replace(partial, out_dir)  # also over an empty folder
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def ingest(
@@ -241,18 +349,15 @@ def ingest(
     facts = judge(_source_files(source, cfg), cfg)
     accepted = facts[facts["reason"] == ""]
     report = facts.loc[facts["reason"] != "", ["path", "reason", "detail"]].rename(columns={"path": "image"})
+    report["image"] = report["image"].map(shown)
     if accepted.empty:
         counts = outcome_counts(facts, 0, 0)["photos"]
-        first = facts.iloc[0]
+        first = report.iloc[0]
         raise IngestError(
             f"none of the {len(facts)} files was accepted ({', '.join(f'{k}: {v}' for k, v in counts[counts > 0].items())}); "
-            f"the first, {first['path']}, was rejected as {first['reason']} {first['detail']}".rstrip()
+            f"the first, {first['image']}, was rejected as {first['reason']} ({first['detail']})"
         )
-    root = (
-        str(source.resolve())
-        if source.is_dir()
-        else os.path.commonpath([os.path.dirname(p) for p in accepted["path"]])
-    )
+    root = photos_root(accepted["path"], source, out_dir)
     train, test, cells = split_and_cells(_contract_rows(accepted, root), cfg)
     counts = outcome_counts(facts, len(train), len(test))
     summary = {"source": str(source.resolve()), "files": len(facts), "config": asdict(cfg)}

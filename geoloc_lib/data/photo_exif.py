@@ -41,17 +41,25 @@ def _looks_like_an_image(path: str, prefix: bytes) -> bool:
 
 def gps_degrees(value, reference) -> float:
     """Signed decimal degrees of an EXIF GPS coordinate: (degrees, minutes, seconds) or fewer parts, with its
-    N/S/E/W reference (south and west are negative). NaN when the values are not finite numbers."""
+    N/S/E/W reference (south and west are negative, whatever the sign stored). NaN when the values are not
+    finite numbers."""
     parts = [float(v) for v in (value if isinstance(value, tuple | list) else (value,))][:3]
     degrees = sum(p / 60**i for i, p in enumerate(parts))
     ref = reference.decode("ascii", "replace") if isinstance(reference, bytes) else str(reference or "")
-    sign = -1.0 if ref.strip("\x00 ").upper()[:1] in ("S", "W") else 1.0
-    return sign * degrees if math.isfinite(degrees) else math.nan
+    ref = ref.strip("\x00 ").upper()[:1]
+    if not math.isfinite(degrees):
+        return math.nan
+    # the reference gives the sign; some writers also store south and west as negative numbers, so the
+    # magnitude is taken first (else the sign would be applied twice). Without a reference the sign is kept.
+    if ref in ("S", "W"):
+        return -abs(degrees)
+    return abs(degrees) if ref in ("N", "E") else degrees
 
 
 def _capture_time(exif: Image.Exif) -> str:
-    """'YYYY-MM-DD HH:MM:SS' when the photo was taken (DateTimeOriginal, else DateTime), or ''."""
-    text = exif.get_ifd(ExifTags.IFD.Exif).get(DATETIME_ORIGINAL) or exif.get(DATETIME) or ""
+    """'YYYY-MM-DD HH:MM:SS' when the photo was taken (DateTimeOriginal), or ''. DateTime is not read: it is
+    when the file was last changed, which one batch export sets alike for every photo."""
+    text = exif.get_ifd(ExifTags.IFD.Exif).get(DATETIME_ORIGINAL) or ""
     try:
         return datetime.strptime(str(text).strip("\x00 "), "%Y:%m:%d %H:%M:%S").strftime("%Y-%m-%d %H:%M:%S")
     except ValueError:  # absent, or a camera's placeholder such as "0000:00:00 00:00:00"
@@ -74,6 +82,17 @@ def read_one(path: str) -> tuple:
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return (
+                    path,
+                    size,
+                    "",
+                    UNREADABLE,
+                    "an empty file (0 bytes): copy the photo again",
+                    lat,
+                    lon,
+                    taken,
+                )
             prefix = f.read(PREFIX_BYTES)
             f.seek(0)
             try:

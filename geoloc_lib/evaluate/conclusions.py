@@ -7,6 +7,8 @@ neighbour), and whether the model beats what it is compared with.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 LARGE_CELL_KM = 100  # a cell this wide caps how close a correct cell can get
@@ -188,6 +190,14 @@ def trust(coverage: pd.DataFrame, ranking: pd.DataFrame) -> str:
     lines = []
     for column in [c for c in coverage.columns if c.startswith("coverage_")]:
         level = column.removeprefix("coverage_").removesuffix("_%")
+        if not math.isfinite(overall[f"median_radius_{level}_km"]):
+            needed = math.ceil(int(level) / (100 - int(level)) - 1e-9)
+            lines.append(
+                f"The {level} % radius cannot be judged: the validation split had too few photos to calibrate it "
+                f"(a {level} % radius needs at least {needed} in a province or overall), so it is infinite and "
+                "holds for every photo by construction. Train on more photos, or a larger val_fraction."
+            )
+            continue
         low, high = coverage[f"calibrated_{level}_low_%"], coverage[f"calibrated_{level}_high_%"]
         outside = (coverage[column] < low) | (coverage[column] > high)
         missed = [f"{p} ({coverage.loc[p, column]:.0f} %)" for p in coverage.index[outside] if p != "all"]
@@ -212,6 +222,12 @@ def trust(coverage: pd.DataFrame, ranking: pd.DataFrame) -> str:
         ranking.loc["curve_mean_median_km", "value"],
         ranking.loc["random_curve_mean_median_km", "value"],
     )
+    if not all(math.isfinite(v) for v in (rho, kept, shuffled)):
+        lines.append(
+            "Whether confidence orders the errors cannot be judged here: confidence is the same for every photo "
+            "(its radius is infinite or constant), so there is no order to compare with the errors."
+        )
+        return _bullets(lines)
     order = "orders the errors" if rho > 0 else "**does not order the errors**"
     lines.append(
         f"Confidence {order}: Spearman {rho:.2f} with closeness; keeping the most confident photos gives a mean "

@@ -24,7 +24,7 @@ from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.data.feature_sources import EncodedImages
 from geoloc_lib.data.photos import open_rgb
 from geoloc_lib.data.transforms import eval_transform
-from geoloc_lib.evaluate.calibration import RadiusCalibration, radius_confidence
+from geoloc_lib.evaluate.calibration import LEVELS, RadiusCalibration, radius_column, radius_confidence
 from geoloc_lib.evaluate.evaluation import evaluate
 from geoloc_lib.evaluate.novelty import NoveltyIndex
 from geoloc_lib.geo import provinces as prov
@@ -129,7 +129,7 @@ class Predictor:
             folder.checkpoint(cfg.phase, checkpoint), Path(cfg.data_dir) / "cell_metadata.csv", device
         )
         if folder.calibration.is_file():
-            predictor.calibration = RadiusCalibration.from_dict(json.loads(folder.calibration.read_text()))
+            predictor.calibration = read_calibration(folder.calibration)
         if folder.novelty.is_file():
             predictor.novelty = NoveltyIndex.load(folder.novelty)
         if cfg.retrieval_k > 0:
@@ -183,17 +183,35 @@ class Predictor:
                 "lon": cat[f"{mode}_lon"],
                 "province": names[cat[f"{mode}_province"]],
                 **{f"{m}_{field}": cat[f"{m}_{field}"] for m in DECODE_MODES for field in ("lat", "lon")},
-                "confidence": cat["cell_prob"],
+                "cell_prob": cat["cell_prob"],  # p(province) x p(cell | province) of the run's own mode
             }
         )
         if self.novelty is not None:
             frame["novelty_distance"] = cat["novelty_distance"]
             frame["out_of_domain"] = cat["novelty_distance"] > self.novelty.threshold
-        if self.calibration is not None and mode == self.decoder.config.mode:  # radii are of the run's mode
+        # confidence is the calibrated one or empty: radii exist only for the mode the run was calibrated in
+        levels = self.calibration.levels if self.calibration is not None else LEVELS
+        radii = pd.DataFrame(np.nan, index=frame.index, columns=[radius_column(level) for level in levels])
+        if self.uncalibrated_reason(mode) is None:
             radii = self.radii(cat)
-            frame = frame.join(radii).assign(confidence=radius_confidence(radii.iloc[:, -1]))
+        frame = frame.join(radii).assign(confidence=radius_confidence(radii.iloc[:, -1]))
         frame["hypotheses"] = _hypotheses(cat, names)
         return frame
+
+    def uncalibrated_reason(self, mode: str | None = None) -> str | None:
+        """Why photos decoded in `mode` (default: the run's) get no credible radii and no confidence, or None."""
+        own = self.decoder.config.mode
+        if self.calibration is None:
+            return (
+                "no credible radii: the run has no calibration.json yet (it is still training, or stopped before "
+                "its last epoch; resume it to finish), so confidence and the radius columns are empty"
+            )
+        if (mode or own) != own:
+            return (
+                f"credible radii are calibrated for the run's decoding mode {own!r}, not {mode!r}, so confidence "
+                "and the radius columns are empty (leave out --mode to get them)"
+            )
+        return None
 
     def radii(self, decoded: dict[str, np.ndarray]) -> pd.DataFrame:
         """The credible radii (`radius_50_km`, ...) of decoded photos, from the run's calibration."""
@@ -264,6 +282,18 @@ def _hypotheses(cat: dict[str, np.ndarray], names: np.ndarray) -> list[list[dict
             strict=True,
         )
     ]
+
+
+def read_calibration(path: Path) -> RadiusCalibration:
+    """A run's calibration.json; a damaged one is refused with the way out."""
+    try:
+        return RadiusCalibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
+        what = f"no {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        raise ValueError(
+            f"{path} is damaged ({what}); delete it to predict without credible radii, or resume the run "
+            "(resume=True) to calibrate it again"
+        ) from None
 
 
 def _as_image(item) -> Image.Image:

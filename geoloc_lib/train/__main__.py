@@ -10,16 +10,25 @@ their parameters. Several processes train the image path (trained encoders) unde
 
 from __future__ import annotations
 
+import sys
+
+from geoloc_lib.base.command_line import run_command
 from geoloc_lib.train.config import config_from_command_line
 
+PROG = "python -m geoloc_lib.train"
 
-def main(argv=None) -> None:
-    config = config_from_command_line(argv, __doc__)  # --help answers here, before torch is imported
-    from geoloc_lib.train.loop import fit
 
-    result = fit(config)
-    print(f"best epoch {result.best_epoch}: {result.best_metric:.2f} -> {result.run_dir}")
+def main(argv=None) -> int:
+    config = config_from_command_line(argv, __doc__, PROG)  # --help answers here, before torch is imported
+
+    def body() -> None:
+        from geoloc_lib.train.loop import fit
+
+        result = fit(config)
+        print(f"best epoch {result.best_epoch}: {result.best_metric:.2f} -> {result.run_dir}")
+
+    return run_command(PROG, body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

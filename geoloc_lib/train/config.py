@@ -1,4 +1,5 @@
-"""`TrainConfig`: every setting of a training run, in one dataclass that imports nothing of the library.
+"""`TrainConfig`: every setting of a training run, in one dataclass that imports nothing of the library but
+base's command line (no torch, so `--help` answers at once).
 
 It checks what a value alone can tell (types, finiteness, ranges); each stage checks the options it owns when
 the run is built (`from_config.check_options`), before anything is written.
@@ -12,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from geoloc_lib.base.command_line import CommandParser
 
 
 @dataclass
@@ -315,7 +319,9 @@ def parse_settings(settings: list[str]) -> dict:
     for setting in settings:
         key, _, text = setting.partition("=")
         if key not in names or not text:
-            raise SystemExit(f"--set {setting!r}: expected FIELD=VALUE with a TrainConfig field")
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else " (--help lists them)"
+            raise ValueError(f"--set {setting!r}: expected FIELD=VALUE with a TrainConfig field{hint}")
         try:
             values[key] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -323,10 +329,12 @@ def parse_settings(settings: list[str]) -> dict:
     return values
 
 
-def config_from_command_line(argv, description: str) -> TrainConfig:
-    """A TrainConfig from `--set FIELD=VALUE` arguments (the command lines of training and extraction)."""
+def config_from_command_line(argv, description: str, prog: str) -> TrainConfig:
+    """A TrainConfig from `--set FIELD=VALUE` arguments (the command lines of training and extraction); a bad
+    argument or setting exits 2 with one line."""
     settings = ", ".join(f"{f.name}={f.default!r}" for f in fields(TrainConfig))
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
+        prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"settings and their defaults: {settings}",
@@ -334,4 +342,8 @@ def config_from_command_line(argv, description: str) -> TrainConfig:
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainConfig setting"
     )
-    return TrainConfig(**parse_settings(parser.parse_args(argv).set))
+    given = parser.parse_args(argv).set
+    try:
+        return TrainConfig(**parse_settings(given))
+    except ValueError as err:
+        parser.error(str(err))

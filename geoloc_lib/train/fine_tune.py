@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
+from geoloc_lib.base.folder_lock import lock_holder
 from geoloc_lib.model.heads import GeolocModel
 from geoloc_lib.train.checkpoint import Checkpoint
 from geoloc_lib.train.config import TrainConfig
@@ -25,7 +26,19 @@ def phase1_checkpoint_path(value: str) -> Path:
     """A run folder stands for its best Phase 1 checkpoint."""
     path = Path(value)
     if path.is_dir():
-        path = RunFolder(path).best_checkpoint(1)
+        folder = RunFolder(path)
+        if not folder.config.is_file():
+            raise Phase1StartError(
+                f"phase1_checkpoint {value!r} is not a run folder (it has no config.json); pass a Phase 1 run "
+                "folder (runs/<name>)"
+            )
+        phase = folder.read_config().phase
+        if phase != 1:
+            raise Phase1StartError(
+                f"phase1_checkpoint {value!r} is a Phase {phase} run; Phase 2 starts from a Phase 1 run "
+                "(notebooks/03_train_phase1)"
+            )
+        path = folder.best_checkpoint(1)
     if not path.is_file():
         raise Phase1StartError(
             f"phase1_checkpoint {value!r}: no such file; pass a Phase 1 run folder (runs/<name>) or its "
@@ -38,11 +51,31 @@ def phase1_run_config(phase1_checkpoint: str) -> TrainConfig:
     """The config of the Phase 1 run that `phase1_checkpoint` names: the base of a Phase 2 config, so that the
     data, split, heads and encoders are Phase 1's without being repeated (03b_train_phase2)."""
     path = phase1_checkpoint_path(phase1_checkpoint)
+    folder = finished_phase1_run(path)
+    # the Phase 1 run's own run-control settings are not Phase 2's
+    return dataclasses.replace(folder.read_config(), resume=False, overwrite=False, phase0_checkpoint=None)
+
+
+def finished_phase1_run(path: Path) -> RunFolder:
+    """The run folder of the Phase 1 checkpoint `path`, if that run is finished: not training now (its lock is
+    free), trained to its last epoch, and calibrated. Its best checkpoint can change until then."""
     folder = RunFolder(path.parents[2])  # <run>/checkpoints/phase1/phase1_best.pt
     if not folder.config.is_file():
         raise Phase1StartError(f"{path} is not inside a run folder with a config.json")
-    # the Phase 1 run's own run-control settings are not Phase 2's
-    return dataclasses.replace(folder.read_config(), resume=False, overwrite=False, phase0_checkpoint=None)
+    holder = lock_holder(folder.root)
+    if holder is not None:
+        raise Phase1StartError(
+            f"the Phase 1 run {folder.root} is still training ({holder}); start Phase 2 when it has finished"
+        )
+    epochs, last = folder.read_config().epochs, folder.last_checkpoint(1)
+    done = Checkpoint.load(last).epoch if last.is_file() else 0
+    if done < epochs or not folder.calibration.is_file():
+        where = f"after epoch {done} of {epochs}" if done < epochs else "before its calibration"
+        raise Phase1StartError(
+            f"the Phase 1 run {folder.root} stopped {where}; finish it first (resume=True in 03_train_phase1, "
+            "or --set resume=True)"
+        )
+    return folder
 
 
 def load_phase1_start(cfg, model: GeolocModel, data_signature: dict, head_config: dict) -> Checkpoint:
@@ -62,6 +95,7 @@ def load_phase1_start(cfg, model: GeolocModel, data_signature: dict, head_config
             f"{path} is epoch {start.epoch} of its run, not the best one (epoch {start.best_epoch}); pass "
             f"{path.with_name('phase1_best.pt')}"
         )
+    finished_phase1_run(path)
     differences = _differences(start, model, data_signature, head_config)
     if differences:
         raise Phase1StartError(f"{path} does not fit this Phase 2 run: {'; '.join(differences)}")
