@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from geoloc_lib.base import distributed
-from geoloc_lib.base.command_line import run_command
+from geoloc_lib.base.command_line import CommandParser, run_command
 from geoloc_lib.data.feature_cache import augmented_features, clean_features
 from geoloc_lib.data.transforms import AUGMENT_PRESETS
 from geoloc_lib.model.encoders import DualEncoder
@@ -46,7 +46,7 @@ PROG = "python -m geoloc_lib.extract"
 
 
 def main(argv=None) -> int:
-    config = config_from_command_line(argv, __doc__, PROG)
+    config = config_from_command_line(argv, CommandParser(prog=PROG, description=__doc__))
     return run_command(PROG, lambda: extract(config))
 
 

@@ -115,6 +115,10 @@ def load_predictor(args: argparse.Namespace):
     from geoloc_lib.train.run_folder import RunFolder
 
     folder = RunFolder(args.run_dir)
+    if folder.root.is_file():
+        raise CommandError(
+            f"{args.run_dir} is a file, not a run folder; the run folder comes first: runs/<name> PHOTOS"
+        )
     if not folder.root.is_dir():
         raise CommandError(f"{args.run_dir}: no such run folder; runs live in runs/<name> (ls runs/)")
     if not folder.config.is_file():
@@ -156,9 +160,12 @@ def run(args: argparse.Namespace) -> int:
     if not photos:
         raise CommandError("none of the photos could be read (see above); nothing to predict")
     predictor = load_predictor(args)
+    from geoloc_lib.inference.predictor import uncalibrated_reason
+
     frame = readable_table(predictor.predict(photos, args.batch_size, args.mode), args.top_k)
-    if frame["confidence"].isna().all():
-        print(f"{PROG}: {args.run_dir}: {predictor.uncalibrated_reason(args.mode)}", file=sys.stderr)
+    own = predictor.decoder.config.mode
+    if (why := uncalibrated_reason(predictor.calibration, own, args.mode or own)) is not None:
+        print(f"{PROG}: {args.run_dir}: {why}", file=sys.stderr)
     shown = ["image", "lat", "lon", "province", "nearest_town", "town_km", "confidence"]
     shown += [c for c in frame if c.startswith("radius_")]
     print(

@@ -79,7 +79,8 @@ def test_every_module_sits_in_a_stage_that_says_what_it_owns():
         assert doc and "Owns" in doc and "mport" in doc, stage  # what it owns, what it may import
 
 
-MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_CLASS_LINES = 400, 50, 150
+# a tripwire, not a mould: code is split by meaning, and these catch only what no one can read at once
+MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_CLASS_LINES = 600, 80, 200
 
 
 def _sizes():

@@ -164,7 +164,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
                 "loaded, so it is refused (the workbench never writes such a checkpoint); use one it wrote"
             ) from None
         raise ValueError(
-            f"{path} is not a checkpoint file (torch cannot read it); use one the workbench wrote"
+            f"{path} is not a readable checkpoint (not a file torch wrote); use one the workbench wrote"
         ) from None
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""

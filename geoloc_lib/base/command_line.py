@@ -26,7 +26,7 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, OSError) and error.filename is not None and str(error.filename) not in str(error):
         text = f"{error.filename}: {error.strerror or error}"
     else:
-        text = str(error).strip().strip("'\"") or type(error).__name__
+        text = str(error).strip() or type(error).__name__
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 

@@ -58,7 +58,8 @@ def _fail(path, problem: str, rows: pd.DataFrame | None, fix: str):
 
 def _read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        _fail(path, "file not found", None, "check the data directory, or generate the demo data (make demo)")
+        what = "its folder is a file, not a data folder" if path.parent.is_file() else "file not found"
+        _fail(path, what, None, "check the data directory, or generate the demo data (make demo)")
     try:
         return pd.read_csv(path, dtype={"id": str, "image": str, "province": str, "neighbor_cell_ids": str})
     except pd.errors.EmptyDataError:
@@ -388,6 +389,10 @@ def load_dataset(
 ) -> GeoDataset:
     """Load and cross-check `train.csv`, `test.csv` and `cell_metadata.csv` of one folder."""
     data_dir = Path(data_dir)
+    if data_dir.is_file():
+        _fail(
+            data_dir, "a file, not a data folder", None, "point data_dir at the folder that holds train.csv"
+        )
     cells = load_cell_metadata(data_dir / "cell_metadata.csv")
     train, test = (
         load_split(

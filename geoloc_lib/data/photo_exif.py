@@ -44,16 +44,16 @@ def gps_degrees(value, reference) -> float:
     N/S/E/W reference (south and west are negative, whatever the sign stored). NaN when the values are not
     finite numbers."""
     parts = [float(v) for v in (value if isinstance(value, tuple | list) else (value,))][:3]
-    degrees = sum(p / 60**i for i, p in enumerate(parts))
+    degrees = sum(abs(p) / 60**i for i, p in enumerate(parts))  # the magnitude
     ref = reference.decode("ascii", "replace") if isinstance(reference, bytes) else str(reference or "")
     ref = ref.strip("\x00 ").upper()[:1]
     if not math.isfinite(degrees):
         return math.nan
-    # the reference gives the sign; some writers also store south and west as negative numbers, so the
-    # magnitude is taken first (else the sign would be applied twice). Without a reference the sign is kept.
-    if ref in ("S", "W"):
-        return -abs(degrees)
-    return abs(degrees) if ref in ("N", "E") else degrees
+    # the reference gives the sign; some writers also store south and west as negative numbers, which must
+    # not flip it back. Without a reference a stored negative number is south or west.
+    if ref in ("S", "W") or (ref not in ("N", "E") and any(p < 0 for p in parts)):
+        return -degrees
+    return degrees
 
 
 def _capture_time(exif: Image.Exif) -> str:

@@ -182,41 +182,43 @@ def errors(
     return _bullets(lines)
 
 
+def _radius_held(coverage: pd.DataFrame, level: str) -> str:
+    """One level's sentence: how often its radius held, overall and per province, against the calibrated range;
+    or why it cannot be judged (an infinite radius holds for every photo by construction)."""
+    overall, column = coverage.loc["all"], f"coverage_{level}_%"
+    if not math.isfinite(overall[f"median_radius_{level}_km"]):
+        needed = math.ceil(int(level) / (100 - int(level)) - 1e-9)
+        return (
+            f"The {level} % radius cannot be judged: the validation split had too few photos to calibrate it "
+            f"(a {level} % radius needs at least {needed} in a province or overall), so it is infinite and "
+            "holds for every photo by construction. Train on more photos, or a larger val_fraction."
+        )
+    low, high = coverage[f"calibrated_{level}_low_%"], coverage[f"calibrated_{level}_high_%"]
+    outside = (coverage[column] < low) | (coverage[column] > high)
+    missed = [f"{p} ({coverage.loc[p, column]:.0f} %)" for p in coverage.index[outside] if p != "all"]
+    verdict = (
+        "inside the range a calibrated radius shows on as many photos"
+        if not outside["all"]
+        else "**off its level**: these photos are not like the validation photos"
+    )
+    provinces = (
+        f"Outside their own ranges: {', '.join(missed)}." if missed else "Every province is inside its range."
+    )
+    return (
+        f"The {level} % radius (median {overall[f'median_radius_{level}_km']:.0f} km) held for {overall[column]:.1f} % "
+        f"of the {int(overall['photos'])} photos ({low['all']:.0f}-{high['all']:.0f} % expected), {verdict}. "
+        f"{provinces}"
+    )
+
+
 def trust(coverage: pd.DataFrame, ranking: pd.DataFrame) -> str:
     """From 04: how often the credible radii held on this split, overall and in each province, against the
     range a calibrated radius shows with as many photos; how large the radii are; whether the confidence orders
     the errors."""
-    overall = coverage.loc["all"]
-    lines = []
-    for column in [c for c in coverage.columns if c.startswith("coverage_")]:
-        level = column.removeprefix("coverage_").removesuffix("_%")
-        if not math.isfinite(overall[f"median_radius_{level}_km"]):
-            needed = math.ceil(int(level) / (100 - int(level)) - 1e-9)
-            lines.append(
-                f"The {level} % radius cannot be judged: the validation split had too few photos to calibrate it "
-                f"(a {level} % radius needs at least {needed} in a province or overall), so it is infinite and "
-                "holds for every photo by construction. Train on more photos, or a larger val_fraction."
-            )
-            continue
-        low, high = coverage[f"calibrated_{level}_low_%"], coverage[f"calibrated_{level}_high_%"]
-        outside = (coverage[column] < low) | (coverage[column] > high)
-        missed = [f"{p} ({coverage.loc[p, column]:.0f} %)" for p in coverage.index[outside] if p != "all"]
-        held = overall[column]
-        verdict = (
-            "inside the range a calibrated radius shows on as many photos"
-            if not outside["all"]
-            else "**off its level**: these photos are not like the validation photos"
-        )
-        provinces = (
-            f"Outside their own ranges: {', '.join(missed)}."
-            if missed
-            else "Every province is inside its range."
-        )
-        lines.append(
-            f"The {level} % radius (median {overall[f'median_radius_{level}_km']:.0f} km) held for {held:.1f} % of "
-            f"the {int(overall['photos'])} photos ({low['all']:.0f}-{high['all']:.0f} % expected), {verdict}. "
-            f"{provinces}"
-        )
+    levels = [
+        c.removeprefix("coverage_").removesuffix("_%") for c in coverage.columns if c.startswith("coverage_")
+    ]
+    lines = [_radius_held(coverage, level) for level in levels]
     rho = ranking.loc["spearman_confidence_vs_closeness", "value"]
     kept, shuffled = (
         ranking.loc["curve_mean_median_km", "value"],

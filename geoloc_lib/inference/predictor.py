@@ -192,7 +192,7 @@ class Predictor:
         # confidence is the calibrated one or empty: radii exist only for the mode the run was calibrated in
         levels = self.calibration.levels if self.calibration is not None else LEVELS
         radii = pd.DataFrame(np.nan, index=frame.index, columns=[radius_column(level) for level in levels])
-        if self.uncalibrated_reason(mode) is None:
+        if uncalibrated_reason(self.calibration, self.decoder.config.mode, mode) is None:
             radii = self.radii(cat)
         frame = frame.join(radii).assign(confidence=radius_confidence(radii.iloc[:, -1]))
         frame["hypotheses"] = _hypotheses(cat, names)
@@ -200,18 +200,9 @@ class Predictor:
 
     def uncalibrated_reason(self, mode: str | None = None) -> str | None:
         """Why photos decoded in `mode` (default: the run's) get no credible radii and no confidence, or None."""
-        own = self.decoder.config.mode
-        if self.calibration is None:
-            return (
-                "no credible radii: the run has no calibration.json yet (it is still training, or stopped before "
-                "its last epoch; resume it to finish), so confidence and the radius columns are empty"
-            )
-        if (mode or own) != own:
-            return (
-                f"credible radii are calibrated for the run's decoding mode {own!r}, not {mode!r}, so confidence "
-                "and the radius columns are empty (leave out --mode to get them)"
-            )
-        return None
+        return uncalibrated_reason(
+            self.calibration, self.decoder.config.mode, mode or self.decoder.config.mode
+        )
 
     def radii(self, decoded: dict[str, np.ndarray]) -> pd.DataFrame:
         """The credible radii (`radius_50_km`, ...) of decoded photos, from the run's calibration."""
@@ -282,6 +273,21 @@ def _hypotheses(cat: dict[str, np.ndarray], names: np.ndarray) -> list[list[dict
             strict=True,
         )
     ]
+
+
+def uncalibrated_reason(calibration: RadiusCalibration | None, own: str, mode: str) -> str | None:
+    """Why a run calibrated (or not) in its own decoding mode `own` has no credible radii for `mode`, or None."""
+    if calibration is None:
+        return (
+            "no credible radii: the run has no calibration.json yet (it is still training, or stopped before "
+            "its last epoch; resume it to finish), so confidence and the radius columns are empty"
+        )
+    if mode != own:
+        return (
+            f"credible radii are calibrated for the run's decoding mode {own!r}, not {mode!r}, so confidence "
+            "and the radius columns are empty (leave out --mode to get them)"
+        )
+    return None
 
 
 def read_calibration(path: Path) -> RadiusCalibration:

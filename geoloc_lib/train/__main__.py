@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import sys
 
-from geoloc_lib.base.command_line import run_command
+from geoloc_lib.base.command_line import CommandParser, run_command
 from geoloc_lib.train.config import config_from_command_line
 
 PROG = "python -m geoloc_lib.train"
 
 
 def main(argv=None) -> int:
-    config = config_from_command_line(argv, __doc__, PROG)  # --help answers here, before torch is imported
+    config = config_from_command_line(
+        argv, CommandParser(prog=PROG, description=__doc__)
+    )  # --help answers here, before torch is imported
 
     def body() -> None:
         from geoloc_lib.train.loop import fit

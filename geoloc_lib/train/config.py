@@ -1,5 +1,4 @@
-"""`TrainConfig`: every setting of a training run, in one dataclass that imports nothing of the library but
-base's command line (no torch, so `--help` answers at once).
+"""`TrainConfig`: every setting of a training run, in one dataclass that imports nothing of the library.
 
 It checks what a value alone can tell (types, finiteness, ranges); each stage checks the options it owns when
 the run is built (`from_config.check_options`), before anything is written.
@@ -18,8 +17,6 @@ import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-
-from geoloc_lib.base.command_line import CommandParser
 
 
 @dataclass
@@ -329,15 +326,12 @@ def parse_settings(settings: list[str]) -> dict:
     return values
 
 
-def config_from_command_line(argv, description: str, prog: str) -> TrainConfig:
-    """A TrainConfig from `--set FIELD=VALUE` arguments (the command lines of training and extraction); a bad
-    argument or setting exits 2 with one line."""
-    settings = ", ".join(f"{f.name}={f.default!r}" for f in fields(TrainConfig))
-    parser = CommandParser(
-        prog=prog,
-        description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"settings and their defaults: {settings}",
+def config_from_command_line(argv, parser: argparse.ArgumentParser) -> TrainConfig:
+    """A TrainConfig from `--set FIELD=VALUE` arguments (the command lines of training and extraction), read
+    by the command's own `parser`, whose `error` reports a bad argument or setting."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "settings and their defaults: " + ", ".join(
+        f"{f.name}={f.default!r}" for f in fields(TrainConfig)
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainConfig setting"
