@@ -73,3 +73,51 @@ def dump_dom(flags, html_path) -> str:
     return subprocess.run(
         [*flags, "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=180
     ).stdout
+
+
+def jupyterlab_dom(flags, notebook: Path, data_dir: Path) -> str:
+    """The DOM of `notebook` opened in a JupyterLab served from its folder, as headless Chromium sees it after
+    Lab rendered it. `data_dir` holds Jupyter's data for this test (its notebook signatures among them)."""
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "JUPYTER_DATA_DIR": str(data_dir)}
+    lab = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",
+            f"--port={port}",
+            "--ip=127.0.0.1",
+            "--ServerApp.token=geoloc",
+            f"--ServerApp.root_dir={notebook.parent}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(120):  # the server answers within a minute
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token=geoloc", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}/lab/workspaces/test/tree/{notebook.name}?token=geoloc&reset"
+        flags = [f for f in flags if not f.startswith(("--virtual-time-budget", "--host-resolver-rules"))]
+        return subprocess.run(
+            [*flags, "--virtual-time-budget=30000", "--window-size=1400,1000", "--dump-dom", url],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        ).stdout
+    finally:
+        lab.terminate()
+        lab.wait(timeout=30)

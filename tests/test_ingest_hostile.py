@@ -90,6 +90,11 @@ def test_photos_spread_over_the_root_or_a_home_folder_are_refused(tmp_path, tops
         builder.photos_root(paths, tmp_path / "list.csv", tmp_path / "out")
 
 
+def test_a_home_folder_is_refused_before_a_file_is_read(tmp_path, capsys):
+    code, err = _ingest(capsys, Path.home(), tmp_path / "data")
+    assert code == 2 and "ingest would read every file under it" in err and "read EXIF" not in err
+
+
 def test_photos_inside_the_folder_being_replaced_are_refused(tmp_path):
     out = tmp_path / "out"
     inside = pd.Series([str(out / "keep" / "1.jpg"), str(out / "keep" / "2.jpg")])

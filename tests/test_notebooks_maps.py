@@ -1,5 +1,11 @@
 import ast
+import base64
+import io
+import os
 import re
+import shutil
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -8,7 +14,7 @@ import numpy as np
 import pandas as pd
 import papermill as pm
 import pytest
-from conftest import chromium_flags, dump_dom
+from conftest import chromium_flags, dump_dom, jupyterlab_dom
 from papermill.translators import PythonTranslator
 from PIL import Image
 
@@ -183,6 +189,7 @@ def test_all_notebooks_run_under_papermill(tiny_data, tmp_path):
     _check_offline_rendering(
         executed, [*(tmp_path / "audit").glob("*.html"), *(run / "maps").glob("*.html")], tmp_path
     )
+    _check_maps_in_jupyterlab(executed["04_error_maps"], tmp_path)
 
 
 NOTEBOOK_NAMES = [path.stem for path in NOTEBOOKS]
@@ -241,6 +248,29 @@ def _check_offline_rendering(executed, saved_maps, tmp_path):
         assert any(kind in classes for classes in drawn), kind
     dropdown = re.search(r'class="lm-Widget[^"]*widget-dropdown".*?</select>', dom, re.S)
     assert dropdown and "Sindh" in dropdown.group(0)  # its saved choices
+
+
+def _check_maps_in_jupyterlab(notebook, tmp_path):
+    """04 as papermill wrote it, opened in JupyterLab: untrusted, its maps are still pictures (Lab runs none of
+    their scripts); once `jupyter trust` signed it, the live Leaflet maps with the province polygons."""
+    flags = chromium_flags(tmp_path)
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    opened = lab / notebook.name
+    shutil.copyfile(notebook, opened)
+    dom = jupyterlab_dom(flags, opened, tmp_path / "jupyter_data")
+    pictures = re.findall(r'<img[^>]*class="geoloc-still-map"[^>]*src="data:image/png;base64,([^"]+)"', dom)
+    assert len(pictures) == 2 and "leaflet-map-pane" not in dom  # the error map and the geocell map
+    with Image.open(io.BytesIO(base64.b64decode(pictures[0]))) as png:
+        colours = {c for _, c in png.convert("RGB").getcolors(1 << 20)}
+    assert len(colours) > 50  # borders, fills, dots and labels; not an empty frame
+    env = {**os.environ, "JUPYTER_DATA_DIR": str(tmp_path / "jupyter_data")}
+    subprocess.run(
+        [sys.executable, "-m", "jupyter", "trust", str(opened)], check=True, env=env, capture_output=True
+    )
+    dom = jupyterlab_dom(flags, opened, tmp_path / "jupyter_data")
+    assert "geoloc-still-map" not in dom and dom.count("leaflet-map-pane") >= 2
+    assert dom.count('class="leaflet-interactive"') >= 14  # the seven province polygons on each map
 
 
 def test_a_map_of_cells_is_fitted_to_their_whole_circles():

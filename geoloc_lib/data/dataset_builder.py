@@ -253,6 +253,11 @@ def _check_folders(source: Path, out_dir: Path, overwrite: bool) -> None:
             f"{out_dir} is a file, not a folder; name a new folder for the data, such as data/my_photos"
         )
     out = out_dir.resolve()
+    if source.is_dir() and _too_broad(source.resolve()):
+        raise IngestError(
+            f"{source} is {source.resolve()}: ingest would read every file under it and link all of it; pass "
+            "the folder that holds the photos"
+        )
     if source.is_dir():
         _check_apart(source.resolve(), out, out_dir)
     elif out in source.resolve().parents:
@@ -277,6 +282,11 @@ def _check_folders(source: Path, out_dir: Path, overwrite: bool) -> None:
             )
 
 
+def _too_broad(root: Path) -> bool:
+    """`/` or a home folder: too much to read, and too much for the `photos` link to expose."""
+    return root == Path(root.anchor) or root == Path.home().resolve() or root.parent == Path("/home")
+
+
 def _check_apart(photos: Path, out: Path, out_dir: Path) -> None:
     if out == photos or photos in out.parents or out in photos.parents:
         raise IngestError(
@@ -292,7 +302,7 @@ def photos_root(paths: pd.Series, source: Path, out_dir: Path) -> str:
     root = (
         source.resolve() if source.is_dir() else Path(os.path.commonpath([os.path.dirname(p) for p in paths]))
     )
-    if root == Path(root.anchor) or root == Path.home().resolve() or root.parent == Path("/home"):
+    if _too_broad(root):
         tops = sorted({Path(*Path(p).parts[: len(root.parts) + 1]).as_posix() for p in paths})
         raise IngestError(
             f"the accepted photos of {source} lie under {', '.join(tops[:3])}{' ...' if len(tops) > 3 else ''}, "

@@ -27,6 +27,7 @@ class Legend(MacroElement):
 
     def __init__(self, title: str, entries: list[tuple[str, str]], shape: str = "square"):
         super().__init__()
+        self.title, self.entries, self.shape = title, entries, shape  # for the still picture (static_maps.py)
         radius = "50%" if shape == "circle" else "0"
         rows = "".join(
             f'<div><span style="display:inline-block;width:11px;height:11px;background:{color};'

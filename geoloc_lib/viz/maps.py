@@ -29,8 +29,10 @@ from geoloc_lib.geo.borders import province_borders
 from geoloc_lib.geo.places import map_labels
 from geoloc_lib.geo.sphere import KM_PER_DEG_LAT
 from geoloc_lib.viz.map_controls import Legend, Title
+from geoloc_lib.viz.static_maps import static_png
 
 LEAFLET_DIR = RESOURCES / "leaflet"
+STILL_ALT = "the map as a still picture: the live map shows once the notebook is trusted (jupyter trust)"
 LABELLED_TOWNS = 25  # the largest towns are named on every map
 LABEL_GAP_KM = 60  # at country scale, closer labels print over each other
 PROVINCE_COLORS = ("#e6550d", "#31a354", "#3182bd", "#756bb1", "#636363", "#bcbd22", "#d6616b")
@@ -124,8 +126,13 @@ def offline_html(m: folium.Map) -> str:
 
 
 def notebook_html(m: folium.Map, height_px: int = 480) -> str:
-    """The map as an HTML fragment for a notebook output: no iframe and no network, so it renders offline
-    (once the notebook is trusted) and in exported HTML. Page-wide styles of the standalone page are left out."""
+    """The map as an HTML fragment for a notebook output: no iframe and no network. Page-wide styles of the
+    standalone page are left out.
+
+    JupyterLab runs no script of a notebook it does not trust (every notebook papermill writes, until `jupyter
+    trust`): it shows the fragment with its scripts removed. So the fragment opens with the map's still
+    picture (`static_maps.static_png`), and the map's own scripts, where they run (a trusted notebook, an
+    exported page), remove the picture as they draw the live map."""
     page = offline_html(m)
     head = page[page.index("<head>") + 6 : page.index("</head>")]
     kept = [
@@ -134,13 +141,23 @@ def notebook_html(m: folium.Map, height_px: int = 480) -> str:
     kept = [b for b in kept if not re.search(r"#map\s*{", b)]
     body = page[page.index("<body>") + 6 : page.index("</body>")]
     scripts = "".join(re.findall(r"<script>.*?</script>", page[page.index("</body>") :], re.S))
-    return (
-        f'<div style="position:relative;width:100%;height:{height_px}px">{"".join(kept)}{body}{scripts}</div>'
+    name = m.get_name()
+    picture = base64.b64encode(static_png(m)).decode("ascii")
+    still = (
+        f'<img id="still_{name}" class="geoloc-still-map" alt="{STILL_ALT}" src="data:image/png;base64,{picture}" '
+        f'style="max-width:100%;max-height:{height_px}px">'
     )
+    # where scripts run, the picture goes and the live map's box takes its height, before Leaflet sizes the map
+    live = (
+        f'<script>document.getElementById("still_{name}").remove();'
+        f'document.getElementById("live_{name}").style.height="{height_px}px";</script>'
+    )
+    return f'{still}<div id="live_{name}" style="position:relative;width:100%">{live}{"".join(kept)}{body}{scripts}</div>'
 
 
 def show(m: folium.Map, height_px: int = 480):
-    """Display a map in a notebook without any network access (see `notebook_html`)."""
+    """Display a map in a notebook without any network access: live where the notebook is trusted, its still
+    picture where not (see `notebook_html`)."""
     from IPython.display import HTML
 
     return HTML(notebook_html(m, height_px))
