@@ -75,8 +75,9 @@ def test_config_from_notebook_parameters():
     cfg = TrainConfig.from_parameters(namespace, phase=0)
     assert (cfg.epochs, cfg.phase, cfg.phase0_checkpoint) == (3, 0, "p.pt")
     assert cfg.images_root is None and cfg.clip_pretrained is None  # optional fields: "" means None
-    with pytest.raises(ValueError, match="run_name"):  # a plain str keeps "", which is refused
-        TrainConfig.from_parameters({"run_name": ""})
+    assert TrainConfig.from_parameters({"run_name": ""}).run_name == ""  # a new dated run when it starts
+    with pytest.raises(ValueError, match="name it with run_name"):  # resume needs to know which run
+        TrainConfig.from_parameters({"run_name": "", "resume": True})
     with pytest.raises(ValueError, match="epochs must be at least 1.*dropout"):
         TrainConfig.from_parameters({"epochs": 0, "dropout": 1.5})
     for name in ("02b_train_phase0", "03b_train_phase2"):  # no parameter is silently ignored

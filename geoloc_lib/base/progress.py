@@ -1,4 +1,5 @@
-"""Progress bars: tqdm's widget bars in an interactive notebook, text bars everywhere else.
+"""Progress bars: tqdm's widget bars in an interactive notebook, text bars everywhere else; and progress lines
+for the terminal that started a notebook's kernel.
 
 A notebook executed headless (papermill: `make demo`, the tests) keeps only the first frame of a widget
 bar ("0% 0/3") in its saved output, so `GEOLOC_TEXT_PROGRESS=1` (set by the demo pipeline and the tests)
@@ -26,3 +27,30 @@ def progress_bar(*args, **kwargs):
     if "ipykernel" in sys.modules and "file" not in kwargs:
         kwargs["file"] = sys.stdout
     return text_tqdm(*args, **kwargs)
+
+
+_TERMINAL: list = []  # the kernel's terminal, opened once (empty: not looked up yet)
+
+
+def kernel_terminal():
+    """The terminal that started this notebook kernel (papermill's, or JupyterLab's server), as a text stream,
+    or None outside a kernel. ipykernel sends stdout and stderr to the notebook and keeps a copy of the
+    original stderr's descriptor (`_original_stdstream_copy`), which still leads to that terminal; where it does
+    not watch the descriptors (under pytest), descriptor 2 itself still leads there."""
+    if not _TERMINAL:
+        descriptor = getattr(sys.stderr, "_original_stdstream_copy", None)
+        if descriptor is None and sys.__stderr__ is not None:
+            descriptor = sys.__stderr__.fileno()
+        stream = None
+        if "ipykernel" in sys.modules and isinstance(descriptor, int):
+            stream = os.fdopen(os.dup(descriptor), "w", buffering=1, encoding="utf-8", errors="replace")
+        _TERMINAL.append(stream)
+    return _TERMINAL[0]
+
+
+def terminal_line(text: str) -> None:
+    """One line for whoever watches the command that runs a notebook (`papermill ...`), which otherwise shows
+    only its cell counter; nothing outside a kernel, where the log's own lines reach the terminal."""
+    stream = kernel_terminal()
+    if stream is not None:
+        stream.write(text + "\n")

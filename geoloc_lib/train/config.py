@@ -30,7 +30,7 @@ class TrainConfig:
     image_check: str = "decode"  # before training: decode (every photo opens, fast), exists, or none
     allow_images_outside: bool = False  # image paths may lead outside the data folder / images_root
     # run folder
-    run_name: str = "phase1"
+    run_name: str = ""  # empty: phase{phase}_<date>-<time>, chosen when the run starts (train/run_folder.py)
     runs_dir: str = "runs"
     resume: bool = False
     overwrite: bool = False
@@ -144,8 +144,10 @@ class TrainConfig:
 def _range_problems(cfg: TrainConfig) -> list[str]:
     """Counts, rates and weights in their ranges; options that exclude each other."""
     problems = []
-    if cfg.run_name.strip() in ("", ".", ".."):
+    if cfg.run_name.strip() in (".", "..") or (cfg.run_name and not cfg.run_name.strip()):
         problems.append(f"run_name {cfg.run_name!r} must name a folder (it is deleted on overwrite)")
+    if not cfg.run_name and (cfg.resume or cfg.overwrite):
+        problems.append("resume and overwrite act on an existing run: name it with run_name (ls runs/)")
     if cfg.phase not in (0, 1, 2):
         problems.append(f"phase must be 0, 1 or 2, not {cfg.phase}")
     if cfg.phase == 2:

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from geoloc_lib.base.atomic_files import write_json
-from geoloc_lib.base.progress import progress_bar
+from geoloc_lib.base.progress import progress_bar, terminal_line
 from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.evaluate.calibration import calibrate
 from geoloc_lib.evaluate.evaluation import Evaluation, evaluate
@@ -39,7 +39,7 @@ from geoloc_lib.train.early_stopping import stop_reason
 from geoloc_lib.train.epoch_report import epoch_summary
 from geoloc_lib.train.from_config import cache_spec_of, head_config_of
 from geoloc_lib.train.phases import phase_of
-from geoloc_lib.train.run_folder import RunFolder
+from geoloc_lib.train.run_folder import RunFolder, named
 from geoloc_lib.train.run_state import commit_epoch
 from geoloc_lib.train.schedule import lr_at
 from geoloc_lib.train.setup import Training, build_training
@@ -207,9 +207,23 @@ def run_epoch(t: Training, epoch: int) -> None:
     if improved:
         t.best_metric, t.best_epoch = metric, epoch
         t.log.info(f"   new best ({phase.selection_text(metric)}) -> {t.folder.best_checkpoint(t.cfg.phase)}")
+    epoch_seconds = [r["val"]["seconds"] for r in t.history[-3:]]  # the last epochs of this session
+    left = sum(epoch_seconds) / len(epoch_seconds) * (t.cfg.epochs - epoch)
+    terminal_line(
+        f"{t.folder.root.name}: epoch {epoch}/{t.cfg.epochs}, {phase.selection_text(metric)} (best: epoch "
+        f"{t.best_epoch}), {seconds:.0f} s"
+        + (f"; about {_duration(left)} left" if epoch < t.cfg.epochs else "")
+    )
     if t.world.is_main:  # the first process writes the run folder
         payload = _checkpoint(t, epoch, rows, val.predictions)
         commit_epoch(t.folder, t.cfg.phase, payload, improved, keep=t.cfg.keep_checkpoints)
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return (
+        f"{seconds:.0f} s" if seconds < 90 else f"{minutes} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+    )
 
 
 def calibrate_radii(t: Training, best: Checkpoint) -> None:
@@ -275,7 +289,12 @@ def fit(
 ) -> FitResult:
     """Train `cfg` into its run folder (resuming it when asked) and return the best epoch. `on_epoch` is
     called with the run folder after each committed epoch (03 redraws its curves with it)."""
+    cfg = named(cfg)  # an empty run_name becomes a new dated one, here, so that the config written has it
     t = build_training(cfg, progress)
+    terminal_line(
+        f"{t.folder.root.name}: Phase {cfg.phase} in {t.folder.root}, epochs {t.start_epoch}-{cfg.epochs} "
+        "(each epoch's line follows; the whole report is in its log.txt and the notebook)"
+    )
     try:
         if t.world.is_main:
             t.folder.truncate_losses(t.start_epoch - 1)
@@ -297,4 +316,7 @@ def fit(
             index_novelty(t, best)  # every process: under torchrun each extracts its share of the features
     finally:
         t.close()
+    terminal_line(
+        f"{t.folder.root.name}: done, best epoch {best.epoch} ({phase_of(cfg).selection_text(best.best_metric)})"
+    )
     return FitResult(t.folder.root, best.epoch, best.best_metric, best.metrics["val"], stopped)

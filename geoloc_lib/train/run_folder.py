@@ -22,6 +22,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -45,6 +46,21 @@ LOSSES_CSV_COLUMNS = [
     *EXTRA_METRIC_COLUMNS,
     "seconds",
 ]
+
+
+def named(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with a run_name: its own, or, when empty, a new one, `phase{phase}_<YYYYMMDD-HHMMSS>` (with a
+    suffix if that folder exists), so that running the same command twice makes two runs."""
+    if cfg.run_name:
+        return cfg
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would pick its own time
+        raise ValueError("name the run (run_name) when it trains in several processes")
+    stem = f"phase{cfg.phase}_{time.strftime('%Y%m%d-%H%M%S')}"
+    name, n = stem, 1
+    while (Path(cfg.runs_dir) / name).exists():
+        n += 1
+        name = f"{stem}_{n}"
+    return dataclasses.replace(cfg, run_name=name)
 
 
 class RunFolder:

@@ -140,8 +140,8 @@ def inspect(cfg: TrainConfig, folder: RunFolder) -> StartPlan:
         return StartPlan("resume", _resume_point(cfg, folder))
     if folder.config.exists():
         raise FileExistsError(
-            f"run folder {folder.root} already exists. Pass resume=True to continue it, overwrite=True to "
-            f"replace it, or choose another run_name."
+            f"run folder {folder.root} already exists: continue it with resume=True (papermill: -p resume True; "
+            "command line: --set resume=True), replace it with overwrite=True, or leave run_name empty for a new run"
         )
     return StartPlan("fresh")
 

@@ -45,7 +45,7 @@ from geoloc_lib.train.from_config import (
     model_for_training,
 )
 from geoloc_lib.train.phases import phase_of
-from geoloc_lib.train.run_folder import RunFolder, open_log_file, run_logger, silent_logger
+from geoloc_lib.train.run_folder import RunFolder, named, open_log_file, run_logger, silent_logger
 from geoloc_lib.train.run_state import StartPlan, abandon, begin, check_resumable, claim
 from geoloc_lib.train.schedule import exponential_average
 from geoloc_lib.train.step import EagerStepper, GraphStepper, TrainStep, select_stepper
@@ -245,7 +245,7 @@ def _start_line(cfg: TrainConfig, data: GeoDataset, model: GeolocModel, device: 
             else "cached features"
         )
     return (
-        f"Phase {cfg.phase} on {device}: {len(data.train)} train / {len(data.val)} validation photos "
+        f"Phase {cfg.phase} in {cfg.run_dir} on {device}: {len(data.train)} train / {len(data.val)} validation photos "
         f"(whole {cfg.val_block_km:g} km blocks of train.csv; test.csv is not read), {model.cells.num_cells} "
         f"cells, {path}"
     )
@@ -258,6 +258,7 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     config, the data, the model, loss, sampler and optimiser, the resume point or Phase 0's weights, and
     the features (train/run_state.py). Only then `runstate.begin` clears, repairs or starts the folder.
     """
+    cfg = named(cfg)
     check_options(cfg)
     world = distributed.from_env(cfg.device)
     _check_world(cfg, world)

@@ -14,19 +14,43 @@ from PIL import Image
 
 from geoloc_lib.base.atomic_files import atomic_write_bytes
 
+# the notebook parameters that name files or folders (run_dirs: several, separated by commas)
+PATH_PARAMETERS = (
+    *("data_dir", "images_root", "ingest_from", "output_dir", "runs_dir", "cache_dir", "run_dir", "run_dirs"),
+    *("phase0_checkpoint", "phase1_checkpoint", "boundaries_geojson"),
+)
+
 
 def project_root(start: str | Path | None = None) -> Path:
-    """The nearest folder at or above `start` (default: cwd) that holds pyproject.toml."""
+    """The nearest folder at or above `start` (default: cwd) that holds pyproject.toml, else the checkout this
+    library was installed from (`pip install -e .`), else `start`."""
     here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
+    for folder in (here, *here.parents, Path(__file__).resolve().parents[2]):
         if (folder / "pyproject.toml").is_file() and (folder / "geoloc_lib").is_dir():
             return folder
     return here
 
 
-def setup() -> Path:
-    """Run from the project root, whether the notebook was opened from notebooks/ or run by papermill."""
-    root = project_root()
+def typed_path(value: str, started: Path, root: Path) -> str:
+    """A path parameter as the user meant it. Relative paths in the notebooks' defaults are read from the
+    project root; a relative path typed where papermill was started (`-p data_dir ../data/mine` from
+    notebooks/) is read from there: when it exists there, or starts with `.`. Returned absolute in that case."""
+    if not value or Path(value).is_absolute() or started == root:
+        return value
+    if (started / value).exists() or value.startswith("."):
+        return str((started / value).resolve())
+    return value
+
+
+def setup(parameters: dict | None = None) -> Path:
+    """Run from the project root, whether the notebook was opened from notebooks/ or run by papermill from
+    anywhere; the path parameters in `parameters` (the notebook's globals()) are first read from where the
+    notebook started (`typed_path`)."""
+    started, root = Path.cwd().resolve(), project_root()
+    for name in PATH_PARAMETERS:
+        if parameters is not None and isinstance(parameters.get(name), str):
+            items = parameters[name].split(",") if name == "run_dirs" else [parameters[name]]
+            parameters[name] = ",".join(typed_path(item.strip(), started, root) for item in items)
     os.chdir(root)
     matplotlib.rcParams["figure.dpi"] = 90
     return root
