@@ -61,6 +61,10 @@ def test_the_design_card_command_twice_from_notebooks_with_a_relative_data_folde
     for run, terminal in zip(runs, terminals, strict=True):  # each epoch's line reached the terminal
         assert f"{run}: epoch 1/2, validation median" in terminal and "about" in terminal
         assert f"{run}: epoch 2/2" in terminal and f"{run}: done, best epoch" in terminal
+        # without Phase 0 the province head starts from scratch, and the terminal, the log and the notebook say so
+        assert f"{run}: NO PHASE 0: phase0_checkpoint is empty" in terminal
+        assert "NO PHASE 0" in (tmp_path / "runs" / run / "log.txt").read_text()
+    assert "NO PHASE 0" in (tmp_path / "out.ipynb").read_text()
     assert not (ROOT / "notebooks" / "out.ipynb").exists()
 
 

@@ -104,6 +104,10 @@ def run_demo(
     )
     run_notebook("04_error_maps", out_dir, run_dir=str(out_dir))
     print_ladder(out_dir)
+    print(
+        "In a new shell, run `. .venv/bin/activate` first: papermill, geoloc-ingest, geoloc-predict and jupyter "
+        "live in .venv/bin."
+    )
     if phase2:
         tuned = Path("runs") / f"{run_name}_phase2"
         tuned.mkdir(exist_ok=True)

@@ -16,6 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 from geoloc_lib.base import distributed
 from geoloc_lib.base.distributed import World
 from geoloc_lib.base.folder_lock import RunLock
+from geoloc_lib.base.progress import terminal_line
 from geoloc_lib.data.contract import GeoDataset
 from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.data.feature_sources import CachedFeatures, CachedPrefixes, EncodedImages
@@ -166,6 +167,14 @@ def _restore(state: Checkpoint, *, cfg, folder, data, model, ema, optimizer) -> 
     return StartPoint(state.epoch + 1, state.best_metric, state.best_epoch, tuple(state.history or ()))
 
 
+NO_PHASE0 = (
+    "NO PHASE 0: phase0_checkpoint is empty, so the province head starts from scratch. Phase 0 first usually "
+    "helps the thin provinces: run notebooks/02b_train_phase0 on the same data, then pass "
+    "-p phase0_checkpoint runs/<its run>/checkpoints/phase0/phase0_best.pt (--set phase0_checkpoint=... on the "
+    "command line)"
+)
+
+
 def _start_from(plan: StartPlan, *, cfg, folder, data, model, ema, optimizer, log) -> StartPoint:
     """Resume the run from its last checkpoint, or start Phase 1 from Phase 0's weights when given."""
     if plan.state is not None:
@@ -180,6 +189,9 @@ def _start_from(plan: StartPlan, *, cfg, folder, data, model, ema, optimizer, lo
         log.info(f"Resuming {folder.root}: no epoch was committed before, so training starts at epoch 1")
     if cfg.phase0_checkpoint and cfg.phase == 1:
         log.info(load_phase0_weights(model, cfg.phase0_checkpoint).summary())
+    elif cfg.phase == 1:
+        log.info(NO_PHASE0)
+        terminal_line(f"{folder.root.name}: {NO_PHASE0}")
     return StartPoint()
 
 
