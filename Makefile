@@ -6,6 +6,7 @@ KERNEL := geoloc
 # torch / torchvision pinned to a pair that installs together (see README); lower bounds live in pyproject.toml.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_RUN ?= demo
+LAB_PORT ?= 8888
 
 .PHONY: venv demo demo-lite0 demo-phase2 test lab lint format bench bench-accuracy bench-scale bench-ingest bench-predict bench-calibration gpu-check clean-demo
 
@@ -35,9 +36,10 @@ demo-phase2: venv
 test: venv
 	$(PY) -m pytest -q
 
+# make lab LAB_PORT=8890 chooses another port
 lab: venv
 	@echo "JupyterLab opens at the project root: notebooks/ holds the workbook, runs/ every run (executed notebooks, maps, figures)."
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --port=$(LAB_PORT) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 lint: venv
 	$(VENV)/bin/ruff check .
