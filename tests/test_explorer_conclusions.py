@@ -123,6 +123,25 @@ def test_overfitting_is_named_with_the_epoch_kept():
     assert "training loss fell from 0.800 to 0.400" in text and "kept checkpoint is epoch 2" in text
 
 
+def test_a_rising_loss_with_a_median_still_falling_is_not_called_overfitting():
+    # a short run (issue: 106.6 -> 65.3 km while the loss rose): the best epoch is the last one
+    losses = pd.DataFrame(
+        {
+            "epoch": [e for e in range(1, 5) for _ in range(2)],
+            "split": ["train", "val"] * 4,
+            "median_error_km": [120, 106.6, 100, 90.0, 90, 80.2, 80, 65.3],
+            "loss_total": [1.0, 0.70, 0.8, 0.66, 0.6, 0.72, 0.5, 0.80],
+        }
+    )
+    text = conclusions.training(losses, best_epoch=4, baseline_km=190.0)
+    assert "Overfitting" not in text and "will not help" not in text
+    assert (
+        "**Loss and median disagree**: the validation loss rose from 0.660 (epoch 2) to 0.800 (epoch 4)"
+        in text
+    )
+    assert "lowest at the last epoch (4)" in text and "More epochs may still lower the median" in text
+
+
 def test_the_ladder_conclusion_warns_about_every_rung_the_model_loses_to():
     table = pd.DataFrame(
         {"median_error_km": [503.0, 190.0, 600.0]},

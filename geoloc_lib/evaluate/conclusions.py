@@ -33,10 +33,18 @@ def _overfitting(losses: pd.DataFrame, best_epoch: int) -> str | None:
     lowest, last = int(val.idxmin()), int(val.index.max())
     if last - lowest < OVERFIT_EPOCHS or not train.loc[last] < train.loc[lowest]:
         return None
+    rose = (
+        f"the validation loss rose from {val.loc[lowest]:.3f} (epoch {lowest}) to {val.loc[last]:.3f} (epoch "
+        f"{last}) while the training loss fell from {train.loc[lowest]:.3f} to {train.loc[last]:.3f}"
+    )
+    if best_epoch == last:  # the median, which picks the checkpoint, still improves: the two disagree
+        return (
+            f"**Loss and median disagree**: {rose}, yet the validation median was lowest at the last epoch "
+            f"({last}): the model grows more confident where it is wrong while placing more photos closer. "
+            "More epochs may still lower the median; watch whether it keeps falling."
+        )
     return (
-        f"**Overfitting**: the validation loss rose from {val.loc[lowest]:.3f} (epoch {lowest}) to "
-        f"{val.loc[last]:.3f} (epoch {last}) while the training loss fell from {train.loc[lowest]:.3f} to "
-        f"{train.loc[last]:.3f}. The kept checkpoint is epoch {best_epoch} (lowest validation median); more "
+        f"**Overfitting**: {rose}. The kept checkpoint is epoch {best_epoch} (lowest validation median); more "
         "epochs will not help without more data, augmentation or regularisation."
     )
 
