@@ -86,3 +86,12 @@ def test_a_path_typed_where_papermill_started_is_read_from_there(tmp_path):
 def test_the_project_root_is_found_from_anywhere_through_the_installed_checkout(tmp_path):
     assert project_root(tmp_path) == ROOT  # an editable install knows its checkout
     assert project_root(ROOT / "notebooks") == ROOT
+
+
+def test_more_top_cells_than_any_province_has_trains_on_the_cells_there_are(tiny_config):
+    from geoloc_lib.train.loop import fit
+
+    # a few hundred photos make one or two cells per province; the default top_cells=5 no longer stops Phase 1
+    result = fit(tiny_config(top_cells=50, batches_per_epoch=2), progress=False)
+    log = (result.run_dir / "log.txt").read_text()
+    assert "top_cells 50, but no province has more than" in log and result.best_epoch == 1

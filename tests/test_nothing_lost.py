@@ -60,7 +60,6 @@ def _broken_phase0(tmp_path):
 LATE_FAILURES = {
     "mistyped phase0_checkpoint": lambda tmp: {"phase0_checkpoint": str(tmp / "no_such_phase0.pt")},
     "unreadable phase0_checkpoint": lambda tmp: {"phase0_checkpoint": _broken_phase0(tmp)},
-    "top_cells above the cells": lambda tmp: {"top_cells": 10_000},
     "batch too small for the provinces": lambda tmp: {"batch_size": 6},
     "a device this machine lacks": lambda tmp: {"device": "cuda:7"},
     "an augmentation no stage knows": lambda tmp: {"augment": "bogus"},
