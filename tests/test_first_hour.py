@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from geoloc_lib.viz.notebook import project_root, typed_path
@@ -95,3 +96,27 @@ def test_more_top_cells_than_any_province_has_trains_on_the_cells_there_are(tiny
     result = fit(tiny_config(top_cells=50, batches_per_epoch=2), progress=False)
     log = (result.run_dir / "log.txt").read_text()
     assert "top_cells 50, but no province has more than" in log and result.best_epoch == 1
+
+
+@pytest.mark.slow
+def test_a_refused_notebook_start_is_one_line_not_a_traceback(tmp_path):
+    papermill = shutil.which("papermill", path=str(Path(sys.executable).parent))
+    out = tmp_path / "out.ipynb"
+    command = [papermill, "03_train_phase1.ipynb", str(out), "-p", "data_dir", "../data/nowhere"]
+    command += ["-p", "runs_dir", str(tmp_path / "runs")]
+    result = subprocess.run(
+        command, cwd=ROOT / "notebooks", capture_output=True, text=True, timeout=300, env=SHELL_ENV
+    )
+    assert result.returncode != 0
+    errors = [
+        o
+        for c in nbformat.read(out, as_version=4).cells
+        for o in c.get("outputs", [])
+        if o.output_type == "error"
+    ]
+    assert len(errors) == 1 and len(errors[0].traceback) == 2  # the refusal, and how to see its traceback
+    assert (
+        errors[0].traceback[0].startswith("DataContractError: ")
+        and "nowhere/cell_metadata.csv" in errors[0].traceback[0]
+    )
+    assert "Traceback" not in result.stderr.split("Exception encountered at")[-1]  # papermill shows that line

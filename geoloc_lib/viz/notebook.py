@@ -13,6 +13,9 @@ import pandas as pd
 from PIL import Image
 
 from geoloc_lib.base.atomic_files import atomic_write_bytes
+from geoloc_lib.base.command_line import TRACEBACK_VARIABLE, one_line
+
+LIBRARY = Path(__file__).resolve().parents[1]  # geoloc_lib/
 
 # the notebook parameters that name files or folders (run_dirs: several, separated by commas)
 PATH_PARAMETERS = (
@@ -53,7 +56,34 @@ def setup(parameters: dict | None = None) -> Path:
             parameters[name] = ",".join(typed_path(item.strip(), started, root) for item in items)
     os.chdir(root)
     matplotlib.rcParams["figure.dpi"] = 90
+    _refusals_in_one_line()
     return root
+
+
+def _refusals_in_one_line() -> None:
+    """In a notebook kernel, a refusal the library raises (a ValueError, OSError or RuntimeError whose message is
+    written for the user: a missing data folder, an existing run) shows as its one line, as on the command line;
+    any other error keeps its whole traceback, and GEOLOC_TRACEBACK=1 keeps every one."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or os.environ.get(TRACEBACK_VARIABLE):
+        return
+
+    def handler(shell, etype, value, tb, tb_offset=None):
+        last = tb
+        while last is not None and last.tb_next is not None:
+            last = last.tb_next
+        if last is not None and Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(LIBRARY):
+            stb = [f"{etype.__name__}: {one_line(value)}", f"(set {TRACEBACK_VARIABLE}=1 for the traceback)"]
+        else:
+            stb = shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+        shell._showtraceback(etype, value, stb)
+        return stb
+
+    shell.set_custom_exc((ValueError, OSError, RuntimeError), handler)
 
 
 def save_figure(fig, path: str | Path) -> Path:
