@@ -193,3 +193,25 @@ def test_the_fine_tuning_conclusion_states_the_direction_and_the_stop():
     text = conclusions.fine_tuning(better, "p1", "p2", None)
     assert "2.0x better than Phase 1" in text and "did not improve" not in text
     assert "no early-stopping signal fired" in text
+
+
+def test_the_audit_says_how_to_split_a_wide_cell_or_that_it_cannot_be():
+    balance = pd.DataFrame(
+        {
+            "train": [200, 29, 14],
+            "train_share_%": [82.0, 12.0, 6.0],
+            "batch_share_%": [25.0, 12.5, 12.5],
+            "cells": [4, 1, 1],
+        },
+        index=["Sindh", "Punjab", "Balochistan"],
+    )
+    cells = pd.DataFrame(
+        {"cells": [4.0, 1.0, 1.0], "median_radius_km": [90.0, 357.0, 421.0]}, index=balance.index
+    )
+    leakage = pd.DataFrame({"count": [0]}, index=["shared images"])
+    text = conclusions.audit(balance, cells, leakage)
+    assert "Punjab's cells are wide (median radius 357 km over 1 cell(s))" in text
+    assert (
+        "smaller --geocell-min-samples (each cell needs that many training photos; 29 allow at most 3" in text
+    )
+    assert "Its 14 training photos are too few for more cells of 8" in text and "Sindh's cells" not in text

@@ -32,10 +32,12 @@ PER_TOWN = 30
 SANDSPIT = (24.80, 66.93)  # a Karachi beach just beyond the generalised coastline of the bundled borders
 
 
-def _photo(path: Path, colour, exif=None, size=(48, 36)) -> None:
+def _photo(path: Path, colour, exif=None, image=None, size=(48, 36)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {"exif": exif} if exif is not None else {}
-    Image.new("RGB", size, colour).save(path, "JPEG", quality=90, **kwargs)
+    (image.convert("RGB") if image is not None else Image.new("RGB", size, colour)).save(
+        path, "JPEG", quality=90, **kwargs
+    )
 
 
 def write_phone_folder(root: Path) -> dict[str, str]:
@@ -228,39 +230,51 @@ def test_real_camera_photos_read_to_their_labels_and_all_lie_outside_pakistan(tm
     assert (judged["reason"] == builder.OUTSIDE).all() and len(judged) == len(labels)
 
 
+def write_scene_folder(root: Path, scratch: Path) -> int:
+    """About 330 phone photos of the demo generator's scenes (their content depends on the place) spread over
+    Pakistan, with EXIF GPS and capture times, in seven day folders: a small own dataset. Returns the count."""
+    from dataclasses import replace
+
+    from geoloc_lib.data.demo_data import TINY_DEMO, generate_demo_dataset
+
+    demo = generate_demo_dataset(
+        scratch, replace(TINY_DEMO, n_train=260, n_test=60, image_size=96, workers=1)
+    )
+    rows = pd.concat([pd.read_csv(demo / "train.csv"), pd.read_csv(demo / "test.csv")])
+    for i, row in enumerate(rows.itertuples()):
+        taken = f"2024-03-{1 + i % 28:02d} {i % 24:02d}:{i % 60:02d}:00"
+        with Image.open(demo / row.image) as scene:
+            _photo(
+                root / f"day{i % 7}" / f"IMG_{i:04d}.jpg",
+                None,
+                geotag(row.latitude, row.longitude, taken),
+                scene,
+            )
+    return len(rows)
+
+
 @pytest.mark.slow
-def test_00_ingests_the_photos_and_the_folder_trains_through_phase0_phase1_and_the_error_maps(
-    phone_folder, tmp_path
-):
+def test_a_few_hundred_own_photos_train_through_phase0_phase1_and_the_error_maps_on_the_defaults(tmp_path):
+    """00 ingests them, 02b and 03 train and 04 evaluates with every data-dependent setting at its default
+    (cells, top_cells, the test and validation blocks); only the schedule is shortened."""
     from test_notebooks_maps import _run
 
-    root, _ = phone_folder
+    photos = write_scene_folder(tmp_path / "DCIM", tmp_path / "scenes")
     data, runs = tmp_path / "my_photos", tmp_path / "runs"
-    ingest = dict(ingest_test_fraction=0.2, ingest_block_km=2.0, leakage_block_km=2.0, geocell_min_samples=8)
     _run(
         "00_data_audit",
         tmp_path,
         data_dir=str(data),
-        ingest_from=str(root),
+        ingest_from=str(tmp_path / "DCIM"),
         output_dir=str(tmp_path / "audit"),
-        **ingest,
     )
-    assert len(pd.read_csv(data / builder.REPORT_CSV)) == 8
-    common = dict(data_dir=str(data), runs_dir=str(runs), cache_dir=str(tmp_path / "cache"), batch_size=32)
-    common |= dict(proj_dim=64, cache_views=1, epochs=1, batches_per_epoch=4, val_block_km=2.0)
-    _run("02b_train_phase0", tmp_path, run_name="p0", **common)
+    train, test = pd.read_csv(data / "train.csv"), pd.read_csv(data / "test.csv")
+    assert 250 < len(train) + len(test) <= photos and len(test) > 0
+    schedule = dict(epochs=2, batches_per_epoch=10)
+    common = dict(data_dir=str(data), runs_dir=str(runs), cache_dir=str(tmp_path / "cache"), num_workers=0)
+    _run("02b_train_phase0", tmp_path, run_name="p0", **common, **schedule)
     p0 = runs / "p0" / "checkpoints" / "phase0" / "phase0_best.pt"
-    # one cell per town (30 photos within 5 km): decoding can look at that one cell only
-    _run(
-        "03_train_phase1",
-        tmp_path,
-        run_name="p1",
-        phase0_checkpoint=str(p0),
-        top_cells=1,
-        num_workers=0,
-        **common,
-    )
+    _run("03_train_phase1", tmp_path, run_name="p1", phase0_checkpoint=str(p0), **common, **schedule)
     _run("04_error_maps", tmp_path, run_dir=str(runs / "p1"), worst_n=5)
     predictions = pd.read_csv(runs / "p1" / "evaluation" / "predictions.csv")
-    test = pd.read_csv(data / "test.csv")
     assert sorted(predictions["id"]) == sorted(test["id"])  # every held-out photo was placed and scored

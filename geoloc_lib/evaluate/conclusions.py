@@ -13,6 +13,7 @@ import pandas as pd
 
 LARGE_CELL_KM = 100  # a cell this wide caps how close a correct cell can get
 FEW_PHOTOS = 50  # a province with fewer training photos than this is thin
+SMALL_CELL_PHOTOS = 8  # the smallest geocell the advice suggests (fewer photos per cell learn little)
 OVERFIT_EPOCHS = 2  # validation loss above its minimum for this many epochs, training loss still falling
 
 
@@ -64,9 +65,18 @@ def audit(balance: pd.DataFrame, cells: pd.DataFrame, leakage: pd.DataFrame) -> 
     ]
     wide = cells[cells["median_radius_km"] > LARGE_CELL_KM]
     for name, row in wide.iterrows():
+        photos = int(balance.loc[name, "train"])
+        most = photos // SMALL_CELL_PHOTOS
+        fix = (
+            f"To split them, re-ingest with a smaller --geocell-min-samples (each cell needs that many training "
+            f"photos; {photos} allow at most {most} cells of {SMALL_CELL_PHOTOS}), or add photos from more places."
+            if most > row["cells"]
+            else f"Its {photos} training photos are too few for more cells of {SMALL_CELL_PHOTOS}: add photos from "
+            "more places there."
+        )
         lines.append(
-            f"{name}'s cells are wide (median radius {row['median_radius_km']:.0f} km over {row['cells']} "
-            f"cell(s)): even the right cell leaves the offset head most of the work there."
+            f"{name}'s cells are wide (median radius {row['median_radius_km']:.0f} km over {int(row['cells'])} "
+            f"cell(s)): even the right cell leaves the offset head most of the work there. {fix}"
         )
     leaks = leakage[leakage["count"] > 0]
     lines.append(
