@@ -2,7 +2,8 @@
 folder; its progress on the terminal; and path parameters read from where they were typed."""
 
 import os
-import shutil
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,32 @@ import pytest
 from geoloc_lib.viz.notebook import project_root, typed_path
 
 ROOT = Path(__file__).resolve().parents[1]
-# a user's shell: pytest's marker would make the kernel leave its output descriptors alone
-SHELL_ENV = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+
+
+def in_a_new_shell(line: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`line` run by bash as in a new terminal after the two setup commands: the system's PATH only, then the
+    README's one step, `. .venv/bin/activate`."""
+    activate = Path(sys.executable).parent / "activate"
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
+    command = f". {shlex.quote(str(activate))} && {line}"
+    return subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_every_program_the_readme_types_is_found_in_a_new_shell():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    programs = {
+        line.split()[0] for block in blocks for line in block.splitlines() if line and line[0].isalpha()
+    }
+    programs -= {"cd", "make"}  # a shell builtin; make is the system's
+    assert {"papermill", "geoloc-ingest", "geoloc-predict"} <= programs
+    for program in sorted(programs):
+        result = in_a_new_shell(f"{program} --help", ROOT)
+        assert result.returncode == 0 and "usage" in result.stdout.lower(), (program, result.stderr[-500:])
+
+
 TINY = [
     "-p",
     "epochs",
@@ -35,24 +60,12 @@ TINY += ["-p", "num_workers", "0", "-p", "image_check", "exists", "-p", "device"
 
 @pytest.mark.slow
 def test_the_design_card_command_twice_from_notebooks_with_a_relative_data_folder(tiny_data, tmp_path):
-    papermill = shutil.which("papermill", path=str(Path(sys.executable).parent))
     data = os.path.relpath(tiny_data, ROOT / "notebooks")  # typed from notebooks/: ../../tmp/...
     outputs = ["-p", "runs_dir", str(tmp_path / "runs"), "-p", "cache_dir", str(tmp_path / "cache")]
     terminals = []
-    for out in ("out.ipynb", "out2.ipynb"):
-        command = [
-            papermill,
-            "03_train_phase1.ipynb",
-            str(tmp_path / out),
-            "-p",
-            "data_dir",
-            data,
-            *outputs,
-            *TINY,
-        ]
-        result = subprocess.run(
-            command, cwd=ROOT / "notebooks", capture_output=True, text=True, timeout=600, env=SHELL_ENV
-        )
+    for out in ("out.ipynb", "out2.ipynb"):  # the README's design card command, typed in a new terminal
+        line = shlex.join(["papermill", "03_train_phase1.ipynb", str(tmp_path / out), "-p", "data_dir", data])
+        result = in_a_new_shell(f"{line} {shlex.join(outputs + TINY)}", ROOT / "notebooks")
         assert result.returncode == 0, result.stderr[-3000:]
         terminals.append(result.stdout + result.stderr)
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.name.startswith("phase1_"))
@@ -100,13 +113,9 @@ def test_more_top_cells_than_any_province_has_trains_on_the_cells_there_are(tiny
 
 @pytest.mark.slow
 def test_a_refused_notebook_start_is_one_line_not_a_traceback(tmp_path):
-    papermill = shutil.which("papermill", path=str(Path(sys.executable).parent))
     out = tmp_path / "out.ipynb"
-    command = [papermill, "03_train_phase1.ipynb", str(out), "-p", "data_dir", "../data/nowhere"]
-    command += ["-p", "runs_dir", str(tmp_path / "runs")]
-    result = subprocess.run(
-        command, cwd=ROOT / "notebooks", capture_output=True, text=True, timeout=300, env=SHELL_ENV
-    )
+    line = shlex.join(["papermill", "03_train_phase1.ipynb", str(out), "-p", "data_dir", "../data/nowhere"])
+    result = in_a_new_shell(f"{line} -p runs_dir {shlex.quote(str(tmp_path / 'runs'))}", ROOT / "notebooks")
     assert result.returncode != 0
     errors = [
         o
@@ -120,3 +129,15 @@ def test_a_refused_notebook_start_is_one_line_not_a_traceback(tmp_path):
         and "nowhere/cell_metadata.csv" in errors[0].traceback[0]
     )
     assert "Traceback" not in result.stderr.split("Exception encountered at")[-1]  # papermill shows that line
+
+
+def test_the_batches_of_an_epoch_follow_the_training_photos_up_to_1300():
+    from geoloc_lib.train.config import TrainConfig
+    from geoloc_lib.train.setup import batches_per_epoch
+
+    auto = TrainConfig()
+    assert batches_per_epoch(auto, 300) == 141  # 30 passes over 300 photos in batches of 64: ceil(9000 / 64)
+    assert (
+        batches_per_epoch(auto, 90_000) == 1300 and batches_per_epoch(auto, 2_800) == 1300
+    )  # GEOPAK, the demo
+    assert batches_per_epoch(TrainConfig(batches_per_epoch=500), 300) == 500  # a number given is kept

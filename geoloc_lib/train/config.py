@@ -42,7 +42,7 @@ class TrainConfig:
     batch_size: int = 64
     weight_decay: float = 1e-5
     temperature: float = 1.0
-    batches_per_epoch: int = 1300
+    batches_per_epoch: int = 0  # 0: about 30 passes over the training photos, at most 1300 (train/setup.py)
     loss_province: float = 0.5
     loss_geocell: float = 1.0
     loss_offset: float = 1.0
@@ -186,7 +186,7 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
 LOSS_WEIGHT_FIELDS = ("loss_province", "loss_geocell", "loss_offset", "loss_aux")
 # counts and widths; seeds, counts that may be 0, and weights; rates and scales
 AT_LEAST_ONE = (
-    *("epochs", "batch_size", "batches_per_epoch", "cache_views", "eval_batch_size", "keep_checkpoints"),
+    *("epochs", "batch_size", "cache_views", "eval_batch_size", "keep_checkpoints"),
     *(
         "top_provinces",
         "top_cells",
@@ -197,7 +197,15 @@ AT_LEAST_ONE = (
     ),
 )
 ZERO_OR_MORE = (
-    *("seed", "val_seed", "num_workers", "retrieval_k", "warmup_steps", "scene_image_size"),
+    *(
+        "seed",
+        "val_seed",
+        "num_workers",
+        "retrieval_k",
+        "warmup_steps",
+        "scene_image_size",
+        "batches_per_epoch",
+    ),
     *("unfreeze_clip_blocks", "unfreeze_scene_stages", "stop_patience"),
     *("weight_decay", "weight_decay_clip", "weight_decay_scene", "prior_correction", *LOSS_WEIGHT_FIELDS),
 )

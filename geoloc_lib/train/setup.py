@@ -247,6 +247,21 @@ def _check_world(cfg: TrainConfig, world: World) -> None:
         )
 
 
+AUTO_PASSES, MAX_AUTO_BATCHES = (
+    30,
+    1300,
+)  # batches_per_epoch=0: 30 passes, as the demo's 3,000 photos get from 1300
+
+
+def batches_per_epoch(cfg: TrainConfig, train_photos: int) -> int:
+    """`cfg.batches_per_epoch`, or for 0 about AUTO_PASSES passes over the training photos, at most
+    MAX_AUTO_BATCHES: GEOPAK's size keeps 1300 batches, and a few hundred photos are not seen hundreds of times
+    an epoch (1300 batches of 64 would show each of 300 photos 277 times)."""
+    if cfg.batches_per_epoch:
+        return cfg.batches_per_epoch
+    return max(1, min(MAX_AUTO_BATCHES, math.ceil(AUTO_PASSES * train_photos / cfg.batch_size)))
+
+
 def _start_line(cfg: TrainConfig, data: GeoDataset, model: GeolocModel, device: torch.device) -> str:
     if not cfg.feature_cache:
         path = "images through the encoders at every step"
@@ -265,7 +280,7 @@ def _start_line(cfg: TrainConfig, data: GeoDataset, model: GeolocModel, device: 
     return (
         f"Phase {cfg.phase} in {cfg.run_dir} on {device}: {len(data.train)} train / {len(data.val)} validation photos "
         f"(whole {cfg.val_block_km:g} km blocks of train.csv; test.csv is not read), {model.cells.num_cells} "
-        f"cells{few}, {path}"
+        f"cells{few}, {path}, {cfg.batches_per_epoch} batches of {cfg.batch_size} per epoch"
     )
 
 
@@ -285,6 +300,7 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     data = load_run_data(cfg, cfg.image_check if world.is_main else "exists")
     device = world.device(cfg.device)
     model = model_for_training(cfg, CellTable(data.cells)).to(device)
+    cfg = dataclasses.replace(cfg, batches_per_epoch=batches_per_epoch(cfg, len(data.train)))
     sampler = ProvinceBalancedBatchSampler(
         data.train["province_id"].to_numpy(), cfg.batch_size, cfg.batches_per_epoch, cfg.seed
     )
