@@ -115,7 +115,7 @@ def test_fatal_problems_print_one_line_and_exit_2(runs, tiny_data, tmp_path, cap
     assert err[-1].startswith("geoloc-predict: error: ") and expected in err[-1]
 
 
-@pytest.mark.parametrize("command", ["geoloc-predict", "geoloc-ingest"])
+@pytest.mark.parametrize("command", ["geoloc-predict", "geoloc-ingest", "geoloc-pages"])
 def test_the_console_scripts_are_installed(command):
     script = shutil.which(command, path=str(Path(sys.executable).parent))
     assert script is not None, f"pip install -e . installs {command} beside python"

@@ -141,3 +141,24 @@ def test_the_batches_of_an_epoch_follow_the_training_photos_up_to_1300():
         batches_per_epoch(auto, 90_000) == 1300 and batches_per_epoch(auto, 2_800) == 1300
     )  # GEOPAK, the demo
     assert batches_per_epoch(TrainConfig(batches_per_epoch=500), 300) == 500  # a number given is kept
+
+
+def test_any_run_gets_its_offline_pages(tmp_path, capsys):
+    from geoloc_lib.pages import main as pages
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_markdown_cell("# 03 · my own run"), nbformat.v4.new_code_cell("1 + 1")]
+    notebook.cells[1].outputs = [
+        nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)
+    ]
+    run = tmp_path / "runs" / "my_p1"
+    run.mkdir(parents=True)
+    nbformat.write(notebook, run / "03_train_phase1.ipynb")
+    assert pages([str(run)]) == 0
+    page = (run / "03_train_phase1.html").read_text(encoding="utf-8")
+    assert "my own run" in page and not re.search(r'<script[^>]*src="https?:', page)  # offline
+    (tmp_path / "notes.txt").write_text("not a notebook")
+    (tmp_path / "broken.ipynb").write_text("{not json")
+    for bad, expected in (("notes.txt", "not a notebook"), ("broken.ipynb", "not a readable notebook")):
+        assert pages([str(tmp_path / bad)]) == 2
+        assert expected in capsys.readouterr().err
