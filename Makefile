@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 KERNEL := geoloc
+LOG := $(VENV)/install.log
 # torch / torchvision pinned to a pair that installs together (see README); lower bounds live in pyproject.toml.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_RUN ?= demo
@@ -13,11 +14,12 @@ LAB_PORT ?= 8888
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@echo "installing .venv from pyproject.toml (about 6 minutes the first time, seconds after; pip's log: $(LOG))"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install $(TORCH_PINS)
-	$(PY) -m pip install -e '.[dev]'
-	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (geoloc)"
+	@$(PY) -m pip install --upgrade pip > $(LOG) 2>&1 || { tail -n 30 $(LOG); exit 1; }
+	@$(PY) -m pip install $(TORCH_PINS) >> $(LOG) 2>&1 || { tail -n 30 $(LOG); exit 1; }
+	@$(PY) -m pip install -e '.[dev]' >> $(LOG) 2>&1 || { tail -n 30 $(LOG); exit 1; }
+	@$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (geoloc)" >> $(LOG) 2>&1 || { tail -n 30 $(LOG); exit 1; }
 	touch $@
 
 demo: venv
