@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import papermill as pm
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import CaselessStrEnum
 
 from geoloc_lib.base.progress import TEXT_PROGRESS_ENV
 from geoloc_lib.data.demo_data import DEMO_PRESETS, generate_demo_dataset
@@ -33,20 +35,30 @@ DEMO_PHASE1 = {"epochs": 6, "batches_per_epoch": 300}
 DEMO_PHASE2 = {"epochs": 3, "batches_per_epoch": 300, "unfreeze_clip_blocks": 1, "lr": 5e-4}
 
 
+class LocalKernelManager(AsyncKernelManager):
+    """The kernel talks to papermill over local sockets (IPC), not TCP ports: nothing listens on the network, and
+    the kernel does not warn, once per notebook, that its TCP traffic is unencrypted."""
+
+    transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+
 def run_notebook(name: str, out_dir: Path, **parameters) -> Path:
     os.environ[TEXT_PROGRESS_ENV] = "1"  # the kernel inherits it: saved outputs end on each bar's final state
     out = out_dir / f"{name}.ipynb"
     print(f"--- {name} -> {out}", flush=True)
+    started = time.perf_counter()
     pm.execute_notebook(
         f"notebooks/{name}.ipynb",
         str(out),
         parameters=parameters,
         kernel_name=KERNEL,
+        kernel_manager_class=LocalKernelManager,
         progress_bar=False,
         log_output=True,
         cwd=".",
     )
     export_html(out)
+    print(f"    {name}: {time.perf_counter() - started:.0f} s", flush=True)
     return out
 
 
