@@ -242,7 +242,9 @@ def _check_offline_rendering(executed, saved_maps, tmp_path):
             assert dom.count("leaflet-map-pane") >= 2 and dom.count('class="leaflet-interactive"') >= 14, name
             assert "geoloc-legend" in dom, name
     dom = dump_dom(flags, tmp_path / "04_error_maps.html")
-    assert 'class="geoloc-explorer"' in dom and "data:image/jpeg;base64" in dom and "<iframe" in dom
+    assert (
+        'class="geoloc-explorer"' not in dom and "<iframe" in dom
+    )  # one view: the widget, from its saved state
     # the explorer's saved widgets, drawn offline by the inlined ipywidgets renderer
     drawn = re.findall(r'class="lm-Widget[^"]*jupyter-widgets[^"]*"', dom)
     for kind in ("widget-dropdown", "widget-text", "widget-image", "widget-html", "widget-vbox"):
@@ -265,6 +267,9 @@ def _check_maps_in_jupyterlab(notebook, tmp_path):
     with Image.open(io.BytesIO(base64.b64decode(pictures[0]))) as png:
         colours = {c for _, c in png.convert("RGB").getcolors(1 << 20)}
     assert len(colours) > 50  # borders, fills, dots and labels; not an empty frame
+    # the explorer without its kernel: its first view once, as plain HTML; no widget repr, no broken widget
+    assert dom.count('class="geoloc-explorer"') == 1 and "VBox(children=" not in dom
+    assert "Error displaying widget" not in dom and "data:image/jpeg;base64" in dom
     env = {**os.environ, "JUPYTER_DATA_DIR": str(tmp_path / "jupyter_data")}
     subprocess.run(
         [sys.executable, "-m", "jupyter", "trust", str(opened)], check=True, env=env, capture_output=True

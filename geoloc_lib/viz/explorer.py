@@ -25,7 +25,7 @@ HYPOTHESES_SHOWN = 5
 
 
 class WorstPhotoExplorer:
-    """`display(explorer.widget)`; `province` and `rank` are the two controls."""
+    """`display(explorer)`; `province` and `rank` are the two controls."""
 
     def __init__(self, predictions: pd.DataFrame, split: pd.DataFrame, predictor: Predictor):
         self.predictions = predictions.merge(split[["id", "image_path"]], on="id", how="left")
@@ -71,6 +71,15 @@ class WorstPhotoExplorer:
         )
         page = maps.offline_html(chart)
         self.map.value = f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:320px;border:0"></iframe>'
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """One output in two renderings: the live widget where a kernel runs it, and its current view as plain
+        HTML where none does (a notebook reopened after papermill: JupyterLab falls back to the HTML when the
+        widget's model is gone). An exported page draws the widget from its saved state."""
+        return {
+            **self.widget._repr_mimebundle_(include=include, exclude=exclude),
+            "text/html": self.snapshot_html(),
+        }
 
     def snapshot_html(self) -> str:
         """The current view as plain HTML, for places without the widget runtime (an exported notebook)."""
