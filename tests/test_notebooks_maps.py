@@ -321,3 +321,30 @@ def test_the_nearest_town_agrees_with_a_haversine_ball_tree():
     assert (found["nearest_town"].to_numpy() == places["name"].to_numpy()[index[:, 0]]).mean() > 0.999  # ties
     np.testing.assert_allclose(found["town_km"], distance[:, 0] * EARTH_RADIUS_KM, rtol=1e-6, atol=1e-6)
     assert nearest_places([31.5204], [74.3587])["nearest_town"].iloc[0] == "Lahore"
+
+
+def test_the_error_map_names_no_town_under_a_province_label_and_rims_its_dots(tiny_data):
+    import folium
+
+    from geoloc_lib.geo.sphere import haversine_km
+    from geoloc_lib.viz.maps import LABEL_GAP_KM, error_map
+
+    test = pd.read_csv(tiny_data / "test.csv")
+    pred = test.assign(
+        pred_lat=test["latitude"] + 0.2,
+        pred_lon=test["longitude"],
+        pred_province=test["province"],
+        pred_province_id=test["province_id"],
+        error_km=np.linspace(1, 900, len(test)),
+    )
+    m = error_map(pred)
+    groups = {c.layer_name: c for c in m._children.values() if isinstance(c, folium.FeatureGroup)}
+    towns = [c.location for c in groups["towns"]._children.values()]
+    labels = np.array([c.location for c in groups["province medians (labels)"]._children.values()])  # [P, 2]
+    assert len(labels) == 7 and len(towns) >= 10  # every province labelled; most towns still named
+    for lat, lon in towns:  # Peshawar under Khyber Pakhtunkhwa, Islamabad under ICT: gone
+        assert haversine_km(lat, lon, labels[:, 0], labels[:, 1]).min() >= LABEL_GAP_KM
+    dots = [c for c in groups["photos by error"]._children.values()]
+    assert all(
+        d.options["color"] == "#333333" and d.options["weight"] > 0 for d in dots
+    )  # a rim on every dot

@@ -27,7 +27,7 @@ from geoloc_lib.base.resources import RESOURCES
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.borders import province_borders
 from geoloc_lib.geo.places import map_labels
-from geoloc_lib.geo.sphere import KM_PER_DEG_LAT
+from geoloc_lib.geo.sphere import KM_PER_DEG_LAT, haversine_km
 from geoloc_lib.viz.map_controls import Legend, Title
 from geoloc_lib.viz.static_maps import static_png
 
@@ -39,6 +39,7 @@ PROVINCE_COLORS = ("#e6550d", "#31a354", "#3182bd", "#756bb1", "#636363", "#bcbd
 ERROR_BINS_KM = (0, 25, 100, 250, 500, 1000, np.inf)
 ERROR_COLORS = ("#1a9850", "#91cf60", "#d9ef8b", "#fee08b", "#fc8d59", "#d73027")
 TRUTH_COLOR, PREDICTION_COLOR = "#000000", "#d7191c"
+DOT_RIM = "#333333"
 # folium's popups build their content with jQuery's $(html)[0]; this is all of jQuery they need
 JQUERY_SHIM = (
     "window.$=window.$||function(h){var t=document.createElement('template');"
@@ -64,8 +65,11 @@ def _read_shapes(geojson: str | Path | None) -> dict:
     return shapes
 
 
-def base_map(points: pd.DataFrame | None = None, title: str = "") -> folium.Map:
-    """A map with the offline base (borders and town names) fitted to `points` (latitude, longitude)."""
+def base_map(
+    points: pd.DataFrame | None = None, title: str = "", clear_of: list[tuple[float, float]] = ()
+) -> folium.Map:
+    """A map with the offline base (borders and town names) fitted to `points` (latitude, longitude). No town
+    is named within LABEL_GAP_KM of a place in `clear_of` (where the map writes labels of its own)."""
     m = folium.Map(tiles=None, control_scale=True, zoom_snap=0.25)
     folium.TileLayer(
         "OpenStreetMap", name="OpenStreetMap (needs internet)", overlay=False, show=False
@@ -78,7 +82,12 @@ def base_map(points: pd.DataFrame | None = None, title: str = "") -> folium.Map:
     ).add_to(borders)
     borders.add_to(m)
     towns = folium.FeatureGroup(name="towns", overlay=True)
-    for town in map_labels(LABELLED_TOWNS, LABEL_GAP_KM).itertuples():
+    named = map_labels(LABELLED_TOWNS, LABEL_GAP_KM)
+    if len(clear_of):
+        lat, lon = np.array(clear_of, dtype=float).T  # [L] each
+        gap = [haversine_km(t.latitude, t.longitude, lat, lon).min() for t in named.itertuples()]
+        named = named[np.array(gap) >= LABEL_GAP_KM]
+    for town in named.itertuples():
         label = f'<div style="font:10px sans-serif;color:#333;white-space:nowrap">&#9679; {html.escape(town.name)}</div>'
         folium.Marker(
             (town.latitude, town.longitude), icon=folium.DivIcon(html=label, icon_size=(120, 12))
@@ -265,9 +274,7 @@ def province_error_stats(pred: pd.DataFrame) -> dict[str, dict]:
     }
 
 
-def _choropleth(m: folium.Map, pred: pd.DataFrame, geojson: str | Path | None) -> None:
-    stats = province_error_stats(pred)
-    shapes = _read_shapes(geojson)
+def _choropleth(m: folium.Map, shapes: dict, stats: dict[str, dict]) -> None:
     for feature in shapes["features"]:
         props = feature["properties"]
         s = stats.get(props["province"])
@@ -287,23 +294,30 @@ def _choropleth(m: folium.Map, pred: pd.DataFrame, geojson: str | Path | None) -
             aliases=["province", "photos", "median error (km)", "province accuracy (%)"],
         ),
     ).add_to(m)
-    _province_labels(shapes, stats).add_to(m)
 
 
-def _province_labels(shapes: dict, stats: dict[str, dict]) -> folium.FeatureGroup:
-    """Each province's name and median error written inside it (at a point shapely guarantees is inside)."""
-    labels = folium.FeatureGroup(name="province medians (labels)")
+def province_label_points(shapes: dict, stats: dict[str, dict]) -> dict[str, tuple[float, float]]:
+    """Where each province with photos gets its name and median written: (lat, lon) of a point shapely
+    guarantees is inside it."""
+    points = {}
     for feature in shapes["features"]:
-        name, s = feature["properties"]["province"], stats.get(feature["properties"]["province"])
-        if s is None:
-            continue
-        point = shapely.geometry.shape(feature["geometry"]).point_on_surface()
+        name = feature["properties"]["province"]
+        if name in stats:
+            point = shapely.geometry.shape(feature["geometry"]).point_on_surface()
+            points[name] = (point.y, point.x)
+    return points
+
+
+def _province_labels(points: dict[str, tuple[float, float]], stats: dict[str, dict]) -> folium.FeatureGroup:
+    """Each province's name and median error, written at its label point."""
+    labels = folium.FeatureGroup(name="province medians (labels)")
+    for name, (lat, lon) in points.items():
         text = (
             f'<div style="font:bold 11px sans-serif;color:#111;text-align:center;white-space:nowrap;'
-            f'text-shadow:0 0 3px #fff,0 0 3px #fff">{safe_text(name)}<br>{s["median_error_km"]:g} km</div>'
+            f'text-shadow:0 0 3px #fff,0 0 3px #fff">{safe_text(name)}<br>{stats[name]["median_error_km"]:g} km</div>'
         )
         folium.Marker(
-            (point.y, point.x), icon=folium.DivIcon(html=text, icon_size=(140, 30), icon_anchor=(70, 15))
+            (lat, lon), icon=folium.DivIcon(html=text, icon_size=(140, 30), icon_anchor=(70, 15))
         ).add_to(labels)
     return labels
 
@@ -350,6 +364,8 @@ def error_map(
     """The per-province median error as a choropleth of the real borders (or of `boundaries_geojson`), written
     on each province, the photos coloured by error, and the worst predictions from truth to prediction (a layer
     that is off until chosen)."""
+    stats, shapes = province_error_stats(pred), _read_shapes(boundaries_geojson)
+    labelled = province_label_points(shapes, stats)
     m = base_map(
         pd.concat(
             [
@@ -358,18 +374,21 @@ def error_map(
             ]
         ),
         f"Error by province: median of {len(pred)} photos",
+        clear_of=list(labelled.values()),  # no town name under a province's label
     )
-    _choropleth(m, pred, boundaries_geojson)
+    _choropleth(m, shapes, stats)
+    _province_labels(labelled, stats).add_to(m)
     points = folium.FeatureGroup(name="photos by error")
     shown = pred.sample(max_points, random_state=0) if len(pred) > max_points else pred
     for row in shown.itertuples():
-        folium.CircleMarker(
+        folium.CircleMarker(  # a dark rim sets each dot apart from a fill of the same colour
             (row.latitude, row.longitude),
-            radius=3,
-            color=error_color(row.error_km),
+            radius=3.5,
+            color=DOT_RIM,
+            fill_color=error_color(row.error_km),
             fill=True,
-            fill_opacity=0.8,
-            weight=0,
+            fill_opacity=0.9,
+            weight=1,
             tooltip=f"{safe_text(row.id)}: {row.error_km:.1f} km ({safe_text(row.province)} -> "
             f"{safe_text(row.pred_province)})",
         ).add_to(points)
