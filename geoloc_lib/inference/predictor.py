@@ -198,12 +198,6 @@ class Predictor:
         frame["hypotheses"] = _hypotheses(cat, names)
         return frame
 
-    def uncalibrated_reason(self, mode: str | None = None) -> str | None:
-        """Why photos decoded in `mode` (default: the run's) get no credible radii and no confidence, or None."""
-        return uncalibrated_reason(
-            self.calibration, self.decoder.config.mode, mode or self.decoder.config.mode
-        )
-
     def radii(self, decoded: dict[str, np.ndarray]) -> pd.DataFrame:
         """The credible radii (`radius_50_km`, ...) of decoded photos, from the run's calibration."""
         chosen = pd.DataFrame(
