@@ -44,6 +44,7 @@ def kernel_terminal():
         stream = None
         if "ipykernel" in sys.modules and isinstance(descriptor, int):
             stream = os.fdopen(os.dup(descriptor), "w", buffering=1, encoding="utf-8", errors="replace")
+            stream.write("\n")  # papermill's cell counter leaves its line open: ours start on their own
         _TERMINAL.append(stream)
     return _TERMINAL[0]
 
