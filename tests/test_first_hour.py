@@ -76,7 +76,7 @@ def test_the_design_card_command_twice_from_notebooks_with_a_relative_data_folde
         assert f"{run}: epoch 1/2, validation median" in terminal and "about" in terminal
         assert f"{run}: epoch 2/2" in terminal and f"{run}: done, best epoch" in terminal
         # without Phase 0 the province head starts from scratch, and the terminal, the log and the notebook say so
-        assert f"{run}: NO PHASE 0: phase0_checkpoint is empty" in terminal
+        assert f"{run}: NO PHASE 0: no finished Phase 0 run of this data and validation split" in terminal
         assert "NO PHASE 0" in (tmp_path / "runs" / run / "log.txt").read_text()
     assert "NO PHASE 0" in (tmp_path / "out.ipynb").read_text()
     assert not (ROOT / "notebooks" / "out.ipynb").exists()
@@ -162,3 +162,37 @@ def test_any_run_gets_its_offline_pages(tmp_path, capsys):
     for bad, expected in (("notes.txt", "not a notebook"), ("broken.ipynb", "not a readable notebook")):
         assert pages([str(tmp_path / bad)]) == 2
         assert expected in capsys.readouterr().err
+
+
+def test_phase1_starts_from_the_newest_finished_phase0_run_of_the_same_data_and_split(tiny_config):
+    from geoloc_lib.train.loop import fit
+    from geoloc_lib.train.run_folder import RunFolder
+
+    def killed_after_the_first_epoch(folder):
+        raise KeyboardInterrupt
+
+    good = fit(tiny_config(phase=0, run_name="p0_good"), progress=False)
+    # newer, but each unfit to start from: another validation split (its province head saw this run's
+    # validation photos), and a run stopped before its last epoch
+    fit(tiny_config(phase=0, run_name="p0_other_split", val_seed=1), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        fit(
+            tiny_config(phase=0, run_name="p0_stopped", epochs=2),
+            progress=False,
+            on_epoch=killed_after_the_first_epoch,
+        )
+    run = fit(tiny_config(run_name="p1"), progress=False)  # phase0_checkpoint left at its default
+    chosen = RunFolder(good.run_dir).best_checkpoint(0)
+    assert RunFolder(run.run_dir).read_config().phase0_checkpoint == str(chosen)  # recorded, not "auto"
+    assert (  # the log names paths from the run folder
+        "Phase 1 starts from Phase 0, found (phase0_checkpoint=auto; '' starts from scratch): Phase 0 weights from ../p0_good/checkpoints/phase0/phase0_best.pt"
+        in (run.run_dir / "log.txt").read_text()
+    )
+    resumed = fit(tiny_config(run_name="p1", epochs=2, resume=True), progress=False)
+    assert RunFolder(resumed.run_dir).read_config().phase0_checkpoint == str(
+        chosen
+    )  # its start stays its own
+
+    scratch = fit(tiny_config(run_name="p1_scratch", phase0_checkpoint=""), progress=False)
+    assert "NO PHASE 0: phase0_checkpoint is empty" in (scratch.run_dir / "log.txt").read_text()
+    assert RunFolder(scratch.run_dir).read_config().phase0_checkpoint == ""

@@ -2,6 +2,7 @@
 contract, every rejected file with its reason, split by location, trainable with no edit."""
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -274,7 +275,8 @@ def test_a_few_hundred_own_photos_train_through_phase0_phase1_and_the_error_maps
     common = dict(data_dir=str(data), runs_dir=str(runs), cache_dir=str(tmp_path / "cache"), num_workers=0)
     _run("02b_train_phase0", tmp_path, run_name="p0", **common, **schedule)
     p0 = runs / "p0" / "checkpoints" / "phase0" / "phase0_best.pt"
-    _run("03_train_phase1", tmp_path, run_name="p1", phase0_checkpoint=str(p0), **common, **schedule)
+    _run("03_train_phase1", tmp_path, run_name="p1", **common, **schedule)  # finds p0 itself
+    assert json.loads((runs / "p1" / "config.json").read_text())["phase0_checkpoint"] == str(p0)
     _run("04_error_maps", tmp_path, run_dir=str(runs / "p1"), worst_n=5)
     predictions = pd.read_csv(runs / "p1" / "evaluation" / "predictions.csv")
     assert sorted(predictions["id"]) == sorted(test["id"])  # every held-out photo was placed and scored

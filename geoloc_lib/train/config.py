@@ -62,7 +62,8 @@ class TrainConfig:
     scene_image_size: int = 0  # the scene CNN's input size in pixels (0: the preset's)
     freeze_clip: bool = True
     freeze_scene: bool = True
-    phase0_checkpoint: str | None = None
+    # Phase 1's start: auto finds a finished Phase 0 run of the same data under runs_dir; "": from scratch
+    phase0_checkpoint: str | None = "auto"
     proj_dim: int = 512
     geocell_hidden: int = 512
     small_geocell_hidden: int = 256
@@ -285,6 +286,7 @@ def _type_problems(cfg: TrainConfig) -> list[str]:
 
 # Fields that may differ between a run and its resumption; anything else must match. Locations may change
 # (a moved run, data or cache folder): the data itself is compared by its signature (train/run_state.py).
+# Where a run started from (phase0_checkpoint, phase1_checkpoint) is behind it once it resumes.
 RESUMABLE_CHANGES = frozenset(
     {
         "epochs",
@@ -301,6 +303,7 @@ RESUMABLE_CHANGES = frozenset(
         "run_name",
         "cache_dir",
         "image_check",
+        "phase0_checkpoint",
         "phase1_checkpoint",
     }
 )

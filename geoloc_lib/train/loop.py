@@ -298,7 +298,8 @@ def fit(
     try:
         if t.world.is_main:
             t.folder.truncate_losses(t.start_epoch - 1)
-            t.folder.write_config(cfg)
+            # the Phase 0 start it chose (phase0_checkpoint=auto) is recorded, not the request
+            t.folder.write_config(dataclasses.replace(cfg, phase0_checkpoint=t.cfg.phase0_checkpoint))
             t.folder.write_run_info(run_info(t))
         stopped = None
         for epoch in range(t.start_epoch, cfg.epochs + 1):

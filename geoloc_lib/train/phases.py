@@ -27,6 +27,7 @@ class Phase:
     )  # prefixes of the parameters it trains and saves (None: every trainable one)
     province_only: bool  # the loss is the province cross-entropy alone, whatever the config's weights
     fine_tunes: bool = False  # starts from a Phase 1 run, trains the encoders' tops, may stop early
+    from_phase0: bool = False  # may start from Phase 0's province head (train/phase0_start.py)
 
     def offset_weight(self, epoch: int, cfg: TrainConfig) -> float:
         """The offset term's ramp in `epoch`: Phase 1 ramps it up; a fine-tuned Phase 1 model has it at 1."""
@@ -60,7 +61,13 @@ PHASES = {
         ),
         province_only=True,
     ),
-    1: Phase(1, "geography structure (province, geocell, offset)", trains=None, province_only=False),
+    1: Phase(
+        1,
+        "geography structure (province, geocell, offset)",
+        trains=None,
+        province_only=False,
+        from_phase0=True,
+    ),
     2: Phase(2, "partial fine-tuning of the encoders", trains=None, province_only=False, fine_tunes=True),
 }
 

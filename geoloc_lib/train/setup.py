@@ -16,7 +16,6 @@ from torch.optim.swa_utils import AveragedModel
 from geoloc_lib.base import distributed
 from geoloc_lib.base.distributed import World
 from geoloc_lib.base.folder_lock import RunLock
-from geoloc_lib.base.progress import terminal_line
 from geoloc_lib.data.contract import GeoDataset
 from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.data.feature_sources import CachedFeatures, CachedPrefixes, EncodedImages
@@ -26,7 +25,7 @@ from geoloc_lib.data.transforms import AUGMENT_PRESETS
 from geoloc_lib.geo.cell_table import CellTable
 from geoloc_lib.model.decoding import Decoder, province_prior_shift
 from geoloc_lib.model.encoders import verify_fingerprint
-from geoloc_lib.model.factory import load_phase0_weights, trainable_parameters
+from geoloc_lib.model.factory import trainable_parameters
 from geoloc_lib.model.heads import GeoHeads, GeolocModel
 from geoloc_lib.model.losses import (
     GeolocLoss,
@@ -45,6 +44,7 @@ from geoloc_lib.train.from_config import (
     load_run_data,
     model_for_training,
 )
+from geoloc_lib.train.phase0_start import chosen_phase0, start_from_phase0
 from geoloc_lib.train.phases import phase_of
 from geoloc_lib.train.run_folder import RunFolder, named, open_log_file, run_logger, silent_logger
 from geoloc_lib.train.run_state import StartPlan, abandon, begin, check_resumable, claim
@@ -167,16 +167,9 @@ def _restore(state: Checkpoint, *, cfg, folder, data, model, ema, optimizer) -> 
     return StartPoint(state.epoch + 1, state.best_metric, state.best_epoch, tuple(state.history or ()))
 
 
-NO_PHASE0 = (
-    "NO PHASE 0: phase0_checkpoint is empty, so the province head starts from scratch. Phase 0 first usually "
-    "helps the thin provinces: run notebooks/02b_train_phase0 on the same data, then pass "
-    "-p phase0_checkpoint runs/<its run>/checkpoints/phase0/phase0_best.pt (--set phase0_checkpoint=... on the "
-    "command line)"
-)
-
-
-def _start_from(plan: StartPlan, *, cfg, folder, data, model, ema, optimizer, log) -> StartPoint:
-    """Resume the run from its last checkpoint, or start Phase 1 from Phase 0's weights when given."""
+def _start_from(plan: StartPlan, *, cfg, requested, folder, data, model, ema, optimizer, log) -> StartPoint:
+    """Resume the run from its last checkpoint, or start Phase 1 from Phase 0's weights (`requested` is the
+    phase0_checkpoint the user gave, `cfg`'s the one chosen)."""
     if plan.state is not None:
         start = _restore(
             plan.state, cfg=cfg, folder=folder, data=data, model=model, ema=ema, optimizer=optimizer
@@ -187,11 +180,8 @@ def _start_from(plan: StartPlan, *, cfg, folder, data, model, ema, optimizer, lo
         return start
     if plan.action == "resume":
         log.info(f"Resuming {folder.root}: no epoch was committed before, so training starts at epoch 1")
-    if cfg.phase0_checkpoint and cfg.phase == 1:
-        log.info(load_phase0_weights(model, cfg.phase0_checkpoint).summary())
-    elif cfg.phase == 1:
-        log.info(NO_PHASE0)
-        terminal_line(f"{folder.root.name}: {NO_PHASE0}")
+    if phase_of(cfg).from_phase0:
+        start_from_phase0(requested, cfg.phase0_checkpoint, model, folder.root.name, log)
     return StartPoint()
 
 
@@ -342,9 +332,20 @@ def _fingerprints(model: GeolocModel) -> tuple[str | None, str]:
     return frozen, frozen or model.encoders.fingerprint(frozen_only=True)
 
 
+def _phase0_of(cfg: TrainConfig, plan: StartPlan, model: GeolocModel, data: GeoDataset) -> str | None:
+    """The phase0_checkpoint the run records: a resumed run keeps the one it started from."""
+    if plan.state is not None:
+        return plan.state.config.get("phase0_checkpoint")
+    if not phase_of(cfg).from_phase0:
+        return cfg.phase0_checkpoint
+    return chosen_phase0(cfg.phase0_checkpoint, cfg.runs_dir, model, data.signature)
+
+
 def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampler, progress) -> Training:
     """The rest of `build_training`, once the run folder is locked; writes nothing into it."""
     log = run_logger(folder) if world.is_main else silent_logger()
+    requested = cfg.phase0_checkpoint
+    cfg = dataclasses.replace(cfg, phase0_checkpoint=_phase0_of(cfg, plan, model, data))
     frozen_fingerprint, fingerprint = _fingerprints(model)
     # whole features are keyed by every weight: None lets the cache hash a trained encoder's too
     train_clean = _clean_training_features(cfg, model, data, frozen_fingerprint, device, log)
@@ -359,7 +360,15 @@ def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampl
     )
     ema = exponential_average(model.heads, cfg.ema_decay) if cfg.ema_decay > 0 else None
     start = _start_from(
-        plan, cfg=cfg, folder=folder, data=data, model=model, ema=ema, optimizer=optimizer, log=log
+        plan,
+        cfg=cfg,
+        requested=requested,
+        folder=folder,
+        data=data,
+        model=model,
+        ema=ema,
+        optimizer=optimizer,
+        log=log,
     )
     log.info(_start_line(cfg, data, model, device))
     retrieval_features = _retrieval_features(cfg, train_clean, frozen_fingerprint, log)

@@ -1,0 +1,83 @@
+"""Where Phase 1 starts: Phase 0's province head, given as a checkpoint or found among the runs.
+
+`phase0_checkpoint="auto"` (the default) looks under `runs_dir` for the newest Phase 0 run that can stand
+in for the one the user would name: finished (not training, trained to its last epoch), on the same data
+and validation split (otherwise its province head saw photos this run validates on), with the same encoders
+and tensor shapes. "" starts from scratch; a path is used as given (model/factory.py checks it). Either way
+the start is said where the user looks: the log, and the terminal under papermill.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from geoloc_lib.base.folder_lock import lock_holder
+from geoloc_lib.base.progress import terminal_line
+from geoloc_lib.model.factory import load_phase0_weights
+from geoloc_lib.model.heads import GeolocModel
+from geoloc_lib.train.checkpoint import Checkpoint
+from geoloc_lib.train.run_folder import RunFolder
+
+AUTO = "auto"
+
+NO_PHASE0 = (
+    "NO PHASE 0: {why}, so the province head starts from scratch. Phase 0 first usually helps the thin "
+    "provinces: run notebooks/02b_train_phase0 on the same data (same val_fraction, val_block_km, val_seed); "
+    "the next Phase 1 run finds it (phase0_checkpoint=auto) or takes -p phase0_checkpoint "
+    "runs/<its run>/checkpoints/phase0/phase0_best.pt"
+)
+
+
+def find_phase0_run(runs_dir: str | Path, model: GeolocModel, data_signature: dict) -> Path | None:
+    """The best checkpoint of the newest finished Phase 0 run under `runs_dir` that fits `model` and was
+    trained on the data and split `data_signature` describes; None when there is none."""
+    found = sorted(
+        Path(runs_dir).glob("*/checkpoints/phase0/phase0_best.pt"),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    for path in found:
+        folder = RunFolder(path.parents[2])
+        if lock_holder(folder.root) is not None or not folder.config.is_file():
+            continue
+        try:
+            best, last = Checkpoint.load(path), Checkpoint.load(folder.last_checkpoint(0))
+        except (OSError, ValueError):  # unreadable, another version, or no last epoch
+            continue
+        fits = all(shapes.get(k) == v.shape for k, v in best.model_state.items())
+        if (
+            last.epoch >= folder.read_config().epochs
+            and best.data == data_signature
+            and best.encoder_config == asdict(model.encoders.config)
+            and best.encoder_fingerprint == model.encoders.fingerprint(frozen_only=True)
+            and fits
+        ):
+            return path
+    return None
+
+
+def chosen_phase0(value: str | None, runs_dir: str | Path, model: GeolocModel, data_signature: dict) -> str:
+    """`phase0_checkpoint` as the run will record it: "auto" becomes the checkpoint found, or ""."""
+    if value != AUTO:
+        return value or ""
+    found = find_phase0_run(runs_dir, model, data_signature)
+    return str(found) if found else ""
+
+
+def start_from_phase0(requested: str | None, chosen: str, model: GeolocModel, run_name: str, log) -> None:
+    """Load the chosen Phase 0 weights into `model`, or say loudly that there are none."""
+    if chosen:
+        how = "found (phase0_checkpoint=auto; '' starts from scratch)" if requested == AUTO else "given"
+        log.info(f"Phase 1 starts from Phase 0, {how}: {load_phase0_weights(model, chosen).summary()}")
+        terminal_line(f"{run_name}: Phase 1 starts from the Phase 0 weights {chosen} ({how})")
+        return
+    why = (
+        "no finished Phase 0 run of this data and validation split is under runs_dir"
+        if requested == AUTO
+        else "phase0_checkpoint is empty"
+    )
+    message = NO_PHASE0.format(why=why)
+    log.info(message)
+    terminal_line(f"{run_name}: {message}")
