@@ -279,17 +279,46 @@ def _check_maps_in_jupyterlab(notebook, tmp_path):
     assert dom.count('class="leaflet-interactive"') >= 14  # the seven province polygons on each map
 
 
-def test_a_map_of_cells_is_fitted_to_their_whole_circles():
-    from geoloc_lib.geo.sphere import KM_PER_DEG_LAT
-    from geoloc_lib.viz.maps import cell_extent
+def test_cell_regions_give_each_place_the_cell_assign_cells_gives_it():
+    from shapely import Point
 
-    cells = pd.DataFrame(
-        {"center_lat": [0.0, 60.0], "center_lon": [70.0, 70.0], "radius_km": [KM_PER_DEG_LAT] * 2}
+    from geoloc_lib.geo.borders import province_at
+    from geoloc_lib.geo.cell_regions import cell_regions
+    from geoloc_lib.geo.geocell_builder import assign_cells
+
+    cells = pd.read_csv(ROOT / "data" / "demo" / "cell_metadata.csv")
+    regions = cell_regions(cells)
+    rng = np.random.default_rng(0)
+    lat, lon = rng.uniform(24, 37, 4000), rng.uniform(61, 77.5, 4000)
+    province = province_at(lat, lon)
+    inside = province >= 0
+    places = pd.DataFrame(
+        {"latitude": lat[inside], "longitude": lon[inside], "province_id": province[inside]}
     )
-    edges = cell_extent(cells)
-    assert edges["latitude"].max() == pytest.approx(61.0) and edges["latitude"].min() == pytest.approx(-1.0)
-    assert edges["longitude"].max() == pytest.approx(72.0)  # 1 degree of latitude is 2 of longitude at 60 N
-    assert edges["longitude"].min() == pytest.approx(68.0)
+    # the cell whose region holds each place, against the haversine nearest centre of its province
+    held = [
+        next((c for c, r in regions.items() if r.covers(Point(x, y))), -1)
+        for x, y in zip(places["longitude"], places["latitude"], strict=True)
+    ]
+    nearest = assign_cells(places, cells)
+    assert len(places) > 1000 and (np.array(held) == nearest).mean() > 0.97  # the projection is ~2 % off
+    # the regions tile each province: their areas add up to it
+    for pid, group in cells.groupby("province_id"):
+        total = sum(regions[c].area for c in group["cell_id"])
+        assert total == pytest.approx(_province_area(pid), rel=1e-6)
+
+
+def _province_area(province_id: int) -> float:
+    import shapely
+
+    from geoloc_lib.geo import provinces as prov
+    from geoloc_lib.geo.borders import province_borders
+
+    return sum(
+        shapely.geometry.shape(f["geometry"]).area
+        for f in province_borders()["features"]
+        if prov.lookup(f["properties"]["province"]).id == province_id
+    )
 
 
 def test_town_labels_never_collide_and_name_each_province():
@@ -323,27 +352,97 @@ def test_the_nearest_town_agrees_with_a_haversine_ball_tree():
     assert nearest_places([31.5204], [74.3587])["nearest_town"].iloc[0] == "Lahore"
 
 
-def test_the_error_map_names_no_town_under_a_province_label_and_rims_its_dots(tiny_data):
-    import folium
+# every label's text and every control, as the browser lays them out in a map box of the design size
+PROBE = """<style>.folium-map{width:%dpx !important;height:%dpx !important;position:absolute !important;
+top:0;left:0}</style><script>window.addEventListener("load", function () { setTimeout(function () {
+  var out = [];
+  document.querySelectorAll(".leaflet-marker-icon").forEach(function (icon) {
+    var walk = document.createTreeWalker(icon, NodeFilter.SHOW_TEXT), node, box = null;
+    while ((node = walk.nextNode())) {
+      if (!node.textContent.trim()) continue;
+      var range = document.createRange(); range.selectNodeContents(node);
+      var r = range.getBoundingClientRect();
+      box = box ? [Math.min(box[0], r.left), Math.min(box[1], r.top), Math.max(box[2], r.right),
+                   Math.max(box[3], r.bottom)] : [r.left, r.top, r.right, r.bottom];
+    }
+    if (box) out.push(["label: " + icon.textContent.trim()].concat(box));
+  });
+  [".geoloc-title", ".geoloc-legend", ".leaflet-control-zoom", ".leaflet-control-layers",
+   ".leaflet-control-scale"].forEach(function (selector) {
+    document.querySelectorAll(selector).forEach(function (e) {
+      var r = e.getBoundingClientRect(); out.push([selector, r.left, r.top, r.right, r.bottom]);
+    });
+  });
+  var pre = document.createElement("pre"); pre.id = "boxes"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+}, 300); });</script>"""
 
-    from geoloc_lib.geo.sphere import haversine_km
-    from geoloc_lib.viz.maps import LABEL_GAP_KM, error_map
 
+def _overlapping_boxes(flags, page: str, tmp_path, size) -> tuple[list, list]:
+    """(every label and control box the browser drew, the pairs of them that overlap by more than a pixel)."""
+    import html as html_text
+    import json
+    import re
+
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("</head>", PROBE % size + "</head>", 1), encoding="utf-8")
+    dom = dump_dom([*flags, f"--window-size={size[0]},{size[1] + 200}"], probed)
+    boxes = json.loads(html_text.unescape(re.search(r'<pre id="boxes">(.*?)</pre>', dom, re.S).group(1)))
+    labels = [b for b in boxes if b[0].startswith("label")]
+    pairs = [
+        (a[0], b[0])
+        for i, a in enumerate(labels)
+        for b in labels[i + 1 :] + [c for c in boxes if not c[0].startswith("label")]
+        if min(a[3], b[3]) - max(a[1], b[1]) > 1 and min(a[4], b[4]) - max(a[2], b[2]) > 1
+    ]
+    return boxes, pairs
+
+
+def _predictions(tiny_data) -> pd.DataFrame:
+    """The tiny test split, each photo predicted 0.2 degrees north of its place, errors from 1 to 900 km."""
     test = pd.read_csv(tiny_data / "test.csv")
-    pred = test.assign(
+    return test.assign(
         pred_lat=test["latitude"] + 0.2,
         pred_lon=test["longitude"],
         pred_province=test["province"],
         pred_province_id=test["province_id"],
         error_km=np.linspace(1, 900, len(test)),
     )
+
+
+def test_no_label_prints_over_another_or_a_control_in_a_browser(tiny_data, tmp_path):
+    """The error map, the geocell map and the explorer's probability map, opened in Chromium at the size they
+    were laid out for: no label's text overlaps another's, the title, a legend or a control."""
+    from geoloc_lib.viz.explorer import MAP_PX
+    from geoloc_lib.viz.label_layout import DESIGN_VIEW_PX
+    from geoloc_lib.viz.maps import error_map, geocell_map, offline_html
+    from geoloc_lib.viz.photo_maps import probability_map
+
+    flags = chromium_flags(tmp_path)
+    pred, cells = _predictions(tiny_data), pd.read_csv(tiny_data / "cell_metadata.csv")
+    probable = cells.assign(prob=np.linspace(1, 2, len(cells)) / np.linspace(1, 2, len(cells)).sum())
+    maps = {
+        "error map": (error_map(pred), DESIGN_VIEW_PX),  # every province's median is written
+        "geocell map": (geocell_map(cells), DESIGN_VIEW_PX),
+        "probability map": (probability_map(probable, (30.0, 70.0), 150.0, (31.0, 71.0), MAP_PX), MAP_PX),
+    }
+    for name, (m, size) in maps.items():
+        boxes, pairs = _overlapping_boxes(flags, offline_html(m), tmp_path, size)
+        labels = [b[0] for b in boxes if b[0].startswith("label")]
+        towns = [t for t in labels if "\u25cf" in t]
+        assert len(labels) >= 8 and len(towns) >= 3, (name, labels)
+        assert not pairs, (name, pairs)
+        assert name != "error map" or sum(t.endswith(" km") for t in labels) == 7, labels
+
+
+def test_the_error_map_rims_its_dots(tiny_data):
+    import folium
+
+    from geoloc_lib.viz.maps import error_map
+
+    pred = _predictions(tiny_data)
     m = error_map(pred)
     groups = {c.layer_name: c for c in m._children.values() if isinstance(c, folium.FeatureGroup)}
-    towns = [c.location for c in groups["towns"]._children.values()]
-    labels = np.array([c.location for c in groups["province medians (labels)"]._children.values()])  # [P, 2]
-    assert len(labels) == 7 and len(towns) >= 10  # every province labelled; most towns still named
-    for lat, lon in towns:  # Peshawar under Khyber Pakhtunkhwa, Islamabad under ICT: gone
-        assert haversine_km(lat, lon, labels[:, 0], labels[:, 1]).min() >= LABEL_GAP_KM
     dots = [c for c in groups["photos by error"]._children.values()]
     assert all(
         d.options["color"] == "#333333" and d.options["weight"] > 0 for d in dots

@@ -2,5 +2,6 @@
 
 Owns great-circle maths and Pakistan's bounding box (`sphere`), the seven provinces with their ids, aliases
 and per-province constants (`provinces`), the geocell table as tensors (`cell_table.CellTable`) and the
-geocell builder (`geocell_builder.build_geocells`). May import `base` only.
+geocell builder (`geocell_builder.build_geocells`), the area each cell stands for (`cell_regions`), the
+province borders (`borders`) and the named places (`places`). May import `base` only.
 """

@@ -22,6 +22,10 @@ from geoloc_lib.viz import maps, photo_maps
 
 THUMBNAIL_PX = 256
 HYPOTHESES_SHOWN = 5
+MAP_PX = (
+    720,
+    320,
+)  # the small map: labels are laid out for this box (a narrow Lab column is about this wide)
 
 
 class WorstPhotoExplorer:
@@ -67,10 +71,10 @@ class WorstPhotoExplorer:
         self.info.value = _describe(row, hypotheses)
         cells, prediction, radius = cell_probabilities(self.predictor, row["image_path"])
         chart = photo_maps.probability_map(
-            cells, prediction, radius, truth=(row["latitude"], row["longitude"])
+            cells, prediction, radius, truth=(row["latitude"], row["longitude"]), view_px=MAP_PX
         )
         page = maps.offline_html(chart)
-        self.map.value = f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:320px;border:0"></iframe>'
+        self.map.value = f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:{MAP_PX[1]}px;border:0"></iframe>'
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         """One output in two renderings: the live widget where a kernel runs it, and its current view as plain

@@ -26,15 +26,15 @@ from geoloc_lib.base.atomic_files import atomic_write_text
 from geoloc_lib.base.resources import RESOURCES
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.borders import province_borders
-from geoloc_lib.geo.places import map_labels
-from geoloc_lib.geo.sphere import KM_PER_DEG_LAT, haversine_km
+from geoloc_lib.geo.cell_regions import cell_regions
+from geoloc_lib.geo.sphere import KM_PER_DEG_LAT
+from geoloc_lib.viz.label_layout import DESIGN_VIEW_PX
 from geoloc_lib.viz.map_controls import Legend, Title
+from geoloc_lib.viz.map_labels import MapLabel, add_labels
 from geoloc_lib.viz.static_maps import static_png
 
 LEAFLET_DIR = RESOURCES / "leaflet"
 STILL_ALT = "the map as a still picture: the live map shows once the notebook is trusted (jupyter trust)"
-LABELLED_TOWNS = 25  # the largest towns are named on every map
-LABEL_GAP_KM = 60  # at country scale, closer labels print over each other
 PROVINCE_COLORS = ("#e6550d", "#31a354", "#3182bd", "#756bb1", "#636363", "#bcbd22", "#d6616b")
 ERROR_BINS_KM = (0, 25, 100, 250, 500, 1000, np.inf)
 ERROR_COLORS = ("#1a9850", "#91cf60", "#d9ef8b", "#fee08b", "#fc8d59", "#d73027")
@@ -65,11 +65,9 @@ def _read_shapes(geojson: str | Path | None) -> dict:
     return shapes
 
 
-def base_map(
-    points: pd.DataFrame | None = None, title: str = "", clear_of: list[tuple[float, float]] = ()
-) -> folium.Map:
-    """A map with the offline base (borders and town names) fitted to `points` (latitude, longitude). No town
-    is named within LABEL_GAP_KM of a place in `clear_of` (where the map writes labels of its own)."""
+def base_map(points: pd.DataFrame | None = None, title: str = "") -> folium.Map:
+    """A map with the offline base (the province borders) fitted to `points` (latitude, longitude); `finish`
+    names the towns."""
     m = folium.Map(tiles=None, control_scale=True, zoom_snap=0.25)
     folium.TileLayer(
         "OpenStreetMap", name="OpenStreetMap (needs internet)", overlay=False, show=False
@@ -81,18 +79,6 @@ def base_map(
         tooltip=folium.GeoJsonTooltip(fields=["province"], labels=False),
     ).add_to(borders)
     borders.add_to(m)
-    towns = folium.FeatureGroup(name="towns", overlay=True)
-    named = map_labels(LABELLED_TOWNS, LABEL_GAP_KM)
-    if len(clear_of):
-        lat, lon = np.array(clear_of, dtype=float).T  # [L] each
-        gap = [haversine_km(t.latitude, t.longitude, lat, lon).min() for t in named.itertuples()]
-        named = named[np.array(gap) >= LABEL_GAP_KM]
-    for town in named.itertuples():
-        label = f'<div style="font:10px sans-serif;color:#333;white-space:nowrap">&#9679; {html.escape(town.name)}</div>'
-        folium.Marker(
-            (town.latitude, town.longitude), icon=folium.DivIcon(html=label, icon_size=(120, 12))
-        ).add_to(towns)
-    towns.add_to(m)
     if points is not None and len(points):
         lat, lon = points["latitude"].to_numpy(float), points["longitude"].to_numpy(float)
         m.fit_bounds([[lat.min() - 0.3, lon.min() - 0.3], [lat.max() + 0.3, lon.max() + 0.3]])
@@ -103,7 +89,12 @@ def base_map(
     return m
 
 
-def finish(m: folium.Map) -> folium.Map:
+def finish(
+    m: folium.Map, labels: dict[str, list[MapLabel]] | None = None, view_px: tuple[int, int] = DESIGN_VIEW_PX
+) -> folium.Map:
+    """The map's own `labels` ({layer name: labels}) and the town names, laid out so that none covers another
+    in a map box of `view_px` (map_labels.py), and the layer list."""
+    add_labels(m, labels or {}, view_px)
     folium.LayerControl(collapsed=True, position="topright").add_to(m)
     return m
 
@@ -218,48 +209,64 @@ def samples_map(split: pd.DataFrame, max_points: int = 5000, seed: int = 0) -> f
     return finish(m)
 
 
-def cell_circle(row, color: str, weight: float, fill_opacity: float, tooltip: str) -> folium.Circle:
-    """A cell (a cell_metadata row) as a filled circle of its radius."""
-    return folium.Circle(
-        (row.center_lat, row.center_lon),
-        radius=1000 * row.radius_km,
-        color=color,
-        weight=weight,
-        fill=True,
-        fill_opacity=fill_opacity,
-        tooltip=tooltip,
+def cells_layer(cells: pd.DataFrame, fills: list[str], opacities: list[float], tips: list[str], name: str):
+    """Cells (cell_metadata rows) as the regions they stand for (geo/cell_regions.py), one fill and tooltip each;
+    a cell of a province without a border shape is drawn as the circle of its radius."""
+    regions, features = cell_regions(cells), []
+    for row, fill, opacity, tip in zip(cells.itertuples(), fills, opacities, tips, strict=True):
+        shape = regions.get(row.cell_id)
+        if shape is None:
+            dlat = row.radius_km / KM_PER_DEG_LAT
+            circle = shapely.Point(row.center_lon, row.center_lat).buffer(dlat)
+            shape = shapely.affinity.scale(circle, xfact=1 / np.cos(np.radians(row.center_lat)), yfact=1)
+        properties = {"fill": fill, "opacity": opacity, "tip": tip}
+        features.append({"type": "Feature", "properties": properties, "geometry": shape.__geo_interface__})
+    return folium.GeoJson(
+        {"type": "FeatureCollection", "features": features},
+        name=name,
+        style_function=lambda f: {
+            "fillColor": f["properties"]["fill"],
+            "fillOpacity": f["properties"]["opacity"],
+            "color": "#444",
+            "weight": 0.8,
+        },
+        tooltip=folium.GeoJsonTooltip(fields=["tip"], labels=False),
     )
 
 
-def cell_extent(cells: pd.DataFrame) -> pd.DataFrame:
-    """The north, south, east and west edges of every cell's circle (latitude, longitude), so that a map fitted
-    to them shows whole circles, not only their centres."""
-    lat, lon = cells["center_lat"].to_numpy(float), cells["center_lon"].to_numpy(float)
-    dlat = cells["radius_km"].to_numpy(float) / KM_PER_DEG_LAT
-    dlon = dlat / np.cos(np.radians(lat))
-    return pd.DataFrame(
-        {
-            "latitude": np.concatenate([lat + dlat, lat - dlat, lat, lat]),
-            "longitude": np.concatenate([lon, lon, lon + dlon, lon - dlon]),
-        }
-    )
+def cell_bounds(layer: folium.GeoJson) -> pd.DataFrame:
+    """The corners of every cell's shape in `layer` (latitude, longitude): a map fitted to them shows whole
+    cells, not only their centres."""
+    shapes = [shapely.geometry.shape(f["geometry"]) for f in layer.data["features"]]
+    west, south, east, north = shapely.total_bounds(shapes)
+    return pd.DataFrame({"latitude": [south, north], "longitude": [west, east]})
+
+
+def cell_labels(cells: pd.DataFrame) -> list[MapLabel]:
+    """Each cell's id at its centre, the largest cells first (their ids fit; crowded small ones give way)."""
+    ordered = cells.sort_values("radius_km", ascending=False)
+    return [
+        MapLabel(row.center_lat, row.center_lon, (str(row.cell_id),), font_px=9, must_show=False)
+        for row in ordered.itertuples()
+    ]
 
 
 def geocell_map(cells: pd.DataFrame, value: pd.Series | None = None, value_label: str = "") -> folium.Map:
-    """Cells as circles of their radius, coloured by province or by `value` (an error in km, indexed by cell_id)."""
+    """Cells as the regions they stand for, coloured by province or by `value` (an error in km, indexed by
+    cell_id), each labelled with its id where it fits."""
     title = f"Geocells ({len(cells)})" + (f" by {value_label}" if value is not None else "")
-    m = base_map(cell_extent(cells), title)
-    layer = folium.FeatureGroup(name="geocells")
+    fills, tips = [], []
     for row in cells.itertuples():
         v = None if value is None else value.get(row.cell_id, np.nan)
-        color = PROVINCE_COLORS[row.province_id] if value is None or np.isnan(v) else error_color(v)
-        tip = f"cell {row.cell_id} ({safe_text(row.province)}), radius {row.radius_km:.0f} km"
-        if v is not None and not np.isnan(v):
-            tip += f", {value_label} {v:.1f}"
-        cell_circle(row, color, 1, 0.35, tip).add_to(layer)
+        fills.append(PROVINCE_COLORS[row.province_id] if v is None or np.isnan(v) else error_color(v))
+        photos = "" if pd.isna(row.n_samples) else f", {int(row.n_samples)} photos"
+        tip = f"cell {row.cell_id} ({safe_text(row.province)}){photos}, radius {row.radius_km:.0f} km"
+        tips.append(tip + (f", {value_label} {v:.1f}" if v is not None and not np.isnan(v) else ""))
+    layer = cells_layer(cells, fills, [0.45] * len(cells), tips, "geocells")
+    m = base_map(cell_bounds(layer), title)
     layer.add_to(m)
     m.add_child(_province_legend() if value is None else Legend(value_label, error_legend_entries()))
-    return finish(m)
+    return finish(m, {"cell ids": cell_labels(cells)})
 
 
 def province_error_stats(pred: pd.DataFrame) -> dict[str, dict]:
@@ -296,30 +303,18 @@ def _choropleth(m: folium.Map, shapes: dict, stats: dict[str, dict]) -> None:
     ).add_to(m)
 
 
-def province_label_points(shapes: dict, stats: dict[str, dict]) -> dict[str, tuple[float, float]]:
-    """Where each province with photos gets its name and median written: (lat, lon) of a point shapely
-    guarantees is inside it."""
-    points = {}
+def province_labels(shapes: dict, stats: dict[str, dict]) -> list[MapLabel]:
+    """Each province with photos: its name and median error at a point shapely guarantees is inside it, the
+    smallest provinces first (they have the least room to move their label)."""
+    found = []
     for feature in shapes["features"]:
         name = feature["properties"]["province"]
         if name in stats:
-            point = shapely.geometry.shape(feature["geometry"]).point_on_surface()
-            points[name] = (point.y, point.x)
-    return points
-
-
-def _province_labels(points: dict[str, tuple[float, float]], stats: dict[str, dict]) -> folium.FeatureGroup:
-    """Each province's name and median error, written at its label point."""
-    labels = folium.FeatureGroup(name="province medians (labels)")
-    for name, (lat, lon) in points.items():
-        text = (
-            f'<div style="font:bold 11px sans-serif;color:#111;text-align:center;white-space:nowrap;'
-            f'text-shadow:0 0 3px #fff,0 0 3px #fff">{safe_text(name)}<br>{stats[name]["median_error_km"]:g} km</div>'
-        )
-        folium.Marker(
-            (lat, lon), icon=folium.DivIcon(html=text, icon_size=(140, 30), icon_anchor=(70, 15))
-        ).add_to(labels)
-    return labels
+            shape = shapely.geometry.shape(feature["geometry"])
+            point = shape.point_on_surface()
+            label = MapLabel(point.y, point.x, (name, f"{stats[name]['median_error_km']:g} km"))
+            found.append((shape.area, label))
+    return [label for _, label in sorted(found, key=lambda pair: pair[0])]
 
 
 def _worst_lines(pred: pd.DataFrame, worst_n: int) -> folium.FeatureGroup:
@@ -365,7 +360,6 @@ def error_map(
     on each province, the photos coloured by error, and the worst predictions from truth to prediction (a layer
     that is off until chosen)."""
     stats, shapes = province_error_stats(pred), _read_shapes(boundaries_geojson)
-    labelled = province_label_points(shapes, stats)
     m = base_map(
         pd.concat(
             [
@@ -374,10 +368,8 @@ def error_map(
             ]
         ),
         f"Error by province: median of {len(pred)} photos",
-        clear_of=list(labelled.values()),  # no town name under a province's label
     )
     _choropleth(m, shapes, stats)
-    _province_labels(labelled, stats).add_to(m)
     points = folium.FeatureGroup(name="photos by error")
     shown = pred.sample(max_points, random_state=0) if len(pred) > max_points else pred
     for row in shown.itertuples():
@@ -403,4 +395,4 @@ def error_map(
             shape="circle",
         )
     )
-    return finish(m)
+    return finish(m, {"province medians (labels)": province_labels(shapes, stats)})

@@ -7,13 +7,14 @@ import folium
 import numpy as np
 import pandas as pd
 
+from geoloc_lib.viz.label_layout import DESIGN_VIEW_PX
 from geoloc_lib.viz.map_controls import Legend
 from geoloc_lib.viz.maps import (
     PREDICTION_COLOR,
     TRUTH_COLOR,
     base_map,
-    cell_circle,
-    cell_extent,
+    cell_bounds,
+    cells_layer,
     finish,
     safe_text,
 )
@@ -24,19 +25,23 @@ def probability_map(
     prediction: tuple[float, float],
     radius_km: float | None = None,
     truth: tuple[float, float] | None = None,
+    view_px: tuple[int, int] = DESIGN_VIEW_PX,
 ) -> folium.Map:
     """One photo's probability over every cell (cell_metadata rows with a `prob` column, as
-    `Predictor.cell_probabilities` gives them), the prediction with its credible radius, and the truth."""
+    `Predictor.cell_probabilities` gives them), the prediction with its credible radius, and the truth; its labels
+    are laid out for a map box of `view_px`."""
     probs = cells["prob"].to_numpy(float)
-    m = base_map(cell_extent(cells), "Where this photo may be: every cell's probability")
+    top = float(np.max(probs)) or 1.0
+    tips = [
+        f"cell {row.cell_id} ({safe_text(row.province)}): p = {float(p):.3f}"
+        for row, p in zip(cells.itertuples(), probs, strict=True)
+    ]
+    opacity = list(0.05 + 0.75 * probs / top)
+    layer = cells_layer(cells, [PREDICTION_COLOR] * len(cells), opacity, tips, "probability per cell")
+    m = base_map(cell_bounds(layer), "Where this photo may be: every cell's probability")
     m.get_root().html.add_child(
         folium.Element("<title>Where this photo was taken: probability per cell</title>")
     )
-    top = float(np.max(probs)) or 1.0
-    layer = folium.FeatureGroup(name="probability per cell")
-    for row, p in zip(cells.itertuples(), probs, strict=True):
-        tip = f"cell {row.cell_id} ({safe_text(row.province)}): p = {float(p):.3f}"
-        cell_circle(row, PREDICTION_COLOR, 0.5, 0.05 + 0.75 * float(p) / top, tip).add_to(layer)
     layer.add_to(m)
     marks = [("prediction", PREDICTION_COLOR)]
     if radius_km is not None and np.isfinite(radius_km):
@@ -51,4 +56,4 @@ def probability_map(
         ).add_to(m)
         marks.append(("truth", TRUTH_COLOR))
     m.add_child(Legend("darker cells: more probable", marks, shape="circle"))
-    return finish(m)
+    return finish(m, view_px=view_px)

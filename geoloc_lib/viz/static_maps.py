@@ -96,19 +96,18 @@ def _draw_label(ax, marker: folium.Marker) -> None:
     text = html.unescape(re.sub(r"<[^>]+>", "", re.sub(r"<br\s*/?>", "\n", markup))).strip()
     text = text.replace("\u25cf", "\u2022")  # a town's dot: the bullet matplotlib's font draws at text size
     size = FONT_PX.search(markup)
-    anchor = options.get("icon_anchor")
-    centred = (
-        anchor is not None
-        and options.get("icon_size") is not None
-        and anchor[0] * 2 == options["icon_size"][0]
-    )
+    anchor, size_px = options.get("icon_anchor"), options.get("icon_size")
+    # where the marker's point is in the text: its middle, its right end (a town named on the left), or its start
+    align = "left"
+    if anchor is not None and size_px is not None and anchor[0] * 2 >= size_px[0]:
+        align = "center" if anchor[0] * 2 == size_px[0] else "right"
     ax.text(
         marker.location[1],
         marker.location[0],
         text,
         fontsize=(int(size.group(1)) if size else 11) * PX_TO_PT,
         fontweight="bold" if "bold" in markup else "normal",
-        ha="center" if centred else "left",
+        ha=align,
         va="center",
         zorder=5,
         clip_on=True,
