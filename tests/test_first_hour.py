@@ -4,6 +4,7 @@ folder; its progress on the terminal; and path parameters read from where they w
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,33 @@ def test_phase1_starts_from_the_newest_finished_phase0_run_of_the_same_data_and_
     scratch = fit(tiny_config(run_name="p1_scratch", phase0_checkpoint=""), progress=False)
     assert "NO PHASE 0: phase0_checkpoint is empty" in (scratch.run_dir / "log.txt").read_text()
     assert RunFolder(scratch.run_dir).read_config().phase0_checkpoint == ""
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_make_demo_in_one_line_with_no_traceback(tiny_data, tmp_path):
+    import signal
+    import time
+
+    run = f"ctrl_c_{os.getpid()}"
+    log = tmp_path / "terminal.txt"
+    with open(
+        log, "w"
+    ) as terminal:  # Ctrl-C reaches the terminal's foreground group: the demo, not its kernels
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "tools.demo", "--run-name", run, "--data-dir", str(tiny_data)],
+            cwd=ROOT,
+            stdout=terminal,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while ": epoch 1/" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)  # until Phase 0 trains: a cell runs for seconds
+        os.killpg(demo.pid, signal.SIGINT)
+        assert demo.wait(timeout=120) == 130
+    finally:
+        for folder in (ROOT / "runs" / run, ROOT / "runs" / f"{run}_phase0"):
+            shutil.rmtree(folder, ignore_errors=True)
+    terminal = log.read_text()
+    assert "make demo: stopped (Ctrl-C)" in terminal and "Traceback" not in terminal, terminal[-3000:]

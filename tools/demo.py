@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import papermill as pm
 from jupyter_client.manager import AsyncKernelManager
@@ -37,9 +40,26 @@ DEMO_PHASE2 = {"epochs": 3, "batches_per_epoch": 300, "unfreeze_clip_blocks": 1,
 
 class LocalKernelManager(AsyncKernelManager):
     """The kernel talks to papermill over local sockets (IPC), not TCP ports: nothing listens on the network, and
-    the kernel does not warn, once per notebook, that its TCP traffic is unencrypted."""
+    the kernel does not warn, once per notebook, that its TCP traffic is unencrypted. The kernels started are
+    kept, so that Ctrl-C can end them (`_stop_kernels`)."""
 
     transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+    started: ClassVar[list[AsyncKernelManager]] = []
+
+    async def start_kernel(self, **kwargs) -> None:
+        await super().start_kernel(**kwargs)
+        LocalKernelManager.started.append(self)
+
+
+def _stop_kernels(signum, frame) -> None:
+    """Ctrl-C: end every kernel still running, then stop as Python does. A kernel runs in a session of its own,
+    so Ctrl-C reaches papermill but not the kernel, which would print a traceback as papermill's clean-up
+    closes its sockets under the cell it is running."""
+    for manager in LocalKernelManager.started:
+        process = getattr(manager.provisioner, "process", None)
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    raise KeyboardInterrupt
 
 
 def run_notebook(name: str, out_dir: Path, **parameters) -> Path:
@@ -154,7 +174,15 @@ def main(argv=None) -> None:
         "--phase2", action="store_true", help="then Phase 2 from the Phase 1 run (03b) and its 04"
     )
     args = parser.parse_args(argv)
-    run_demo(args.run_name, args.data_dir, args.size, args.encoder, args.phase2)
+    signal.signal(signal.SIGINT, _stop_kernels)
+    try:
+        run_demo(args.run_name, args.data_dir, args.size, args.encoder, args.phase2)
+    except KeyboardInterrupt:
+        print(
+            "\nmake demo: stopped (Ctrl-C). Every finished epoch is kept: make demo again goes on from there.",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
