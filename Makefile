@@ -6,6 +6,8 @@ KERNEL := geoloc
 LOG := $(VENV)/install.log
 # torch / torchvision pinned to a pair that installs together (see README); lower bounds live in pyproject.toml.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# where pip finds them; e.g. https://download.pytorch.org/whl/cpu for PyTorch's CPU-only build (docs/speed.md)
+TORCH_INDEX ?=
 DEMO_RUN ?= demo
 LAB_PORT ?= 8888
 
@@ -17,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	@echo "installing .venv from pyproject.toml (about 6 minutes the first time, seconds after; pip's log: $(LOG))"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --upgrade pip > $(LOG) 2>&1 || { tail -n 30 $(LOG); exit 1; }
-	@$(PY) -m pip install $(TORCH_PINS) >> $(LOG) 2>&1 || { tail -n 30 $(LOG); exit 1; }
+	@$(PY) -m pip install $(TORCH_PINS) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) >> $(LOG) 2>&1 || { tail -n 30 $(LOG); exit 1; }
 	@$(PY) -m pip install -e '.[dev]' >> $(LOG) 2>&1 || { tail -n 30 $(LOG); exit 1; }
 	@$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (geoloc)" >> $(LOG) 2>&1 || { tail -n 30 $(LOG); exit 1; }
 	touch $@
