@@ -134,6 +134,7 @@ def static_png(m: folium.Map, width_in: float = 9.0, height_in: float = 6.0, dpi
     ax = fig.add_subplot()
     dots: list[tuple] = []  # (lon, lat, size, face, edge) of every CircleMarker, drawn in one scatter
     legends: list[Legend] = []
+    labels: list[tuple[float, float]] = []  # (lat, lon) of every label: one moved off the bounds still shows
     for element in _shown(m):
         if isinstance(element, folium.GeoJson):
             _draw_geojson(ax, element)
@@ -163,6 +164,7 @@ def static_png(m: folium.Map, width_in: float = 9.0, height_in: float = 6.0, dpi
             )
         elif isinstance(element, folium.Marker):
             _draw_label(ax, element)
+            labels.append(element.location)
         elif isinstance(element, Legend):
             legends.append(element)
         elif isinstance(element, Title):
@@ -173,6 +175,10 @@ def static_png(m: folium.Map, width_in: float = 9.0, height_in: float = 6.0, dpi
     bounds = next((c.bounds for c in m._children.values() if type(c).__name__ == "FitBounds"), None)
     if bounds is not None:
         (south, west), (north, east) = bounds
+        if labels:
+            lat, lon = zip(*labels, strict=True)
+            south, north = min(south, min(lat) - 0.3), max(north, max(lat) + 0.3)
+            west, east = min(west, min(lon) - 0.3), max(east, max(lon) + 1.5)  # text runs east of its point
         ax.set_xlim(west, east)
         ax.set_ylim(south, north)
         ax.set_aspect(1 / math.cos(math.radians((south + north) / 2)))
