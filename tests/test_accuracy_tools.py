@@ -13,7 +13,8 @@ from geoloc_lib.data.splits import location_blocks, location_split
 from geoloc_lib.evaluate.baselines import baseline_ladder, knn_prediction, nearest_neighbours, standardized
 from geoloc_lib.geo.cell_table import CellTable
 from geoloc_lib.geo.sphere import geometric_median, haversine_km
-from geoloc_lib.model.heads import GeoHeads, HeadConfig
+from geoloc_lib.model.head_config import HeadConfig
+from geoloc_lib.model.heads import GeoHeads
 from geoloc_lib.model.retrieval import RetrievalIndex
 from geoloc_lib.train.schedule import lr_at
 

@@ -9,10 +9,12 @@ import torch.nn.functional as F
 
 from geoloc_lib.geo.cell_table import CellTable
 from geoloc_lib.geo.sphere import haversine_km
-from geoloc_lib.model.decoding import DecodeConfig, decode, province_prior_shift
+from geoloc_lib.model.decode_modes import DecodeConfig
+from geoloc_lib.model.decoding import decode, province_prior_shift
 from geoloc_lib.model.encoders import ENCODER_PRESETS, DualEncoder, EncoderConfig, EncoderWeightsError
 from geoloc_lib.model.factory import create_phase1_model, load_phase0_weights
-from geoloc_lib.model.heads import MASKED_LOGIT, BatchedGeocellHeads, GeolocModel, HeadConfig
+from geoloc_lib.model.head_config import HeadConfig
+from geoloc_lib.model.heads import MASKED_LOGIT, BatchedGeocellHeads, GeolocModel
 from geoloc_lib.model.losses import GeolocLoss, effective_number_weights, offset_ramp, soft_target_table
 
 SMALL = HeadConfig(proj_dim=32, geocell_hidden=32, small_geocell_hidden=16, dropout=0.0)

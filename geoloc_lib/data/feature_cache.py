@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,23 +25,12 @@ from geoloc_lib.base import distributed
 from geoloc_lib.base.atomic_files import atomic_torch_save
 from geoloc_lib.base.devices import autocast_for, select_device
 from geoloc_lib.base.progress import progress_bar
+from geoloc_lib.data.cache_spec import CacheSpec
 from geoloc_lib.data.photos import JpegBytes, PhotoDataset, all_jpeg, as_lists, photo_digest, view_seed
 from geoloc_lib.data.transforms import AUGMENT_PRESETS, AugmentConfig, eval_transform, train_transform
 
 if TYPE_CHECKING:  # the data layer is handed the encoders; it never builds them
     from geoloc_lib.model.encoders import DualEncoder
-
-
-@dataclass(frozen=True)
-class CacheSpec:
-    """Where encoder features are cached and how they are extracted: all the data layer needs of a run."""
-
-    cache_dir: str = "runs/feature_cache"
-    dtype: str = "float16"  # storage type of the cached features
-    views: int = 4  # augmented views cached per training photo
-    seed: int = 0  # seed of the augmented views
-    batch_size: int = 256  # photos per extraction batch
-    num_workers: int = 2  # decoding workers
 
 
 def image_list_digest(split: pd.DataFrame) -> str:

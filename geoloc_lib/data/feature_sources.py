@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 
 from geoloc_lib.base.devices import autocast_for
-from geoloc_lib.data.feature_cache import CacheSpec, augmented_features, clean_features
+from geoloc_lib.data.cache_spec import CacheSpec
+from geoloc_lib.data.feature_cache import augmented_features, clean_features
 from geoloc_lib.data.photos import PhotoDataset
 from geoloc_lib.data.transforms import AugmentConfig, eval_transform, train_transform
 

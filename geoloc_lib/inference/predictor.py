@@ -33,7 +33,8 @@ from geoloc_lib.model.decode_modes import DECODE_MODES
 from geoloc_lib.model.decoding import Decoder
 from geoloc_lib.model.encoders import EncoderConfig, verify_fingerprint
 from geoloc_lib.model.factory import CheckpointMismatchError, build_model
-from geoloc_lib.model.heads import GeolocModel, HeadConfig
+from geoloc_lib.model.head_config import HeadConfig
+from geoloc_lib.model.heads import GeolocModel
 from geoloc_lib.model.retrieval import RetrievalIndex
 from geoloc_lib.train.checkpoint import Checkpoint
 from geoloc_lib.train.config import TrainConfig

@@ -28,21 +28,9 @@ import torch
 
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.sphere import haversine_km
-from geoloc_lib.model.decode_modes import DECODE_MODES
+from geoloc_lib.model.decode_modes import DECODE_MODES, DecodeConfig
 from geoloc_lib.model.heads import GeoHeads
 from geoloc_lib.model.retrieval import RetrievalIndex
-
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    mode: str = "hierarchical"
-    top_provinces: int = 2
-    top_cells: int = 5
-    prior_correction: float = 0.0
-
-    def __post_init__(self):
-        if self.mode not in DECODE_MODES:
-            raise ValueError(f"decode mode must be one of {DECODE_MODES}, not {self.mode!r}")
 
 
 def province_prior_shift(train_counts, batch_counts, province_weights) -> np.ndarray:

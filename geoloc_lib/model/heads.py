@@ -9,7 +9,6 @@ lives in `model/factory.py`; turning outputs into predictions lives in `model/de
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,24 +18,10 @@ from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.cell_table import CellTable
 from geoloc_lib.geo.sphere import PAKISTAN_CENTER
 from geoloc_lib.model.encoders import DualEncoder
+from geoloc_lib.model.head_config import HeadConfig
 
 MASKED_LOGIT = -1e4  # logit of a padded (non-existent) cell: exp() underflows to exactly 0
 AUX_SPAN_DEG = (4.0, 5.0)  # the aux head predicts (lat, lon) as PAKISTAN_CENTER + span * output
-
-
-@dataclass
-class HeadConfig:
-    proj_dim: int = 512  # projections of both encoders, and the fused feature
-    province_emb_dim: int = 32
-    cell_emb_dim: int = 96
-    province_hidden: int = 256
-    geocell_hidden: int = 512
-    small_geocell_hidden: int = 256  # capacity of provinces with fewer than small_province_cells cells
-    small_province_cells: int = 30
-    offset_hidden: int = 256
-    aux_hidden: int = 256
-    dropout: float = 0.1
-    temperature: float = 1.0  # province logits are divided by this
 
 
 def _projection(in_dim: int, out_dim: int) -> nn.Sequential:

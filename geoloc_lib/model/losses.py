@@ -19,8 +19,6 @@ precomputed once, so a training step only gathers rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 import torch
@@ -30,6 +28,7 @@ from torch import nn
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.cell_table import CellTable
 from geoloc_lib.geo.sphere import haversine_km
+from geoloc_lib.model.loss_weights import SOFT_LABEL_SUPPORTS, LossWeights
 
 
 def effective_number_weights(counts, beta: float = 0.999) -> np.ndarray:
@@ -47,9 +46,6 @@ def effective_number_weights(counts, beta: float = 0.999) -> np.ndarray:
 
 def province_counts(province_ids) -> np.ndarray:
     return np.bincount(np.asarray(province_ids, dtype=np.int64), minlength=prov.NUM_PROVINCES)
-
-
-SOFT_LABEL_SUPPORTS = ("province", "neighbours")
 
 
 def soft_target_table(cells: CellTable, tau_km_by_province=None, support: str = "province") -> torch.Tensor:
@@ -85,14 +81,6 @@ LOSS_LABELS = {"total": "loss", "province": "prov", "geocell": "cell", "offset":
 def offset_ramp(epoch: int, ramp_epochs: int = 5) -> float:
     """Weight of the offset term in `epoch` (counted from 1): min(1, epoch / ramp_epochs)."""
     return min(1.0, epoch / ramp_epochs)
-
-
-@dataclass
-class LossWeights:
-    province: float = 0.5
-    geocell: float = 1.0
-    offset: float = 1.0
-    aux: float = 0.1
 
 
 class GeolocLoss(nn.Module):

@@ -1,4 +1,6 @@
-"""`TrainConfig`: every setting of a training run, in one dataclass that imports nothing of the library.
+"""`TrainConfig`: every setting of a training run, in one flat dataclass. A setting a stage owns takes its default
+from that stage's own settings class (the heads', the decoding's, the loss's, the feature cache's, all
+torch-free), so each default is written once.
 
 It checks what a value alone can tell (types, finiteness, ranges); each stage checks the options it owns when
 the run is built (`from_config.check_options`), before anything is written.
@@ -17,6 +19,11 @@ import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from geoloc_lib.data.cache_spec import CacheSpec
+from geoloc_lib.model.decode_modes import DecodeConfig
+from geoloc_lib.model.head_config import HeadConfig
+from geoloc_lib.model.loss_weights import LossWeights
 
 
 @dataclass
@@ -41,12 +48,12 @@ class TrainConfig:
     lr: float = 1e-3
     batch_size: int = 64
     weight_decay: float = 1e-5
-    temperature: float = 1.0
+    temperature: float = HeadConfig.temperature
     batches_per_epoch: int = 0  # 0: about 30 passes over the training photos, at most 1300 (train/setup.py)
-    loss_province: float = 0.5
-    loss_geocell: float = 1.0
-    loss_offset: float = 1.0
-    loss_aux: float = 0.1
+    loss_province: float = LossWeights.province
+    loss_geocell: float = LossWeights.geocell
+    loss_offset: float = LossWeights.offset
+    loss_aux: float = LossWeights.aux
     beta: float = 0.0  # effective-number province weights (0.999 in the specification; 0: all equal)
     offset_ramp_epochs: int = 5
     aux_scale_km: float = 100.0
@@ -64,10 +71,10 @@ class TrainConfig:
     freeze_scene: bool = True
     # Phase 1's start: auto finds a finished Phase 0 run of the same data under runs_dir; "": from scratch
     phase0_checkpoint: str | None = "auto"
-    proj_dim: int = 512
-    geocell_hidden: int = 512
-    small_geocell_hidden: int = 256
-    dropout: float = 0.1
+    proj_dim: int = HeadConfig.proj_dim
+    geocell_hidden: int = HeadConfig.geocell_hidden
+    small_geocell_hidden: int = HeadConfig.small_geocell_hidden
+    dropout: float = HeadConfig.dropout
     standardize_features: bool = True  # z-score encoder features with the training photos' mean and std
     # Phase 2: the tops of both encoders fine-tuned from a Phase 1 run (train/phases.py)
     phase1_checkpoint: str | None = (
@@ -90,20 +97,22 @@ class TrainConfig:
     stop_patience: int = 5  # stop after this many epochs above the best validation median (0: off)
     # speed
     feature_cache: bool = True  # False: images go through the encoders at every step
-    cache_views: int = 4  # augmented views cached per training photo (one clean view when augment is none)
-    cache_dir: str = "runs/feature_cache"
-    cache_dtype: str = "float16"
+    cache_views: int = (
+        CacheSpec.views
+    )  # augmented views cached per training photo (one clean view when augment is none)
+    cache_dir: str = CacheSpec.cache_dir
+    cache_dtype: str = CacheSpec.dtype
     cuda_graph: bool = True  # capture the cached-feature step as one CUDA graph on CUDA
-    eval_batch_size: int = 256
-    num_workers: int = 2
+    eval_batch_size: int = CacheSpec.batch_size
+    num_workers: int = CacheSpec.num_workers
     device: str = "auto"  # auto: CUDA, then MPS, then CPU
-    seed: int = 0
+    seed: int = CacheSpec.seed  # the run's seed: the heads, the sampler and the cached views
     allow_missing_provinces: bool = False
     # decoding (see model/decoding.py)
-    decode_mode: str = "joint"  # hierarchical, joint or mixture
-    prior_correction: float = 1.0  # logit adjustment of the province head: 1 undoes the training prior, 0 off
-    top_provinces: int = 2
-    top_cells: int = 5
+    decode_mode: str = DecodeConfig.mode  # hierarchical, joint or mixture
+    prior_correction: float = DecodeConfig.prior_correction  # 1 undoes the training prior, 0 off
+    top_provinces: int = DecodeConfig.top_provinces
+    top_cells: int = DecodeConfig.top_cells
     retrieval_k: int = 0  # refine inside the chosen cell from the k most similar training photos (0: off)
     retrieval_temperature: float = 0.1  # softmax temperature of the similarity weights (k > 1)
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 
+from geoloc_lib.data.cache_spec import CacheSpec
 from geoloc_lib.data.contract import IMAGE_CHECKS, GeoDataset, load_dataset
-from geoloc_lib.data.feature_cache import CacheSpec
 from geoloc_lib.data.transforms import AUGMENT_PRESETS
 from geoloc_lib.geo.cell_table import CellTable
 from geoloc_lib.geo.provinces import NUM_PROVINCES
-from geoloc_lib.model.decode_modes import DECODE_MODES
-from geoloc_lib.model.decoding import DecodeConfig
+from geoloc_lib.model.decode_modes import DECODE_MODES, DecodeConfig
 from geoloc_lib.model.encoders import EncoderConfig, resolve_encoder_config
 from geoloc_lib.model.factory import build_model
-from geoloc_lib.model.heads import GeolocModel, HeadConfig
-from geoloc_lib.model.losses import SOFT_LABEL_SUPPORTS
+from geoloc_lib.model.head_config import HeadConfig
+from geoloc_lib.model.heads import GeolocModel
+from geoloc_lib.model.loss_weights import SOFT_LABEL_SUPPORTS
 from geoloc_lib.train.config import TrainConfig
 from geoloc_lib.train.schedule import LR_SCHEDULES
 

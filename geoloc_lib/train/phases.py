@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from geoloc_lib.model.losses import LossWeights, offset_ramp
+from geoloc_lib.model.loss_weights import LossWeights
+from geoloc_lib.model.losses import offset_ramp
 from geoloc_lib.train.config import TrainConfig
 
 

@@ -1,0 +1,16 @@
+"""The loss's weights and soft-label choices, in a module without torch: a run's settings take their defaults
+from here (`model/losses.py` computes the loss)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SOFT_LABEL_SUPPORTS = ("province", "neighbours")  # soft geocell targets over the province, or the neighbours
+
+
+@dataclass
+class LossWeights:
+    province: float = 0.5
+    geocell: float = 1.0
+    offset: float = 1.0
+    aux: float = 0.1
