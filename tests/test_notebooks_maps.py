@@ -354,7 +354,8 @@ def test_the_nearest_town_agrees_with_a_haversine_ball_tree():
 
 # every label's text and every control, as the browser lays them out in a map box of the design size
 PROBE = """<style>.folium-map{width:%dpx !important;height:%dpx !important;position:absolute !important;
-top:0;left:0}</style><script>window.addEventListener("load", function () { setTimeout(function () {
+top:0;left:0}</style><script>
+function geolocBoxes() {
   var out = [];
   document.querySelectorAll(".leaflet-marker-icon").forEach(function (icon) {
     var walk = document.createTreeWalker(icon, NodeFilter.SHOW_TEXT), node, box = null;
@@ -373,9 +374,21 @@ top:0;left:0}</style><script>window.addEventListener("load", function () { setTi
       var r = e.getBoundingClientRect(); out.push([selector, r.left, r.top, r.right, r.bottom]);
     });
   });
-  var pre = document.createElement("pre"); pre.id = "boxes"; pre.textContent = JSON.stringify(out);
-  document.body.appendChild(pre);
-}, 300); });</script>"""
+  return JSON.stringify(out);
+}
+// written once the layout holds still for three looks in a row (a busy machine may still be laying it out)
+window.addEventListener("load", function () {
+  var last = null, same = 0, looks = 0;
+  var timer = setInterval(function () {
+    var now = geolocBoxes();
+    same = now === last ? same + 1 : 0; last = now; looks += 1;
+    if (same >= 2 || looks >= 50) {
+      clearInterval(timer);
+      var pre = document.createElement("pre"); pre.id = "boxes"; pre.textContent = now;
+      document.body.appendChild(pre);
+    }
+  }, 200);
+});</script>"""
 
 
 def _overlapping_boxes(flags, page: str, tmp_path, size) -> tuple[list, list]:
