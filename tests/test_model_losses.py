@@ -11,7 +11,8 @@ from geoloc_lib.geo.cell_table import CellTable
 from geoloc_lib.geo.sphere import haversine_km
 from geoloc_lib.model.decode_modes import DecodeConfig
 from geoloc_lib.model.decoding import decode, province_prior_shift
-from geoloc_lib.model.encoders import ENCODER_PRESETS, DualEncoder, EncoderConfig, EncoderWeightsError
+from geoloc_lib.model.encoder_config import ENCODER_PRESETS, EncoderConfig
+from geoloc_lib.model.encoders import DualEncoder, EncoderWeightsError
 from geoloc_lib.model.factory import create_phase1_model, load_phase0_weights
 from geoloc_lib.model.head_config import HeadConfig
 from geoloc_lib.model.heads import MASKED_LOGIT, BatchedGeocellHeads, GeolocModel

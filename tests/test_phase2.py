@@ -16,7 +16,8 @@ from PIL import Image
 
 from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.inference.run_evaluation import evaluate_run
-from geoloc_lib.model.encoders import DualEncoder, resolve_encoder_config
+from geoloc_lib.model.encoder_config import resolve_encoder_config
+from geoloc_lib.model.encoders import DualEncoder
 from geoloc_lib.train.config import TrainConfig
 from geoloc_lib.train.early_stopping import StopRules, stop_reason
 from geoloc_lib.train.fine_tune import Phase1StartError

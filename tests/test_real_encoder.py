@@ -10,7 +10,8 @@ from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image, ImageOps
 
 from geoloc_lib.model import efficientnet_lite
-from geoloc_lib.model.encoders import ENCODER_PRESETS, DualEncoder, EncoderWeightsError, build_scene_encoder
+from geoloc_lib.model.encoder_config import ENCODER_PRESETS
+from geoloc_lib.model.encoders import DualEncoder, EncoderWeightsError, build_scene_encoder
 
 PRESET = ENCODER_PRESETS["tiny-random-clip+lite0-imagenet"]
 SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "exif_photos"

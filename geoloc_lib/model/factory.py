@@ -12,7 +12,8 @@ import torch
 from geoloc_lib.base.atomic_files import load_checkpoint
 from geoloc_lib.data.contract import load_cell_metadata
 from geoloc_lib.geo.cell_table import CellTable
-from geoloc_lib.model.encoders import DualEncoder, EncoderConfig, resolve_encoder_config, verify_fingerprint
+from geoloc_lib.model.encoder_config import EncoderConfig, resolve_encoder_config
+from geoloc_lib.model.encoders import DualEncoder, verify_fingerprint
 from geoloc_lib.model.head_config import HeadConfig
 from geoloc_lib.model.heads import GeoHeads, GeolocModel
 

@@ -11,7 +11,7 @@ from geoloc_lib.data.transforms import AUGMENT_PRESETS
 from geoloc_lib.geo.cell_table import CellTable
 from geoloc_lib.geo.provinces import NUM_PROVINCES
 from geoloc_lib.model.decode_modes import DECODE_MODES, DecodeConfig
-from geoloc_lib.model.encoders import EncoderConfig, resolve_encoder_config
+from geoloc_lib.model.encoder_config import EncoderConfig, resolve_encoder_config
 from geoloc_lib.model.factory import build_model
 from geoloc_lib.model.head_config import HeadConfig
 from geoloc_lib.model.heads import GeolocModel
