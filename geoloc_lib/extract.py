@@ -20,8 +20,8 @@ from geoloc_lib.base.command_line import CommandParser, run_command
 from geoloc_lib.data.feature_cache import augmented_features, clean_features
 from geoloc_lib.data.transforms import AUGMENT_PRESETS
 from geoloc_lib.model.encoders import DualEncoder
-from geoloc_lib.train.config import TrainConfig, config_from_command_line
-from geoloc_lib.train.from_config import cache_spec_of, encoder_config_of, load_run_data
+from geoloc_lib.run.folder import load_run_data
+from geoloc_lib.run.spec import TrainConfig, config_from_command_line
 
 
 def extract(cfg: TrainConfig) -> None:
@@ -33,9 +33,9 @@ def extract(cfg: TrainConfig) -> None:
             print(message, flush=True)
 
     data = load_run_data(cfg, cfg.image_check if world.is_main else "exists")
-    encoders = DualEncoder(encoder_config_of(cfg)).to(device)
+    encoders = DualEncoder(cfg.encoders).to(device)
     fingerprint = encoders.fingerprint()
-    spec = cache_spec_of(cfg)
+    spec = cfg.cache
     augmented_features(spec, encoders, fingerprint, data.train, AUGMENT_PRESETS[cfg.augment], device, log)
     for split in (data.train, data.val, data.test):
         clean_features(spec, split, encoders, fingerprint, device, log)

@@ -112,7 +112,7 @@ def readable_photos(paths: list[str]) -> tuple[list[str], list[str]]:
 
 
 def load_predictor(args: argparse.Namespace):
-    from geoloc_lib.train.run_folder import RunFolder
+    from geoloc_lib.run.folder import RunFolder
 
     folder = RunFolder(args.run_dir)
     if folder.root.is_file():

@@ -12,7 +12,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from geoloc_lib.data.demo_data import TINY_DEMO, generate_demo_dataset  # noqa: E402
-from geoloc_lib.train.config import TrainConfig  # noqa: E402
+from geoloc_lib.run.spec import TrainConfig  # noqa: E402
 from geoloc_lib.viz.map_export import chromium_command  # noqa: E402
 
 

@@ -29,8 +29,8 @@ from geoloc_lib.evaluate.strangers import STRANGER_KINDS
 from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.inference.run_evaluation import evaluate_run, read_evaluation
 from geoloc_lib.predict import main
+from geoloc_lib.run.folder import RunFolder
 from geoloc_lib.train.loop import fit
-from geoloc_lib.train.run_folder import RunFolder
 
 CELLS = pd.DataFrame({"cell_id": [0, 1], "radius_km": [10.0, 80.0]})
 

@@ -14,7 +14,7 @@ from conftest import TINY_TRAINING
 from geoloc_lib.evaluate import metrics
 from geoloc_lib.geo.places import PLACES_CSV
 from geoloc_lib.predict import DECODE_MODES, main
-from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import fit
 
 

@@ -19,8 +19,8 @@ from conftest import TINY_TRAINING
 from geoloc_lib import extract, ingest, predict
 from geoloc_lib.base.folder_lock import RunLock
 from geoloc_lib.evaluate import conclusions
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train import __main__ as train_cli
-from geoloc_lib.train.config import TrainConfig
 from geoloc_lib.train.fine_tune import Phase1StartError, phase1_run_config
 from geoloc_lib.train.loop import fit
 from geoloc_lib.train.setup import build_training

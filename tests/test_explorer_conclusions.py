@@ -156,7 +156,7 @@ def test_the_ladder_conclusion_warns_about_every_rung_the_model_loses_to():
 def test_a_one_step_model_is_reported_worse_than_the_constant_in_03_and_04(tiny_config):
     from geoloc_lib.evaluate.baselines import constant_baseline
     from geoloc_lib.inference.run_evaluation import evaluate_run
-    from geoloc_lib.train.from_config import load_run_data
+    from geoloc_lib.run.folder import load_run_data
     from geoloc_lib.train.loop import fit
 
     # one step at a learning rate too small to move the heads: the model is still its random initialisation

@@ -133,7 +133,7 @@ def test_a_refused_notebook_start_is_one_line_not_a_traceback(tmp_path):
 
 
 def test_the_batches_of_an_epoch_follow_the_training_photos_up_to_1300():
-    from geoloc_lib.train.config import TrainConfig
+    from geoloc_lib.run.spec import TrainConfig
     from geoloc_lib.train.setup import batches_per_epoch
 
     auto = TrainConfig()
@@ -166,8 +166,8 @@ def test_any_run_gets_its_offline_pages(tmp_path, capsys):
 
 
 def test_phase1_starts_from_the_newest_finished_phase0_run_of_the_same_data_and_split(tiny_config):
+    from geoloc_lib.run.folder import RunFolder
     from geoloc_lib.train.loop import fit
-    from geoloc_lib.train.run_folder import RunFolder
 
     def killed_after_the_first_epoch(folder):
         raise KeyboardInterrupt

@@ -7,13 +7,16 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "geoloc_lib"
-STAGES = ["base", "geo", "data", "model", "evaluate", "train", "inference", "viz"]  # bottom to top
+STAGES = ["base", "geo", "data", "model", "evaluate", "run", "train", "inference", "viz"]  # bottom to top
+SIBLINGS = ("train", "inference")  # on one floor: neither imports the other
 TOP = len(STAGES)  # the command lines (geoloc_lib/*.py) may import every stage
 
 
 def _level(module: str) -> int:
     parts = module.split(".")
-    return STAGES.index(parts[1]) if len(parts) >= 2 and parts[1] in STAGES else TOP
+    if len(parts) < 2 or parts[1] not in STAGES:
+        return TOP
+    return STAGES.index("train") if parts[1] in SIBLINGS else STAGES.index(parts[1])
 
 
 def _runtime_imports(tree: ast.Module) -> list[tuple[int, str]]:
@@ -49,6 +52,8 @@ def upward_imports(root: Path = PACKAGE) -> list[str]:
         for line, imported in _runtime_imports(tree):
             if _level(imported) > _level(module):
                 problems.append(f"{module}:{line} imports {imported}, a later stage")
+            elif _level(imported) == _level(module) and imported.split(".")[1] != module.split(".")[1]:
+                problems.append(f"{module}:{line} imports {imported}, its sibling")
     return problems
 
 
@@ -60,13 +65,26 @@ def test_the_direction_test_finds_a_planted_upward_import(tmp_path):
     planted = tmp_path / "geoloc_lib"
     (planted / "data").mkdir(parents=True)
     (planted / "train").mkdir()
-    (planted / "data" / "feature_cache.py").write_text("from geoloc_lib.train.config import TrainConfig\n")
+    (planted / "data" / "feature_cache.py").write_text("from geoloc_lib.run.spec import TrainConfig\n")
     (planted / "data" / "typed.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from geoloc_lib.model.encoders import X\n"
     )
     (planted / "train" / "loop.py").write_text("from geoloc_lib.data.feature_cache import CacheSpec\n")
     assert upward_imports(planted) == [
-        "geoloc_lib.data.feature_cache:1 imports geoloc_lib.train.config, a later stage"
+        "geoloc_lib.data.feature_cache:1 imports geoloc_lib.run.spec, a later stage"
+    ]
+
+
+def test_the_direction_test_finds_a_planted_import_between_train_and_inference(tmp_path):
+    planted = tmp_path / "geoloc_lib"
+    for stage in ("train", "inference", "run"):
+        (planted / stage).mkdir(parents=True)
+    (planted / "inference" / "predictor.py").write_text("from geoloc_lib.train.setup import build_training\n")
+    (planted / "train" / "loop.py").write_text("from geoloc_lib.run.folder import RunFolder\n")
+    (planted / "train" / "setup.py").write_text("from geoloc_lib.inference.predictor import Predictor\n")
+    assert upward_imports(planted) == [
+        "geoloc_lib.inference.predictor:1 imports geoloc_lib.train.setup, its sibling",
+        "geoloc_lib.train.setup:1 imports geoloc_lib.inference.predictor, its sibling",
     ]
 
 
@@ -109,6 +127,8 @@ def test_a_runs_settings_load_without_torch():
     import subprocess
     import sys
 
-    code = "import sys, geoloc_lib.train.config; print(sorted(m for m in ('torch', 'pandas') if m in sys.modules))"
+    code = (
+        "import sys, geoloc_lib.run.spec; print(sorted(m for m in ('torch', 'pandas') if m in sys.modules))"
+    )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert found.strip() == "[]"

@@ -25,9 +25,9 @@ from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.inference.run_evaluation import EvaluationFolderError, evaluate_run, read_evaluation
 from geoloc_lib.model.factory import CheckpointMismatchError, create_phase1_model, load_phase0_weights
 from geoloc_lib.predict import main
-from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.run.folder import RunFolder
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import fit
-from geoloc_lib.train.run_folder import RunFolder
 from geoloc_lib.train.run_state import RunFolderDamagedError
 from geoloc_lib.viz import maps
 

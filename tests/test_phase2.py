@@ -18,11 +18,11 @@ from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.inference.run_evaluation import evaluate_run
 from geoloc_lib.model.encoder_config import resolve_encoder_config
 from geoloc_lib.model.encoders import DualEncoder
-from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.run.folder import RunFolder
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.early_stopping import StopRules, stop_reason
 from geoloc_lib.train.fine_tune import Phase1StartError
 from geoloc_lib.train.loop import fit
-from geoloc_lib.train.run_folder import RunFolder
 from geoloc_lib.train.setup import build_training
 
 # the tiny CLIP tower has 2 blocks, ResNet-18 has 4 stages: train the last block and layer4
@@ -146,7 +146,7 @@ def test_the_prefix_cached_step_equals_the_image_step(phase1):
 
 RESUME_SCRIPT = """
 import json
-from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import fit
 fit(TrainConfig.from_dict(json.loads({config!r})), progress=False)
 """

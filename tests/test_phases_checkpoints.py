@@ -8,11 +8,11 @@ import torch
 
 from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.model.factory import create_phase1_model, trainable_parameters
-from geoloc_lib.train.checkpoint import CHECKPOINT_VERSION, Checkpoint, CheckpointVersionError
-from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.run.checkpoint import CHECKPOINT_VERSION, Checkpoint, CheckpointVersionError
+from geoloc_lib.run.folder import RunFolder
+from geoloc_lib.run.phases import PHASES
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import fit
-from geoloc_lib.train.phases import PHASES
-from geoloc_lib.train.run_folder import RunFolder
 
 
 def test_phase0_trains_exactly_the_projections_gate_and_province_head(tiny_data):

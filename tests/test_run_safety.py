@@ -20,8 +20,8 @@ from geoloc_lib.base.folder_lock import RunFolderBusyError
 from geoloc_lib.data.contract import DataContractError, load_dataset
 from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.inference.run_evaluation import evaluate_run
+from geoloc_lib.run.folder import RunFolder
 from geoloc_lib.train.loop import fit
-from geoloc_lib.train.run_folder import RunFolder
 
 
 def _snapshot(folder):
@@ -82,7 +82,7 @@ def test_phase1_resume_into_a_phase0_folder_keeps_phase0(tiny_config):
 
 TRAIN_SCRIPT = """
 import json
-from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import fit
 fit(TrainConfig.from_dict(json.loads({config!r})), progress=False)
 print("finished")
@@ -190,7 +190,7 @@ def test_resume_and_overwrite_together_are_refused(tiny_config):
 KILL_BETWEEN_SCRIPT = """
 import json, os, signal
 import geoloc_lib.train.run_state as runstate
-from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import fit
 
 copy = runstate.atomic_link

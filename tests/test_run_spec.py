@@ -56,7 +56,7 @@ def test_every_default_a_stage_owns_is_written_once_in_that_stage():
     import ast
     import inspect
 
-    from geoloc_lib.train import config
+    from geoloc_lib.run import spec as config
 
     sections = _sections()
     flat = config.TrainConfig()
@@ -77,11 +77,10 @@ def test_notebook_02_decodes_the_way_a_trained_run_does():
     import json
 
     from geoloc_lib.model.decode_modes import DecodeConfig
-    from geoloc_lib.train.config import TrainConfig
-    from geoloc_lib.train.from_config import decode_config_of
+    from geoloc_lib.run.spec import TrainConfig
 
     notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "02_model_build.ipynb").read_text())
     code = "".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code")
     assert "DecodeConfig()" in code  # the notebook decodes with the defaults ...
-    assert DecodeConfig() == decode_config_of(TrainConfig())  # ... which are a trained run's
+    assert DecodeConfig() == TrainConfig().decoding  # ... which are a trained run's
     assert DecodeConfig().mode == "joint" and DecodeConfig().prior_correction == 1.0

@@ -20,8 +20,8 @@ from geoloc_lib.inference.run_evaluation import evaluate_run
 from geoloc_lib.model.encoder_config import resolve_encoder_config
 from geoloc_lib.model.encoders import DualEncoder, EncoderFingerprintError
 from geoloc_lib.model.factory import CheckpointMismatchError
+from geoloc_lib.run.folder import LOSSES_CSV_COLUMNS, RunFolder
 from geoloc_lib.train.loop import NonFiniteLossError, fit
-from geoloc_lib.train.run_folder import LOSSES_CSV_COLUMNS, RunFolder
 from geoloc_lib.train.setup import build_training
 from geoloc_lib.train.step import TrainingStateSnapshot
 
@@ -51,8 +51,10 @@ def test_one_epoch_writes_every_output(tiny_config):
         assert (run / name).is_file(), name
     header = (run / "losses.csv").read_text().splitlines()[0].split(",")
     assert header[: len(SEED_CSV_COLUMNS)] == SEED_CSV_COLUMNS and header == LOSSES_CSV_COLUMNS
-    assert json.loads((run / "config.json").read_text()) == asdict(cfg)  # exactly the config
-    assert RunFolder(run).read_config() == cfg
+    # exactly the config, with the Phase 1 start it chose: no Phase 0 run is under runs_dir, so none
+    recorded = replace(cfg, phase0_checkpoint="")
+    assert json.loads((run / "config.json").read_text()) == asdict(recorded)
+    assert RunFolder(run).read_config() == recorded
     info = json.loads((run / "run_info.json").read_text())
     assert info["device"] == "cpu" and info["cells"]["num_cells"] > 0 and info["encoder_fingerprint"]
     losses = pd.read_csv(run / "losses.csv")
@@ -163,7 +165,7 @@ def test_non_finite_loss_stops_with_batch_and_terms(tiny_config):
 
 RESUME_SCRIPT = """
 import json
-from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import fit
 fit(TrainConfig.from_dict(json.loads({config!r})), progress=False)
 """

@@ -37,8 +37,7 @@ from geoloc_lib.data.feature_sources import CachedFeatures
 from geoloc_lib.data.transforms import AugmentConfig
 from geoloc_lib.geo.geocell_builder import assign_cells, build_geocells
 from geoloc_lib.model.encoders import DualEncoder
-from geoloc_lib.train.config import TrainConfig
-from geoloc_lib.train.from_config import cache_spec_of, encoder_config_of
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import seed_epoch, train_one_epoch
 from geoloc_lib.train.setup import Training, build_training
 from tools.bench_phase2 import phase2_table, time_phase2
@@ -113,11 +112,11 @@ def _extraction_rate(cfg: TrainConfig) -> float:
     """Images per second of filling the feature cache (train views and evaluation photos) from scratch."""
     device = select_device(cfg.device)
     data = load_dataset(cfg.data_dir, image_check="none")
-    encoders = DualEncoder(encoder_config_of(cfg)).to(device)
+    encoders = DualEncoder(cfg.encoders).to(device)
     fingerprint = encoders.fingerprint()
     start = time.perf_counter()
     CachedFeatures.prepare(
-        cache_spec_of(cfg),
+        cfg.cache,
         encoders,
         fingerprint,
         data.train,

@@ -29,10 +29,10 @@ import pandas as pd
 from geoloc_lib.data.demo_data import DEMO_PRESETS, generate_demo_dataset
 from geoloc_lib.evaluate.metrics import SUMMARY_METRICS, prediction_metrics
 from geoloc_lib.inference.run_evaluation import evaluate_run
-from geoloc_lib.train.config import TrainConfig, parse_settings
+from geoloc_lib.run.folder import RunFolder
+from geoloc_lib.run.spec import TrainConfig, parse_settings
 from geoloc_lib.train.fine_tune import phase1_run_config
 from geoloc_lib.train.loop import fit
-from geoloc_lib.train.run_folder import RunFolder
 from tools.demo import DEMO_PHASE0, DEMO_PHASE1, DEMO_PHASE2
 
 SHOWN = ["median_error_km", "p90_error_km", "acc_25km", "geoscore", "province_acc", "gate_alpha"]

@@ -20,8 +20,7 @@ from pathlib import Path
 import open_clip
 
 from geoloc_lib.base.devices import synchronize
-from geoloc_lib.train.config import TrainConfig
-from geoloc_lib.train.from_config import encoder_config_of
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import fit, train_one_epoch
 from geoloc_lib.train.setup import build_training
 
@@ -49,7 +48,7 @@ def time_phase2(encoder: str, common: dict, steps: int, image_steps: int, image_
     name = encoder.replace("/", "_")
     start_run = TrainConfig(run_name=f"{name}-phase1", epochs=1, batches_per_epoch=2, **common)
     fit(start_run, progress=False)
-    layers = open_clip.get_model_config(encoder_config_of(start_run).clip_model)["vision_cfg"]["layers"]
+    layers = open_clip.get_model_config(start_run.encoders.clip_model)["vision_cfg"]["layers"]
     blocks = min(CLIP_BLOCKS, layers)
     cached = build_training(TrainConfig(**_phase2(start_run, name, steps, blocks)), progress=False)
     train_one_epoch(cached, 1)  # warm-up

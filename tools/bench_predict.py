@@ -24,7 +24,7 @@ from geoloc_lib.data.cache_spec import CacheSpec
 from geoloc_lib.data.contract import load_split
 from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.inference.predictor import Predictor
-from geoloc_lib.train.run_folder import RunFolder
+from geoloc_lib.run.folder import RunFolder
 
 
 def main(argv=None) -> None:

@@ -39,8 +39,8 @@ from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.geo.geocell_builder import GeocellConfig, assign_cells, build_geocells
 from geoloc_lib.inference.run_evaluation import evaluate_run
 from geoloc_lib.model.encoders import DualEncoder
-from geoloc_lib.train.config import TrainConfig
-from geoloc_lib.train.from_config import cache_spec_of, encoder_config_of, load_run_data
+from geoloc_lib.run.folder import load_run_data
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import fit
 
 GEOPAK_PHOTOS = sum(REAL_PROVINCE_COUNTS)  # 90,515
@@ -117,10 +117,10 @@ def run_size(size: int, work: Path, stages: list[Stage]) -> None:
         epochs=1, batches_per_epoch=EPOCH_BATCHES, image_check="exists", overwrite=True,
     )  # fmt: skip
     carved = load_run_data(cfg)
-    encoders = DualEncoder(encoder_config_of(cfg))
+    encoders = DualEncoder(cfg.encoders)
     with timer.stage("extraction (clean, all photos)", work / f"cache{size}"):
         for split in (carved.train, carved.val, carved.test):
-            clean_features(cache_spec_of(cfg), split, encoders, log=lambda _: None)
+            clean_features(cfg.cache, split, encoders, log=lambda _: None)
     extraction = stages[-1]
     rate = size / extraction.seconds
     stages.append(

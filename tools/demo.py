@@ -26,7 +26,7 @@ from traitlets import CaselessStrEnum
 from geoloc_lib.base.progress import TEXT_PROGRESS_ENV
 from geoloc_lib.data.demo_data import DEMO_PRESETS, generate_demo_dataset
 from geoloc_lib.inference.run_evaluation import read_evaluation
-from geoloc_lib.train.run_folder import RunFolder
+from geoloc_lib.run.folder import RunFolder
 from geoloc_lib.viz.notebook import project_root
 from geoloc_lib.viz.notebook_export import export_html
 

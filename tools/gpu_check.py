@@ -40,8 +40,8 @@ from geoloc_lib.data.feature_cache import augmented_features, clean_features
 from geoloc_lib.data.transforms import AUGMENT_PRESETS
 from geoloc_lib.model.encoder_config import resolve_encoder_config
 from geoloc_lib.model.encoders import DualEncoder
-from geoloc_lib.train.config import TrainConfig
-from geoloc_lib.train.from_config import cache_spec_of, load_run_data
+from geoloc_lib.run.folder import load_run_data
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import fit
 from tools.bench import StepTiming, common_settings, image_step_seconds, time_encoder
 from tools.bench_phase2 import time_phase2
@@ -104,11 +104,11 @@ def extraction_bench(work: Path, sizes: dict, device: torch.device, encoder: str
     fingerprint = encoders.fingerprint()
     synchronize(device)
     start = time.perf_counter()
-    clean_features(cache_spec_of(cfg), train, encoders, fingerprint, device, log=lambda _: None)
+    clean_features(cfg.cache, train, encoders, fingerprint, device, log=lambda _: None)
     synchronize(device)
     clean_s = time.perf_counter() - start
     augmented_features(
-        cache_spec_of(cfg),
+        cfg.cache,
         encoders,
         fingerprint,
         train,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -31,53 +30,12 @@ from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.cell_table import CellTable
 from geoloc_lib.model.decode_modes import DECODE_MODES
 from geoloc_lib.model.decoding import Decoder
-from geoloc_lib.model.encoder_config import EncoderConfig
-from geoloc_lib.model.encoders import verify_fingerprint
-from geoloc_lib.model.factory import CheckpointMismatchError, build_model
-from geoloc_lib.model.head_config import HeadConfig
 from geoloc_lib.model.heads import GeolocModel
 from geoloc_lib.model.retrieval import RetrievalIndex
-from geoloc_lib.train.checkpoint import Checkpoint
-from geoloc_lib.train.config import TrainConfig
-from geoloc_lib.train.from_config import cache_spec_of, decode_config_of, encoder_tops_of, load_run_data
-from geoloc_lib.train.run_folder import RunFolder
-
-PREDICTING_PHASES = (1, 2)  # the phases whose runs predict places (Phase 0 predicts provinces only)
-
-
-def model_from_checkpoint(checkpoint: Checkpoint, cells: CellTable, source: str) -> GeolocModel:
-    """Rebuild the model a Phase 1 checkpoint was trained as, on `cells`, and load its weights.
-
-    Refuses other geocells and encoders whose weights changed since training (`source` names the
-    checkpoint in the messages).
-    """
-    if checkpoint.phase not in PREDICTING_PHASES:
-        raise CheckpointMismatchError(
-            f"{source} is a Phase {checkpoint.phase} checkpoint; prediction needs a Phase 1 or Phase 2 run"
-        )
-    if cells.signature() != checkpoint.cells:
-        raise CheckpointMismatchError(
-            f"{source} was trained with other geocells (checkpoint {checkpoint.cells}, metadata "
-            f"{cells.signature()}). Use the cell_metadata.csv the run was trained with."
-        )
-    head_config = HeadConfig(**{f.name: checkpoint.head_config[f.name] for f in fields(HeadConfig)})
-    cfg = checkpoint.config
-    model = build_model(
-        cells,
-        EncoderConfig(**checkpoint.encoder_config),
-        head_config,
-        cfg["freeze_clip"],
-        cfg["freeze_scene"],
-        encoder_tops_of(cfg),  # Phase 2: its trained tops come with the checkpoint
-    )
-    missing, unexpected = model.load_state_dict(checkpoint.model_state, strict=False)
-    missing = [k for k in missing if k in model.trainable_state_dict()]
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f"{source} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    verify_fingerprint(model.encoders, checkpoint.encoder_fingerprint, source)
-    return model
+from geoloc_lib.run.checkpoint import Checkpoint
+from geoloc_lib.run.folder import RunFolder, load_run_data
+from geoloc_lib.run.model import model_from_checkpoint
+from geoloc_lib.run.spec import TrainConfig
 
 
 class Predictor:
@@ -109,7 +67,7 @@ class Predictor:
         metadata = load_cell_metadata(cell_metadata_path)
         model = model_from_checkpoint(checkpoint, CellTable(metadata), str(checkpoint_path))
         decoder = Decoder(
-            decode_config_of(TrainConfig.from_dict(checkpoint.config)), torch.tensor(checkpoint.prior_shift)
+            TrainConfig.from_dict(checkpoint.config).decoding, torch.tensor(checkpoint.prior_shift)
         )
         return cls(model, select_device(device), decoder, metadata)
 
@@ -138,7 +96,7 @@ class Predictor:
             train = load_run_data(cfg).train
             encoders = predictor.model.encoders
             features = clean_features(
-                cache_spec_of(cfg),
+                cfg.cache,
                 train,
                 encoders,
                 encoders.fingerprint(),

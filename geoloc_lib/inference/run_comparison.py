@@ -11,8 +11,8 @@ import pandas as pd
 
 from geoloc_lib.evaluate.metrics import per_province_table
 from geoloc_lib.inference.run_evaluation import EvaluationFolderError, read_evaluation
-from geoloc_lib.train.phases import phase_of
-from geoloc_lib.train.run_folder import RunFolder
+from geoloc_lib.run.folder import RunFolder
+from geoloc_lib.run.phases import phase_of
 
 COMPARED = ["median_error_km", "p90_error_km", "acc_25km", "province_acc", "geoscore"]
 # settings that name places, not choices: two runs always differ in them

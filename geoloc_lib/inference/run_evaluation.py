@@ -31,8 +31,7 @@ from geoloc_lib.evaluate.metrics import (
 from geoloc_lib.evaluate.selective import selective_accuracy, selective_figures
 from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.model.decode_modes import DECODE_MODES
-from geoloc_lib.train.from_config import cache_spec_of, load_run_data
-from geoloc_lib.train.run_folder import RunFolder
+from geoloc_lib.run.folder import RunFolder, load_run_data
 
 EVALUATION_SOURCE = "source.json"
 
@@ -123,7 +122,7 @@ def _ladder_tables(
     encoders = predictor.model.encoders
     fingerprint = encoders.fingerprint()
     train_features, features = (
-        clean_features(cache_spec_of(cfg), part, encoders, fingerprint, predictor.device, log=lambda _: None)
+        clean_features(cfg.cache, part, encoders, fingerprint, predictor.device, log=lambda _: None)
         for part in (dataset.train, rows)
     )
     ladder = baseline_ladder(train_features, dataset.train, features, rows, dataset.cells)

@@ -1,5 +1,5 @@
 """The heads' sizes (`HeadConfig`), in a module without torch: a run's settings name them without building them
-(`train/config.py` takes its defaults from here)."""
+(`run/spec.py` takes its defaults from here)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from geoloc_lib.base.command_line import CommandParser, run_command
-from geoloc_lib.train.config import config_from_command_line
+from geoloc_lib.run.spec import config_from_command_line
 
 PROG = "python -m geoloc_lib.train"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from geoloc_lib.evaluate.metrics import ERROR_STATS, PROVINCE_ACCURACY_COLUMNS
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.model.losses import LOSS_LABELS, LOSS_TERMS
-from geoloc_lib.train.phases import Phase
+from geoloc_lib.run.phases import Phase
 
 
 def _losses(row: dict) -> str:

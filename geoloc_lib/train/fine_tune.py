@@ -13,9 +13,9 @@ from pathlib import Path
 
 from geoloc_lib.base.folder_lock import lock_holder
 from geoloc_lib.model.heads import GeolocModel
-from geoloc_lib.train.checkpoint import Checkpoint
-from geoloc_lib.train.config import TrainConfig
-from geoloc_lib.train.run_folder import RunFolder
+from geoloc_lib.run.checkpoint import Checkpoint
+from geoloc_lib.run.folder import RunFolder
+from geoloc_lib.run.spec import TrainConfig
 
 
 class Phase1StartError(ValueError):

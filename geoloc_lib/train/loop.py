@@ -2,7 +2,7 @@
 
 Its parts, in the order they run: `training_setup.build_training` (data, model, loss, sampler,
 optimiser, feature source and stepper, resumed state), then per epoch `train_one_epoch`, `validate`, and writing the
-epoch's rows, predictions and checkpoints (`train/run_folder.py`).
+epoch's rows, predictions and checkpoints (`run/folder.py`).
 
 Reproducibility: the batch order, the view choice and dropout of epoch e are seeded from (seed, e)
 at the start of the epoch, so a run resumed after a kill continues exactly as the uninterrupted run.
@@ -33,13 +33,12 @@ from geoloc_lib.geo import provinces as prov
 from geoloc_lib.model.factory import checkpoint_state
 from geoloc_lib.model.losses import LOSS_LABELS, LOSS_TERMS
 from geoloc_lib.model.retrieval import RetrievalIndex
-from geoloc_lib.train.checkpoint import Checkpoint
-from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.run.checkpoint import Checkpoint
+from geoloc_lib.run.folder import RunFolder, named
+from geoloc_lib.run.phases import phase_of
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.early_stopping import stop_reason
 from geoloc_lib.train.epoch_report import epoch_summary
-from geoloc_lib.train.from_config import cache_spec_of, head_config_of
-from geoloc_lib.train.phases import phase_of
-from geoloc_lib.train.run_folder import RunFolder, named
 from geoloc_lib.train.run_state import commit_epoch
 from geoloc_lib.train.schedule import lr_at
 from geoloc_lib.train.setup import Training, build_training
@@ -150,7 +149,7 @@ def _checkpoint(t: Training, epoch: int, rows: dict, predictions: pd.DataFrame) 
         best_metric=t.best_metric,
         best_epoch=t.best_epoch,
         config=asdict(t.cfg),
-        head_config=asdict(head_config_of(t.cfg)),
+        head_config=asdict(t.cfg.heads),
         encoder_config=asdict(t.model.encoders.config),
         cells=t.model.cells.signature(),
         encoder_fingerprint=t.encoder_fingerprint(),
@@ -246,7 +245,7 @@ def calibrate_radii(t: Training, best: Checkpoint) -> None:
 def index_novelty(t: Training, best: Checkpoint) -> None:
     """The out-of-domain index: the training photos' encoder features, with its threshold on validation. When
     an encoder trained, they are the features of the best epoch's encoders, which the predictor rebuilds."""
-    spec, encoders = cache_spec_of(t.cfg), t.model.encoders
+    spec, encoders = t.cfg.cache, t.model.encoders
     if t.frozen_fingerprint is None:  # the trained parts as the best epoch left them
         t.model.load_state_dict(best.model_state, strict=False)
     # keyed by every weight: a cache entry of exactly these encoders

@@ -16,8 +16,8 @@ from geoloc_lib.base.folder_lock import lock_holder
 from geoloc_lib.base.progress import terminal_line
 from geoloc_lib.model.factory import load_phase0_weights
 from geoloc_lib.model.heads import GeolocModel
-from geoloc_lib.train.checkpoint import Checkpoint
-from geoloc_lib.train.run_folder import RunFolder
+from geoloc_lib.run.checkpoint import Checkpoint
+from geoloc_lib.run.folder import RunFolder
 
 AUTO = "auto"
 

@@ -28,9 +28,9 @@ import pandas as pd
 from geoloc_lib.base.atomic_files import atomic_link, atomic_torch_save, atomic_write_csv
 from geoloc_lib.base.distributed import World
 from geoloc_lib.base.folder_lock import LOCK_NAME, RunLock
-from geoloc_lib.train.checkpoint import Checkpoint, CheckpointVersionError
-from geoloc_lib.train.config import TrainConfig, resume_differences
-from geoloc_lib.train.run_folder import RunFolder
+from geoloc_lib.run.checkpoint import Checkpoint, CheckpointVersionError
+from geoloc_lib.run.folder import RunFolder
+from geoloc_lib.run.spec import TrainConfig, resume_differences
 
 
 class RunFolderDamagedError(RuntimeError):

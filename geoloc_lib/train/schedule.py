@@ -7,7 +7,7 @@ import math
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-LR_SCHEDULES = ("constant", "cosine")
+from geoloc_lib.run.spec import LR_SCHEDULES
 
 
 def lr_at(step: int, total_steps: int, base_lr: float, schedule: str, warmup_steps: int = 0) -> float:

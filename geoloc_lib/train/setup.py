@@ -32,21 +32,14 @@ from geoloc_lib.model.losses import (
     province_counts,
     province_weights_from_split,
 )
-from geoloc_lib.train.checkpoint import Checkpoint
-from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.run.checkpoint import Checkpoint
+from geoloc_lib.run.folder import RunFolder, load_run_data, named, open_log_file, run_logger, silent_logger
+from geoloc_lib.run.model import model_for_training
+from geoloc_lib.run.phases import phase_of
+from geoloc_lib.run.spec import TrainConfig, check_options
 from geoloc_lib.train.early_stopping import StopRules
 from geoloc_lib.train.fine_tune import load_phase1_start, phase1_checkpoint_path
-from geoloc_lib.train.from_config import (
-    cache_spec_of,
-    check_options,
-    decode_config_of,
-    head_config_of,
-    load_run_data,
-    model_for_training,
-)
 from geoloc_lib.train.phase0_start import chosen_phase0, start_from_phase0
-from geoloc_lib.train.phases import phase_of
-from geoloc_lib.train.run_folder import RunFolder, named, open_log_file, run_logger, silent_logger
 from geoloc_lib.train.run_state import StartPlan, abandon, begin, check_resumable, claim
 from geoloc_lib.train.schedule import exponential_average
 from geoloc_lib.train.step import EagerStepper, GraphStepper, TrainStep, select_stepper
@@ -128,11 +121,11 @@ def _feature_source(
     augment = AUGMENT_PRESETS[cfg.augment]
     if cfg.feature_cache and model.encoders.split:
         return CachedPrefixes.prepare(
-            cache_spec_of(cfg), model.encoders, fingerprint, data.train, data.val, augment, device, log
+            cfg.cache, model.encoders, fingerprint, data.train, data.val, augment, device, log
         )
     if cfg.feature_cache:
         return CachedFeatures.prepare(
-            cache_spec_of(cfg), model.encoders, fingerprint, data.train, data.val, augment, device, log
+            cfg.cache, model.encoders, fingerprint, data.train, data.val, augment, device, log
         )
     return EncodedImages(
         model.encoders,
@@ -190,7 +183,7 @@ def _stop_rules(cfg: TrainConfig, model: GeolocModel, data: GeoDataset, log) -> 
     for the rules) and returns its early-stopping rules."""
     if not phase_of(cfg).fine_tunes:
         return None
-    start = load_phase1_start(cfg, model, data.signature, dataclasses.asdict(head_config_of(cfg)))
+    start = load_phase1_start(cfg, model, data.signature, dataclasses.asdict(cfg.heads))
     rules = StopRules.of(cfg, data.train, data.val, start.metrics["val"])
     log.info(
         f"Phase 2 starts from {phase1_checkpoint_path(cfg.phase1_checkpoint)} (epoch {start.epoch}, validation "
@@ -210,7 +203,7 @@ def _decoder(cfg: TrainConfig, data: GeoDataset, sampler, loss_fn: GeolocLoss, d
     """The run's decoding, with the prior shift between the training data and what the loss sees."""
     counts = province_counts(data.train["province_id"])
     shift = province_prior_shift(counts, sampler.counts, loss_fn.province_weights.cpu())
-    return Decoder(decode_config_of(cfg), torch.tensor(shift, dtype=torch.float32, device=device))
+    return Decoder(cfg.decoding, torch.tensor(shift, dtype=torch.float32, device=device))
 
 
 def _clean_training_features(
@@ -221,9 +214,7 @@ def _clean_training_features(
     run's statistics then win."""
     if phase_of(cfg).fine_tunes or not (cfg.standardize_features or cfg.retrieval_k > 0):
         return None  # Phase 2's standardisation comes with Phase 1's heads; retrieval is off while encoders train
-    train_clean = clean_features(
-        cache_spec_of(cfg), data.train, model.encoders, fingerprint, device, log.info
-    )
+    train_clean = clean_features(cfg.cache, data.train, model.encoders, fingerprint, device, log.info)
     if cfg.standardize_features:
         model.heads.standardize_inputs(train_clean["clip"], train_clean["scene"])
     return train_clean

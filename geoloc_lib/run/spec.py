@@ -3,11 +3,11 @@ from that stage's own settings class (the heads', the decoding's, the loss's, th
 torch-free), so each default is written once.
 
 It checks what a value alone can tell (types, finiteness, ranges); each stage checks the options it owns when
-the run is built (`from_config.check_options`), before anything is written.
+the run is built (`check_options`), before anything is written.
 
 A run folder's `config.json` holds exactly `asdict(TrainConfig)`, so `TrainConfig.from_dict` reads it back.
 Facts derived while the run starts (device, encoder fingerprint, cell signature, versions) are written
-to `run_info.json` instead (see `train/run_folder.py`).
+to `run_info.json` instead (see `run/folder.py`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from geoloc_lib.data.cache_spec import CacheSpec
-from geoloc_lib.model.decode_modes import DecodeConfig
+from geoloc_lib.model.decode_modes import DECODE_MODES, DecodeConfig
+from geoloc_lib.model.encoder_config import EncoderConfig, resolve_encoder_config
 from geoloc_lib.model.head_config import HeadConfig
-from geoloc_lib.model.loss_weights import LossWeights
+from geoloc_lib.model.loss_weights import SOFT_LABEL_SUPPORTS, LossWeights
 
 
 @dataclass
@@ -37,7 +38,7 @@ class TrainConfig:
     image_check: str = "decode"  # before training: decode (every photo opens, fast), exists, or none
     allow_images_outside: bool = False  # image paths may lead outside the data folder / images_root
     # run folder
-    run_name: str = ""  # empty: phase{phase}_<date>-<time>, chosen when the run starts (train/run_folder.py)
+    run_name: str = ""  # empty: phase{phase}_<date>-<time>, chosen when the run starts (run/folder.py)
     runs_dir: str = "runs"
     resume: bool = False
     overwrite: bool = False
@@ -76,7 +77,7 @@ class TrainConfig:
     small_geocell_hidden: int = HeadConfig.small_geocell_hidden
     dropout: float = HeadConfig.dropout
     standardize_features: bool = True  # z-score encoder features with the training photos' mean and std
-    # Phase 2: the tops of both encoders fine-tuned from a Phase 1 run (train/phases.py)
+    # Phase 2: the tops of both encoders fine-tuned from a Phase 1 run (run/phases.py)
     phase1_checkpoint: str | None = (
         None  # the Phase 1 run (folder or its best checkpoint) Phase 2 starts from
     )
@@ -125,6 +126,42 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.run_name
+
+    # Each stage's own settings, made from the run's: what the stage is handed, never the whole run
+
+    @property
+    def heads(self) -> HeadConfig:
+        return HeadConfig(
+            proj_dim=self.proj_dim,
+            geocell_hidden=self.geocell_hidden,
+            small_geocell_hidden=self.small_geocell_hidden,
+            dropout=self.dropout,
+            temperature=self.temperature,
+        )
+
+    @property
+    def decoding(self) -> DecodeConfig:
+        return DecodeConfig(self.decode_mode, self.top_provinces, self.top_cells, self.prior_correction)
+
+    @property
+    def encoders(self) -> EncoderConfig:
+        return resolve_encoder_config(
+            self.encoder,
+            clip_pretrained=self.clip_pretrained,
+            scene_weights=self.scene_weights,
+            scene_image_size=self.scene_image_size or None,
+        )
+
+    @property
+    def cache(self) -> CacheSpec:
+        return CacheSpec(
+            cache_dir=self.cache_dir,
+            dtype=self.cache_dtype,
+            views=self.cache_views,
+            seed=self.seed,
+            batch_size=self.eval_batch_size,
+            num_workers=self.num_workers,
+        )
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -363,3 +400,33 @@ def config_from_command_line(argv, parser: argparse.ArgumentParser) -> TrainConf
         return TrainConfig(**parse_settings(given))
     except ValueError as err:
         parser.error(str(err))
+
+
+LR_SCHEDULES = ("constant", "cosine")  # train/schedule.py
+
+
+def check_options(cfg: TrainConfig) -> None:
+    """Options that must name one of a stage's choices, checked against that stage's own list (before anything is
+    built or written)."""
+    # here, not at the top: the data stage's lists come with pandas and torchvision, which parsing a command line
+    # must not wait for
+    from geoloc_lib.data.contract import IMAGE_CHECKS
+    from geoloc_lib.data.transforms import AUGMENT_PRESETS
+    from geoloc_lib.geo.provinces import NUM_PROVINCES
+
+    owned = {
+        "image_check": IMAGE_CHECKS,  # data
+        "augment": tuple(AUGMENT_PRESETS),  # data
+        "soft_label_support": SOFT_LABEL_SUPPORTS,  # model
+        "decode_mode": DECODE_MODES,  # model
+        "lr_schedule": LR_SCHEDULES,  # train
+    }
+    problems = [
+        f"{name} must be one of {allowed}, not {getattr(cfg, name)!r}"
+        for name, allowed in owned.items()
+        if getattr(cfg, name) not in allowed
+    ]
+    if cfg.top_provinces > NUM_PROVINCES:
+        problems.append(f"top_provinces must be at most {NUM_PROVINCES}, not {cfg.top_provinces}")
+    if problems:
+        raise ValueError("invalid training config: " + "; ".join(problems))

@@ -30,10 +30,11 @@ import pandas as pd
 
 from geoloc_lib.base.atomic_files import atomic_write_text, write_json
 from geoloc_lib.base.folder_lock import LOCK_NAME
+from geoloc_lib.data.contract import GeoDataset, load_dataset
 from geoloc_lib.evaluate.metrics import EXTRA_METRIC_COLUMNS, SPEC_METRIC_COLUMNS
 from geoloc_lib.model.losses import LOSS_TERMS
-from geoloc_lib.train.checkpoint import Checkpoint
-from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.run.checkpoint import Checkpoint
+from geoloc_lib.run.spec import TrainConfig
 
 # The specification's columns first, in its order; everything else after them.
 LOSS_COLUMNS = [f"loss_{term}" for term in LOSS_TERMS]
@@ -276,3 +277,11 @@ def latest_run(runs_dir: str | Path = "runs", phase: int = 1) -> RunFolder:
         notebook = "03_train_phase1" if phase == 1 else "02b_train_phase0"
         raise FileNotFoundError(f"no finished Phase {phase} run under {runs_dir}/; run {notebook} first")
     return RunFolder(candidates[-1].parents[2])
+
+
+def load_run_data(cfg: TrainConfig, image_check: str = "exists") -> GeoDataset:
+    """The run's data folder, validated, with its validation split carved out of train."""
+    data = load_dataset(
+        cfg.data_dir, cfg.images_root, image_check, cfg.allow_missing_provinces, cfg.allow_images_outside
+    )
+    return data.with_validation(cfg.val_fraction, cfg.val_block_km, cfg.val_seed)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from geoloc_lib.model.loss_weights import LossWeights
 from geoloc_lib.model.losses import offset_ramp
-from geoloc_lib.train.config import TrainConfig
+from geoloc_lib.run.spec import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Phase:
     )  # prefixes of the parameters it trains and saves (None: every trainable one)
     province_only: bool  # the loss is the province cross-entropy alone, whatever the config's weights
     fine_tunes: bool = False  # starts from a Phase 1 run, trains the encoders' tops, may stop early
+    predicts: bool = True  # its runs place photos (Phase 0's head only names provinces)
     from_phase0: bool = False  # may start from Phase 0's province head (train/phase0_start.py)
 
     def offset_weight(self, epoch: int, cfg: TrainConfig) -> float:
@@ -61,6 +62,7 @@ PHASES = {
             "heads.province_head.",
         ),
         province_only=True,
+        predicts=False,
     ),
     1: Phase(
         1,
@@ -75,3 +77,11 @@ PHASES = {
 
 def phase_of(cfg: TrainConfig) -> Phase:
     return PHASES[cfg.phase]
+
+
+def encoder_tops(config: dict) -> tuple[int, int]:
+    """(CLIP blocks, scene stages) a run trains in the encoders' tops: a fine-tuning phase's counts, none
+    otherwise. Takes a config as a dict, as a checkpoint holds it."""
+    if not PHASES[config["phase"]].fine_tunes:
+        return 0, 0
+    return config["unfreeze_clip_blocks"], config["unfreeze_scene_stages"]

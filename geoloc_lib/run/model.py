@@ -1,0 +1,64 @@
+"""The model of a run, through one door each way: built from the run's settings to train (`model_for_training`),
+or rebuilt from one of its checkpoints to predict (`model_from_checkpoint`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import fields
+
+from geoloc_lib.geo.cell_table import CellTable
+from geoloc_lib.model.encoder_config import EncoderConfig
+from geoloc_lib.model.encoders import verify_fingerprint
+from geoloc_lib.model.factory import CheckpointMismatchError, build_model
+from geoloc_lib.model.head_config import HeadConfig
+from geoloc_lib.model.heads import GeolocModel
+from geoloc_lib.run.checkpoint import Checkpoint
+from geoloc_lib.run.phases import PHASES, encoder_tops
+from geoloc_lib.run.spec import TrainConfig
+
+
+def model_for_training(cfg: TrainConfig, cells: CellTable) -> GeolocModel:
+    return build_model(
+        cells,
+        cfg.encoders,
+        cfg.heads,
+        cfg.freeze_clip,
+        cfg.freeze_scene,
+        encoder_tops(dataclasses.asdict(cfg)),
+        cfg.top_bn_statistics,
+    )
+
+
+def model_from_checkpoint(checkpoint: Checkpoint, cells: CellTable, source: str) -> GeolocModel:
+    """Rebuild the model a Phase 1 checkpoint was trained as, on `cells`, and load its weights.
+
+    Refuses other geocells and encoders whose weights changed since training (`source` names the
+    checkpoint in the messages).
+    """
+    if checkpoint.phase not in PHASES or not PHASES[checkpoint.phase].predicts:
+        raise CheckpointMismatchError(
+            f"{source} is a Phase {checkpoint.phase} checkpoint; prediction needs a Phase 1 or Phase 2 run"
+        )
+    if cells.signature() != checkpoint.cells:
+        raise CheckpointMismatchError(
+            f"{source} was trained with other geocells (checkpoint {checkpoint.cells}, metadata "
+            f"{cells.signature()}). Use the cell_metadata.csv the run was trained with."
+        )
+    head_config = HeadConfig(**{f.name: checkpoint.head_config[f.name] for f in fields(HeadConfig)})
+    cfg = checkpoint.config
+    model = build_model(
+        cells,
+        EncoderConfig(**checkpoint.encoder_config),
+        head_config,
+        cfg["freeze_clip"],
+        cfg["freeze_scene"],
+        encoder_tops(cfg),  # Phase 2: its trained tops come with the checkpoint
+    )
+    missing, unexpected = model.load_state_dict(checkpoint.model_state, strict=False)
+    missing = [k for k in missing if k in model.trainable_state_dict()]
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"{source} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    verify_fingerprint(model.encoders, checkpoint.encoder_fingerprint, source)
+    return model
