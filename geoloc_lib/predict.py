@@ -113,6 +113,7 @@ def readable_photos(paths: list[str]) -> tuple[list[str], list[str]]:
 
 def load_predictor(args: argparse.Namespace):
     from geoloc_lib.run.folder import RunFolder
+    from geoloc_lib.run.phases import predicts
 
     folder = RunFolder(args.run_dir)
     if folder.root.is_file():
@@ -127,7 +128,7 @@ def load_predictor(args: argparse.Namespace):
         phase = folder.read_config().phase
     except (ValueError, TypeError) as err:
         raise CommandError(f"{folder.config} is not a readable run config ({err}); retrain the run") from None
-    if phase == 0:
+    if not predicts(phase):
         raise CommandError(
             f"{args.run_dir} is a Phase 0 run (province pre-training); prediction needs a Phase 1 or 2 run "
             f"(notebooks/03_train_phase1, 03b_train_phase2)"

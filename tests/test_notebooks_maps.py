@@ -18,7 +18,8 @@ from conftest import chromium_flags, dump_dom, jupyterlab_dom
 from papermill.translators import PythonTranslator
 from PIL import Image
 
-from geoloc_lib.run.spec import PHASE2_FIELDS, TrainConfig
+from geoloc_lib.run.phases import PHASE2_FIELDS
+from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import fit
 from geoloc_lib.viz.map_export import chromium_command
 from geoloc_lib.viz.notebook_export import export_html

@@ -84,3 +84,60 @@ def test_notebook_02_decodes_the_way_a_trained_run_does():
     assert "DecodeConfig()" in code  # the notebook decodes with the defaults ...
     assert DecodeConfig() == TrainConfig().decoding  # ... which are a trained run's
     assert DecodeConfig().mode == "joint" and DecodeConfig().prior_correction == 1.0
+
+
+PACKAGE = Path(__file__).parents[1] / "geoloc_lib"
+
+
+def _compared_phases(tree) -> list[int]:
+    """Lines that compare something named `phase` with a phase number (cfg.phase == 2, phase in (1, 2), ...):
+    a rule about a phase written outside the phase table."""
+    import ast
+
+    def is_phase(node) -> bool:
+        return (isinstance(node, ast.Name) and node.id == "phase") or (
+            isinstance(node, ast.Attribute) and node.attr == "phase"
+        )
+
+    def is_number(node) -> bool:
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            return all(is_number(e) for e in node.elts)
+        return isinstance(node, ast.Constant) and isinstance(node.value, int)
+
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Compare)
+        and any(is_phase(n) for n in (node.left, *node.comparators))
+        and any(is_number(n) for n in (node.left, *node.comparators))
+    ]
+
+
+def _literals(tree, values: set[str]) -> list[int]:
+    import ast
+
+    return [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in values]
+
+
+def test_phase_rules_and_folder_names_live_in_one_place_each():
+    import ast
+
+    names = {"train.csv", "test.csv", "cell_metadata.csv", "config.json", "run_info.json"}
+    phase_rules, spelled = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        where = path.relative_to(PACKAGE).as_posix()
+        if where != "run/phases.py":
+            phase_rules += [f"{where}:{line}" for line in _compared_phases(tree)]
+        if where != "base/folder_marks.py":
+            spelled += [f"{where}:{line}" for line in _literals(tree, names)]
+    assert phase_rules == [] and spelled == []
+
+
+def test_the_one_place_test_finds_planted_rules():
+    import ast
+
+    planted = ast.parse(
+        "if cfg.phase == 2:\n    pass\nfound = phase in (1, 2)\npath = root / 'train.csv'\nsame = saved == cfg.phase\n"
+    )
+    assert _compared_phases(planted) == [1, 3] and _literals(planted, {"train.csv"}) == [4]

@@ -14,10 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from geoloc_lib.base.command_line import CommandError
-
-# what marks a folder as a run's or a data folder's: the files that define it
-RUN_FOLDER_MARKS = ("config.json", "run_info.json")
-DATA_FOLDER_MARKS = ("train.csv", "cell_metadata.csv")
+from geoloc_lib.base.folder_marks import DATA_FOLDER_MARKS, RUN_FOLDER_MARKS
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -10,6 +10,7 @@ import pandas as pd
 from sklearn.neighbors import BallTree
 
 from geoloc_lib.base.atomic_files import atomic_write_texts
+from geoloc_lib.base.folder_marks import CELLS_CSV, TEST_CSV, TRAIN_CSV
 from geoloc_lib.data.contract import (
     DataContractError,
     GeoDataset,
@@ -39,26 +40,24 @@ def rebuild_geocells(
     """
     data_dir = Path(data_dir)
     train = load_split(
-        data_dir / "train.csv", images_root=images_root, image_check="none", require_cell_id=False
+        data_dir / TRAIN_CSV, images_root=images_root, image_check="none", require_cell_id=False
     )
-    test = load_split(
-        data_dir / "test.csv", images_root=images_root, image_check="none", require_cell_id=False
-    )
+    test = load_split(data_dir / TEST_CSV, images_root=images_root, image_check="none", require_cell_id=False)
     cells = build_geocells(train, config)
     texts = {}
-    for name, split in (("train.csv", train), ("test.csv", test)):
+    for name, split in ((TRAIN_CSV, train), (TEST_CSV, test)):
         split["cell_id"] = assign_cells(split, cells)
         texts[data_dir / name] = split.drop(columns=["image_path"]).to_csv(index=False)
-    texts[data_dir / "cell_metadata.csv"] = cells.to_csv(index=False)
+    texts[data_dir / CELLS_CSV] = cells.to_csv(index=False)
     atomic_write_texts(texts)
-    return load_cell_metadata(data_dir / "cell_metadata.csv")
+    return load_cell_metadata(data_dir / CELLS_CSV)
 
 
 def prepare_data_dir(data_dir: str | Path, generate_demo: str = "") -> Path:
     """The data folder to audit. Demo photos are generated only when asked (`generate_demo` names a preset):
     a missing folder is an error, never a reason to invent data."""
     data_dir = Path(data_dir)
-    if (data_dir / "train.csv").is_file():
+    if (data_dir / TRAIN_CSV).is_file():
         return data_dir
     if generate_demo:
         return generate_demo_dataset(data_dir, DEMO_PRESETS[generate_demo])
@@ -76,7 +75,7 @@ def schema_report(
     """Validate the folder (raises DataContractError on the first failed check) and summarise it."""
     ds = load_dataset(data_dir, images_root=images_root, image_check=image_check)
     rows = []
-    for name, frame in (("train.csv", ds.train), ("test.csv", ds.test), ("cell_metadata.csv", ds.cells)):
+    for name, frame in ((TRAIN_CSV, ds.train), (TEST_CSV, ds.test), (CELLS_CSV, ds.cells)):
         rows.append(
             {"file": name, "rows": len(frame), "columns": ", ".join(map(str, frame.columns)), "status": "ok"}
         )

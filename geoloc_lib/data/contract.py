@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from geoloc_lib.base.folder_marks import CELLS_CSV, TEST_CSV, TRAIN_CSV
 from geoloc_lib.base.progress import progress_bar
 from geoloc_lib.data.photos import image_problem, photo_digest
 from geoloc_lib.data.splits import location_split
@@ -361,7 +362,7 @@ class GeoDataset:
         train, val = location_split(self.train, fraction, block_km, seed)
         if val.empty:
             problem = f"no validation photos: the training photos lie in too few {block_km:g} km blocks to spare one"
-            _fail(self.data_dir / "train.csv", problem, None, "lower val_block_km (say to 1), or add places")
+            _fail(self.data_dir / TRAIN_CSV, problem, None, "lower val_block_km (say to 1), or add places")
         return replace(self, train=train, val=val)
 
 
@@ -393,12 +394,12 @@ def load_dataset(
         _fail(
             data_dir, "a file, not a data folder", None, "point data_dir at the folder that holds train.csv"
         )
-    cells = load_cell_metadata(data_dir / "cell_metadata.csv")
+    cells = load_cell_metadata(data_dir / CELLS_CSV)
     train, test = (
         load_split(
             data_dir / name, cells, images_root, image_check, allow_images_outside=allow_images_outside
         )
-        for name in ("train.csv", "test.csv")
+        for name in (TRAIN_CSV, TEST_CSV)
     )
-    check_train_covers_provinces(train, data_dir / "train.csv", allow_missing_provinces)
+    check_train_covers_provinces(train, data_dir / TRAIN_CSV, allow_missing_provinces)
     return GeoDataset(train=train, test=test, cells=cells, data_dir=data_dir)

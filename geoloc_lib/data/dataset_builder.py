@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from geoloc_lib.base.atomic_files import neutralise_formulas, write_json
+from geoloc_lib.base.folder_marks import CELLS_CSV, TEST_CSV, TRAIN_CSV
 from geoloc_lib.base.output_files import owning_folder
 from geoloc_lib.data.bursts import burst_repeats
 from geoloc_lib.data.contract import DataContractError, load_dataset
@@ -372,6 +373,6 @@ def ingest(
     counts = outcome_counts(facts, len(train), len(test))
     summary = {"source": str(source.resolve()), "files": len(facts), "config": asdict(cfg)}
     summary["outcomes"] = counts["photos"].to_dict()
-    tables = {"train.csv": train, "test.csv": test, "cell_metadata.csv": cells, REPORT_CSV: report}
+    tables = {TRAIN_CSV: train, TEST_CSV: test, CELLS_CSV: cells, REPORT_CSV: report}
     _write_folder(out_dir, root, tables, summary)
     return IngestResult(out_dir, counts, report.reset_index(drop=True))

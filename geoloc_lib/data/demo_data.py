@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from geoloc_lib.base.folder_marks import CELLS_CSV, TEST_CSV, TRAIN_CSV
 from geoloc_lib.base.progress import progress_bar
 from geoloc_lib.data.splits import location_split
 from geoloc_lib.geo import provinces as prov
@@ -239,9 +240,9 @@ def generate_demo_dataset(out_dir: str | os.PathLike, config: DemoConfig | None 
     train["cell_id"] = assign_cells(train, cells)
     test["cell_id"] = assign_cells(test, cells)
     columns = ["id", "image", "latitude", "longitude", "province", "province_id", "cell_id", "town"]
-    train[columns].to_csv(out_dir / "train.csv", index=False)
-    test[columns].to_csv(out_dir / "test.csv", index=False)
-    cells.to_csv(out_dir / "cell_metadata.csv", index=False)
+    train[columns].to_csv(out_dir / TRAIN_CSV, index=False)
+    test[columns].to_csv(out_dir / TEST_CSV, index=False)
+    cells.to_csv(out_dir / CELLS_CSV, index=False)
     pd.Series(asdict(cfg)).to_json(out_dir / "demo_config.json", indent=1)
     return out_dir
 

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from geoloc_lib.base.devices import select_device
+from geoloc_lib.base.folder_marks import CELLS_CSV
 from geoloc_lib.base.progress import progress_bar
 from geoloc_lib.data.contract import load_cell_metadata
 from geoloc_lib.data.feature_cache import clean_features
@@ -86,7 +87,7 @@ class Predictor:
         folder = RunFolder(run_dir)
         cfg = folder.read_config(data_dir)
         predictor = cls.from_checkpoint(
-            folder.checkpoint(cfg.phase, checkpoint), Path(cfg.data_dir) / "cell_metadata.csv", device
+            folder.checkpoint(cfg.phase, checkpoint), Path(cfg.data_dir) / CELLS_CSV, device
         )
         if folder.calibration.is_file():
             predictor.calibration = read_calibration(folder.calibration)

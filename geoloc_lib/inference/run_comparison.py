@@ -21,9 +21,7 @@ NOT_SETTINGS = {"run_name", "runs_dir", "cache_dir", "resume", "overwrite", "pha
 
 def finished_runs(runs_dir: str | Path = "runs", phase: int = 1) -> list[RunFolder]:
     """Every run folder under `runs_dir` with a best checkpoint of `phase`, oldest first."""
-    pattern = f"*/checkpoints/phase{phase}/phase{phase}_best.pt"
-    found = sorted(Path(runs_dir).glob(pattern), key=lambda p: p.stat().st_mtime)
-    return [RunFolder(p.parents[2]) for p in found]
+    return RunFolder.with_best(runs_dir, phase)
 
 
 def _checked(folders: list[RunFolder]) -> list[RunFolder]:

@@ -14,3 +14,8 @@ class LossWeights:
     geocell: float = 1.0
     offset: float = 1.0
     aux: float = 0.1
+
+
+def offset_ramp(epoch: int, ramp_epochs: int = 5) -> float:
+    """Weight of the offset term in `epoch` (counted from 1): min(1, epoch / ramp_epochs)."""
+    return min(1.0, epoch / ramp_epochs)

@@ -78,11 +78,6 @@ LOSS_TERMS = ("total", "province", "geocell", "offset", "aux")
 LOSS_LABELS = {"total": "loss", "province": "prov", "geocell": "cell", "offset": "off", "aux": "aux"}
 
 
-def offset_ramp(epoch: int, ramp_epochs: int = 5) -> float:
-    """Weight of the offset term in `epoch` (counted from 1): min(1, epoch / ramp_epochs)."""
-    return min(1.0, epoch / ramp_epochs)
-
-
 class GeolocLoss(nn.Module):
     """Returns the named terms of LOSS_TERMS as 0-dim tensors; `total` is their weighted sum."""
 

@@ -30,10 +30,12 @@ import pandas as pd
 
 from geoloc_lib.base.atomic_files import atomic_write_text, write_json
 from geoloc_lib.base.folder_lock import LOCK_NAME
+from geoloc_lib.base.folder_marks import CONFIG_JSON, RUN_INFO_JSON
 from geoloc_lib.data.contract import GeoDataset, load_dataset
 from geoloc_lib.evaluate.metrics import EXTRA_METRIC_COLUMNS, SPEC_METRIC_COLUMNS
 from geoloc_lib.model.losses import LOSS_TERMS
 from geoloc_lib.run.checkpoint import Checkpoint
+from geoloc_lib.run.phases import PHASES
 from geoloc_lib.run.spec import TrainConfig
 
 # The specification's columns first, in its order; everything else after them.
@@ -86,8 +88,8 @@ class RunFolder:
             )
         return cls(target)
 
-    config = property(lambda self: self.root / "config.json")
-    run_info = property(lambda self: self.root / "run_info.json")
+    config = property(lambda self: self.root / CONFIG_JSON)
+    run_info = property(lambda self: self.root / RUN_INFO_JSON)
     log = property(lambda self: self.root / "log.txt")
     losses = property(lambda self: self.root / "losses.csv")
     val_predictions = property(lambda self: self.root / "val_predictions.csv")
@@ -104,6 +106,17 @@ class RunFolder:
 
     def checkpoints(self, phase: int) -> Path:
         return self.root / "checkpoints" / f"phase{phase}"
+
+    @classmethod
+    def of_checkpoint(cls, path: str | Path) -> RunFolder:
+        """The run folder a checkpoint file belongs to: <run>/checkpoints/phase{p}/<file>."""
+        return cls(Path(path).parents[2])
+
+    @classmethod
+    def with_best(cls, runs_dir: str | Path, phase: int) -> list[RunFolder]:
+        """Every run folder under `runs_dir` that holds a best checkpoint of `phase`, oldest first."""
+        found = Path(runs_dir).glob(str(cls(Path("*")).best_checkpoint(phase)))
+        return [cls.of_checkpoint(p) for p in sorted(found, key=lambda p: p.stat().st_mtime)]
 
     def epoch_checkpoint(self, phase: int, epoch: int) -> Path:
         return self.checkpoints(phase) / f"phase{phase}_epoch_{epoch}.pt"
@@ -271,12 +284,12 @@ def silent_logger() -> logging.Logger:
 
 def latest_run(runs_dir: str | Path = "runs", phase: int = 1) -> RunFolder:
     """The most recently modified run folder that holds a best checkpoint of `phase`."""
-    pattern = f"*/checkpoints/phase{phase}/phase{phase}_best.pt"
-    candidates = sorted(Path(runs_dir).glob(pattern), key=lambda p: p.stat().st_mtime)
+    candidates = RunFolder.with_best(runs_dir, phase)
     if not candidates:
-        notebook = "03_train_phase1" if phase == 1 else "02b_train_phase0"
-        raise FileNotFoundError(f"no finished Phase {phase} run under {runs_dir}/; run {notebook} first")
-    return RunFolder(candidates[-1].parents[2])
+        raise FileNotFoundError(
+            f"no finished Phase {phase} run under {runs_dir}/; run {PHASES[phase].notebook} first"
+        )
+    return candidates[-1]
 
 
 def load_run_data(cfg: TrainConfig, image_check: str = "exists") -> GeoDataset:

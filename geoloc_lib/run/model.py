@@ -13,7 +13,7 @@ from geoloc_lib.model.factory import CheckpointMismatchError, build_model
 from geoloc_lib.model.head_config import HeadConfig
 from geoloc_lib.model.heads import GeolocModel
 from geoloc_lib.run.checkpoint import Checkpoint
-from geoloc_lib.run.phases import PHASES, encoder_tops
+from geoloc_lib.run.phases import encoder_tops, predicts
 from geoloc_lib.run.spec import TrainConfig
 
 
@@ -35,7 +35,7 @@ def model_from_checkpoint(checkpoint: Checkpoint, cells: CellTable, source: str)
     Refuses other geocells and encoders whose weights changed since training (`source` names the
     checkpoint in the messages).
     """
-    if checkpoint.phase not in PHASES or not PHASES[checkpoint.phase].predicts:
+    if not predicts(checkpoint.phase):
         raise CheckpointMismatchError(
             f"{source} is a Phase {checkpoint.phase} checkpoint; prediction needs a Phase 1 or Phase 2 run"
         )

@@ -25,6 +25,7 @@ from geoloc_lib.model.decode_modes import DECODE_MODES, DecodeConfig
 from geoloc_lib.model.encoder_config import EncoderConfig, resolve_encoder_config
 from geoloc_lib.model.head_config import HeadConfig
 from geoloc_lib.model.loss_weights import SOFT_LABEL_SUPPORTS, LossWeights
+from geoloc_lib.run.phases import LOSS_WEIGHT_FIELDS, phase_problems
 
 
 @dataclass
@@ -195,10 +196,7 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
         problems.append(f"run_name {cfg.run_name!r} must name a folder (it is deleted on overwrite)")
     if not cfg.run_name and (cfg.resume or cfg.overwrite):
         problems.append("resume and overwrite act on an existing run: name it with run_name (ls runs/)")
-    if cfg.phase not in (0, 1, 2):
-        problems.append(f"phase must be 0, 1 or 2, not {cfg.phase}")
-    if cfg.phase == 2:
-        problems += _phase2_problems(cfg)
+    problems += phase_problems(cfg)
     checks = (
         (AT_LEAST_ONE, lambda v: v >= 1, "at least 1"),
         (ZERO_OR_MORE, lambda v: v >= 0, "0 or more"),
@@ -206,8 +204,6 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
     )
     for names, ok, wanted in checks:
         problems += [f"{n} must be {wanted}, not {getattr(cfg, n)}" for n in names if not ok(getattr(cfg, n))]
-    if cfg.phase >= 1 and not any(getattr(cfg, name) > 0 for name in LOSS_WEIGHT_FIELDS):
-        problems.append(f"at least one of {LOSS_WEIGHT_FIELDS} must be positive")
     if not 0 <= cfg.dropout < 1:
         problems.append(f"dropout must be in [0, 1), not {cfg.dropout}")
     if not 0 < cfg.val_fraction <= 0.5:
@@ -230,7 +226,6 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
     return problems
 
 
-LOSS_WEIGHT_FIELDS = ("loss_province", "loss_geocell", "loss_offset", "loss_aux")
 # counts and widths; seeds, counts that may be 0, and weights; rates and scales
 AT_LEAST_ONE = (
     *("epochs", "batch_size", "cache_views", "eval_batch_size", "keep_checkpoints"),
@@ -265,43 +260,6 @@ POSITIVE = (
     "val_block_km",
     "retrieval_temperature",
 )
-# the settings only Phase 2 reads (notebooks/03b_train_phase2 has them; the other phases ignore them)
-PHASE2_FIELDS = (
-    "phase1_checkpoint",
-    "unfreeze_clip_blocks",
-    "unfreeze_scene_stages",
-    "top_bn_statistics",
-    "lr_clip",
-    "lr_scene",
-    "weight_decay_clip",
-    "weight_decay_scene",
-    "stop_rare_province_acc",
-    "rare_province_share",
-    "stop_offset_collapse",
-    "stop_patience",
-)
-
-
-def _phase2_problems(cfg: TrainConfig) -> list[str]:
-    problems = []
-    if not cfg.phase1_checkpoint:
-        problems.append(
-            "Phase 2 starts from a Phase 1 run: set phase1_checkpoint (its folder or phase1_best.pt)"
-        )
-    if not (cfg.freeze_clip and cfg.freeze_scene):
-        problems.append(
-            "Phase 2 trains the encoders' tops only (unfreeze_clip_blocks, unfreeze_scene_stages); "
-            "keep freeze_clip and freeze_scene True"
-        )
-    if cfg.unfreeze_clip_blocks == 0 and cfg.unfreeze_scene_stages == 0:
-        problems.append("Phase 2 needs unfreeze_clip_blocks or unfreeze_scene_stages above 0")
-    if not 0 <= cfg.stop_rare_province_acc <= 100:
-        problems.append(f"stop_rare_province_acc must be in [0, 100], not {cfg.stop_rare_province_acc}")
-    if not 0 <= cfg.rare_province_share <= 1:
-        problems.append(f"rare_province_share must be in [0, 1], not {cfg.rare_province_share}")
-    if not 0 <= cfg.stop_offset_collapse < 1:
-        problems.append(f"stop_offset_collapse must be in [0, 1), not {cfg.stop_offset_collapse}")
-    return problems
 
 
 def _type_problems(cfg: TrainConfig) -> list[str]:

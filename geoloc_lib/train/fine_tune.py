@@ -15,6 +15,7 @@ from geoloc_lib.base.folder_lock import lock_holder
 from geoloc_lib.model.heads import GeolocModel
 from geoloc_lib.run.checkpoint import Checkpoint
 from geoloc_lib.run.folder import RunFolder
+from geoloc_lib.run.phases import starts_fine_tuning
 from geoloc_lib.run.spec import TrainConfig
 
 
@@ -33,7 +34,7 @@ def phase1_checkpoint_path(value: str) -> Path:
                 "folder (runs/<name>)"
             )
         phase = folder.read_config().phase
-        if phase != 1:
+        if not starts_fine_tuning(phase):
             raise Phase1StartError(
                 f"phase1_checkpoint {value!r} is a Phase {phase} run; Phase 2 starts from a Phase 1 run "
                 "(notebooks/03_train_phase1)"
@@ -59,7 +60,7 @@ def phase1_run_config(phase1_checkpoint: str) -> TrainConfig:
 def finished_phase1_run(path: Path) -> RunFolder:
     """The run folder of the Phase 1 checkpoint `path`, if that run is finished: not training now (its lock is
     free), trained to its last epoch, and calibrated. Its best checkpoint can change until then."""
-    folder = RunFolder(path.parents[2])  # <run>/checkpoints/phase1/phase1_best.pt
+    folder = RunFolder.of_checkpoint(path)
     if not folder.config.is_file():
         raise Phase1StartError(f"{path} is not inside a run folder with a config.json")
     holder = lock_holder(folder.root)
@@ -86,7 +87,7 @@ def load_phase1_start(cfg, model: GeolocModel, data_signature: dict, head_config
         start = Checkpoint.load(path)
     except ValueError as err:
         raise Phase1StartError(f"phase1_checkpoint {path}: {err}") from err
-    if start.phase != 1:
+    if not starts_fine_tuning(start.phase):
         raise Phase1StartError(
             f"{path} is a Phase {start.phase} checkpoint; Phase 2 starts from a Phase 1 run's best checkpoint"
         )

@@ -310,7 +310,7 @@ def fit(
                 on_epoch(t.folder)
         t.world.barrier()  # the other processes read what the first one wrote
         best = t.folder.load_checkpoint(cfg.phase, "best")
-        if cfg.phase >= 1:
+        if phase_of(cfg).predicts:  # a run that places photos gets its radii and out-of-domain score
             if t.world.is_main:
                 calibrate_radii(t, best)
             index_novelty(t, best)  # every process: under torchrun each extracts its share of the features

@@ -32,14 +32,9 @@ NO_PHASE0 = (
 def find_phase0_run(runs_dir: str | Path, model: GeolocModel, data_signature: dict) -> Path | None:
     """The best checkpoint of the newest finished Phase 0 run under `runs_dir` that fits `model` and was
     trained on the data and split `data_signature` describes; None when there is none."""
-    found = sorted(
-        Path(runs_dir).glob("*/checkpoints/phase0/phase0_best.pt"),
-        key=lambda p: p.stat().st_mtime,
-        reverse=True,
-    )
     shapes = {k: v.shape for k, v in model.state_dict().items()}
-    for path in found:
-        folder = RunFolder(path.parents[2])
+    for folder in reversed(RunFolder.with_best(runs_dir, 0)):  # the newest first
+        path = folder.best_checkpoint(0)
         if lock_holder(folder.root) is not None or not folder.config.is_file():
             continue
         try:
