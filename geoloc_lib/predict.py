@@ -125,9 +125,10 @@ def load_predictor(args: argparse.Namespace):
     if not folder.config.is_file():
         raise CommandError(f"{args.run_dir} is not a run folder (it has no config.json); pass runs/<name>")
     try:
-        phase = folder.read_config().phase
+        config = folder.read_config(args.data_dir)  # the one read of the run's config: the predictor takes it
     except (ValueError, TypeError) as err:
         raise CommandError(f"{folder.config} is not a readable run config ({err}); retrain the run") from None
+    phase = config.phase
     if not predicts(phase):
         raise CommandError(
             f"{args.run_dir} is a Phase 0 run (province pre-training); prediction needs a Phase 1 or 2 run "
@@ -141,7 +142,7 @@ def load_predictor(args: argparse.Namespace):
 
     # a damaged file, other geocells, missing weights, a device this machine lacks: each raises a ValueError,
     # OSError or RuntimeError that names it, and run_command prints it as the one line
-    return Predictor.from_run(args.run_dir, args.checkpoint, args.device, args.data_dir)
+    return Predictor.from_run(folder.root, args.checkpoint, args.device, config=config)
 
 
 def run(args: argparse.Namespace) -> int:

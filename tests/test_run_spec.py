@@ -141,3 +141,24 @@ def test_the_one_place_test_finds_planted_rules():
         "if cfg.phase == 2:\n    pass\nfound = phase in (1, 2)\npath = root / 'train.csv'\nsame = saved == cfg.phase\n"
     )
     assert _compared_phases(planted) == [1, 3] and _literals(planted, {"train.csv"}) == [4]
+
+
+def test_geoloc_predict_reads_the_runs_config_once(monkeypatch, capsys):
+    from geoloc_lib.predict import main
+
+    reads = []
+    real = Path.read_text
+
+    def counted(self, *args, **kwargs):
+        if self.name == "config.json":
+            reads.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    photos = sorted(str(p) for p in (V2_RUN / "data" / "photos").glob("*.jpg"))
+    try:  # exit status 1: a photo flagged or skipped, which is not what this test is about
+        main([str(V2_RUN / "run"), *photos, "--data-dir", str(V2_RUN / "data"), "--device", "cpu"])
+    except SystemExit as stop:
+        assert stop.code == 1
+    assert "pk000000.jpg" in capsys.readouterr().out
+    assert len(reads) == 1, reads

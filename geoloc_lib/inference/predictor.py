@@ -79,13 +79,15 @@ class Predictor:
         checkpoint: str = "best",
         device: str = "auto",
         data_dir: str | os.PathLike | None = None,
+        config: TrainConfig | None = None,
     ) -> Predictor:
         """The predictor of a run folder, decoding as the run was configured (retrieval included).
 
-        `data_dir` points the run at its data folder when that moved (see RunFolder.read_config).
+        `data_dir` points the run at its data folder when that moved (see RunFolder.read_config); `config` is
+        the run's config when the caller has read it already.
         """
         folder = RunFolder(run_dir)
-        cfg = folder.read_config(data_dir)
+        cfg = config or folder.read_config(data_dir)
         predictor = cls.from_checkpoint(
             folder.checkpoint(cfg.phase, checkpoint), Path(cfg.data_dir) / CELLS_CSV, device
         )
