@@ -5,7 +5,7 @@ same for Phase 2's trained encoder tops on cached prefixes (tools/bench_phase2.p
     python -m tools.bench --encoders tiny-random --data-dir data/demo --steps 50
     python -m tools.bench --geocells 100000    # time the geocell builder instead
 
-Both paths run the training code itself (`training_setup.build_training`, its stepper, `fit.train_one_epoch`)
+Both paths run the training code itself (`setup.build_training`, its stepper, `loop.train_one_epoch`)
 on the same photos, machine and batch size, side by side in one run:
 
 - image path ("literal" below, the specification's way): the training DataLoader (JPEG decode and

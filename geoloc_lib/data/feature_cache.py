@@ -297,7 +297,7 @@ def augmented_features(
     spec: CacheSpec, encoders: DualEncoder, fingerprint: str, split: pd.DataFrame, augment: AugmentConfig,
     device: torch.device, log=print, prefix: bool = False,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
-    """`spec.views` augmented views of every photo: {"clip": [V, N, Dc], "scene": [V, N, Ds]} (`prefix`: the
+    """`CacheSpec.views` augmented views of every photo: {"clip": [V, N, Dc], "scene": [V, N, Ds]} (`prefix`: the
     prefixes' outputs, [V, N, ...]).
 
     Without augmentation every view would be the clean photo, so the clean features serve as the one view.
@@ -334,7 +334,7 @@ def clean_features(
 ) -> dict[str, torch.Tensor]:
     """The frozen encoders' outputs of every photo of `split`, without augmentation, from the cache.
 
-    {"clip": [N, Dc], "scene": [N, Ds]} on the CPU in `spec.dtype` (`prefix`: the prefixes' outputs, [N, ...]);
+    {"clip": [N, Dc], "scene": [N, Ds]} on the CPU in `CacheSpec.dtype` (`prefix`: the prefixes' outputs, [N, ...]);
     whatever is not cached yet is extracted and cached.
     """
     fingerprint = fingerprint or encoders.fingerprint()

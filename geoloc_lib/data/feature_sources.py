@@ -62,7 +62,7 @@ class CachedFeatures:
         device: torch.device,
         log: Callable[[str], None] = print,
     ) -> CachedFeatures:
-        """Read the features from `spec.cache_dir`, extracting whatever is not cached yet."""
+        """Read the features from `CacheSpec.cache_dir`, extracting whatever is not cached yet."""
         train = augmented_features(spec, encoders, fingerprint, train_split, augment, device, log)
         evaluation = clean_features(spec, eval_split, encoders, fingerprint, device, log)
         train = {k: v.to(device) for k, v in train.items()}  # [V, N, D]

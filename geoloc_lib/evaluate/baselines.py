@@ -1,6 +1,6 @@
 """The baseline ladder: the simplest predictors that use the same data and features as the model.
 
-Every rung sees the model's training rows and the same clean frozen features (`features.clean_features`),
+Every rung sees the model's training rows and the same clean frozen features (`feature_cache.clean_features`),
 and is scored with the project's own metrics, so a model number can be read against them:
 
 - constant: always the centre (mean coordinate) of the most common training province;

@@ -129,7 +129,7 @@ def create_phase1_model(
 ) -> GeolocModel:
     """The specification's entry point: the model for a cell table, optionally started from Phase 0.
 
-    The Phase 0 load report is kept on `model.phase0_report` (None without a checkpoint).
+    The Phase 0 load report is kept on the model as `phase0_report` (None without a checkpoint).
     """
     cells = CellTable(load_cell_metadata(cell_metadata_path))
     model = build_model(

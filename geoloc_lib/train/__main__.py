@@ -4,7 +4,7 @@
     torchrun --standalone --nproc_per_node=4 -m geoloc_lib.train --set feature_cache=False \\
         --set freeze_scene=False --set run_name=finetune
 
-Every --set is a TrainConfig field (see geoloc_lib/config.py); the notebooks 02b and 03 do the same through
+Every --set is a TrainConfig field (see geoloc_lib/run/spec.py); the notebooks 02b and 03 do the same through
 their parameters. Several processes train the image path (trained encoders) under DistributedDataParallel.
 """
 

@@ -1,6 +1,6 @@
 """Training: `fit(cfg)` runs Phase 0 or Phase 1 from a config to a finished run folder.
 
-Its parts, in the order they run: `training_setup.build_training` (data, model, loss, sampler,
+Its parts, in the order they run: `setup.build_training` (data, model, loss, sampler,
 optimiser, feature source and stepper, resumed state), then per epoch `train_one_epoch`, `validate`, and writing the
 epoch's rows, predictions and checkpoints (`run/folder.py`).
 

@@ -270,7 +270,7 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
 
     Nothing in the run folder is written until every check that can refuse the start has passed: the
     config, the data, the model, loss, sampler and optimiser, the resume point or Phase 0's weights, and
-    the features (train/run_state.py). Only then `runstate.begin` clears, repairs or starts the folder.
+    the features (train/run_state.py). Only then `run_state.begin` clears, repairs or starts the folder.
     """
     cfg = named(cfg)
     check_options(cfg)

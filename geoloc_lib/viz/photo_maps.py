@@ -28,7 +28,7 @@ def probability_map(
     view_px: tuple[int, int] = DESIGN_VIEW_PX,
 ) -> folium.Map:
     """One photo's probability over every cell (cell_metadata rows with a `prob` column, as
-    `Predictor.cell_probabilities` gives them), the prediction with its credible radius, and the truth; its labels
+    `inference.predictor.cell_probabilities` gives them), the prediction with its credible radius, and the truth; its labels
     are laid out for a map box of `view_px`."""
     probs = cells["prob"].to_numpy(float)
     top = float(np.max(probs)) or 1.0
