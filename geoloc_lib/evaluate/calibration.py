@@ -6,7 +6,7 @@ predicts for that photo (the predicted cell's radius, alone or in quadrature wit
 the conformal quantile of the validation scores error / s: the score at rank (n + 1) x level of n, interpolated
 between its two neighbours. For photos exchangeable with the validation photos the true place then lies within
 R of the prediction with probability `level` on average (the textbook rank ceil((n + 1) level) guarantees at
-least `level` and over-covers at small n: 94.4 % at 90 % from 17 photos). Per predicted province, q is partially
+least `level` and over-covers at small n). Per predicted province, q is partially
 pooled: the geometric mean of the province's own quantile and the pooled one, weighted n / (n + tau) for a
 province worth n independent validation photos. A province with many photos keeps its own quantile, one with a
 handful leans on the pool, and none is cut off at a threshold.
@@ -15,10 +15,9 @@ handful leans on the pool, and none is cut off at a threshold.
 hit or miss together. The calibration measures the intra-block correlation of hits and misses on validation, at
 block sizes from the validation blocks up to 20 times them, and counts photos at the scale where the design
 effect 1 + (m - 1) x rho (m the size-weighted block size) is largest: n photos are worth n / design effect
-independent ones, in the pooling weights and in the ranges `coverage_table` gives. On the benchmark datasets
-(`tools/bench_calibration`) that scale is 100-200 km and 300 validation photos are worth 50-90; counted at the
-10 km validation blocks alone they seemed worth 70-130, and 62-68 of 82 test coverages fell inside their ranges
-instead of 76.
+independent ones, in the pooling weights and in the ranges `coverage_table` gives. Counted at the 10 km
+validation blocks alone, validation photos seemed worth more than they are, and too few test coverages fell
+inside their ranges (`tools/bench_calibration`; the measurements are in `docs/trust.md` and `docs/design.md`).
 
 The spread s and the pooling strength tau (`POOLING_CHOICES`) are chosen on validation by repeated 5-fold
 cross-fitting over whole validation blocks: calibrate on four folds, score the held-out fold with the pinball
@@ -26,8 +25,8 @@ cross-fitting over whole validation blocks: calibrate on four folds, score the h
 is the proper score of a quantile: it is lowest for the radius that is the true conditional quantile of the
 error, so it rewards a spread that tracks each photo's error over one that covers by being huge, and one that
 fits every province over one that fits only the largest. The hypotheses' spread alone is no candidate: where
-every hypothesis lies in one small cell it collapses to the 1 km floor (ICT's 50 % radii of 1-2 km covered 7-12 %
-of its test photos on two benchmark datasets).
+every hypothesis lies in one small cell it collapses to the 1 km floor (`docs/trust.md` shows what that did to
+ICT).
 
 **Confidence.** 1 / (1 + R90 / 25 km), from the 90 % radius R90: a photo whose credible radius is small is one
 the model is sure of. How well it ranks errors is measured by `evaluate/selective.py`.
@@ -49,13 +48,12 @@ LEVELS = (0.5, 0.9)
 POOLING_CHOICES = (10.0, 20.0, 40.0, 80.0)
 SPREAD_FLOOR_KM = 1.0  # a spread of 0 (all probability on one hypothesis) would make every radius 0
 # a constant spread is left out: it ranks no photo above another, so the confidence would say nothing. So is
-# the hypotheses' spread alone: where every hypothesis lies in one small cell it falls to the floor, and over
-# six benchmark datasets it gave ICT 50 % radii of 1-2 km that covered 7-12 % of its test photos
+# the hypotheses' spread alone: where every hypothesis lies in one small cell it falls to the floor (docs/trust.md)
 SPREADS = ("cell_radius", "mixture_and_cell")
 FOLDS, REPEATS = 5, 10
 # block sizes, in validation blocks, at which hits and misses may be correlated: the model is good or bad over
-# whole regions, and on the benchmark datasets the design effect of validation coverage grew from 10 km blocks
-# to 50-200 km ones (test photos: 2.4-4.5 at 10 km, 6-26 at 100 km)
+# whole regions: on the benchmark datasets the design effect of validation coverage grew from 10 km blocks to
+# 50-200 km ones (docs/design.md)
 CORRELATION_SCALES = (1.0, 2.5, 5.0, 10.0, 20.0)  # the cross-fitting of the choice
 
 
