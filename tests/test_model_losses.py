@@ -13,11 +13,12 @@ from geoloc_lib.model.decode_modes import DecodeConfig
 from geoloc_lib.model.decoding import decode, province_prior_shift
 from geoloc_lib.model.encoder_config import ENCODER_PRESETS, EncoderConfig
 from geoloc_lib.model.encoders import DualEncoder, EncoderWeightsError
-from geoloc_lib.model.factory import create_phase1_model, load_phase0_weights
 from geoloc_lib.model.head_config import HeadConfig
 from geoloc_lib.model.heads import MASKED_LOGIT, BatchedGeocellHeads, GeolocModel
 from geoloc_lib.model.loss_weights import offset_ramp
 from geoloc_lib.model.losses import GeolocLoss, effective_number_weights, soft_target_table
+from geoloc_lib.run.checkpoint import load_phase0_weights
+from geoloc_lib.run.model import create_phase1_model
 
 SMALL = HeadConfig(proj_dim=32, geocell_hidden=32, small_geocell_hidden=16, dropout=0.0)
 

@@ -23,9 +23,11 @@ from geoloc_lib.data.feature_cache import _load_parts
 from geoloc_lib.data.photos import image_problem, open_rgb
 from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.inference.run_evaluation import EvaluationFolderError, evaluate_run, read_evaluation
-from geoloc_lib.model.factory import CheckpointMismatchError, create_phase1_model, load_phase0_weights
+from geoloc_lib.model.factory import CheckpointMismatchError
 from geoloc_lib.predict import main
+from geoloc_lib.run.checkpoint import load_phase0_weights
 from geoloc_lib.run.folder import RunFolder
+from geoloc_lib.run.model import create_phase1_model
 from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import fit
 from geoloc_lib.train.run_state import RunFolderDamagedError

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from geoloc_lib.inference.predictor import Predictor
-from geoloc_lib.model.factory import create_phase1_model, trainable_parameters
+from geoloc_lib.model.factory import trainable_parameters
 from geoloc_lib.run.checkpoint import CHECKPOINT_VERSION, Checkpoint, CheckpointVersionError
 from geoloc_lib.run.folder import RunFolder
+from geoloc_lib.run.model import create_phase1_model
 from geoloc_lib.run.phases import PHASES
 from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import fit

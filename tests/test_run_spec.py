@@ -162,3 +162,49 @@ def test_geoloc_predict_reads_the_runs_config_once(monkeypatch, capsys):
         assert stop.code == 1
     assert "pk000000.jpg" in capsys.readouterr().out
     assert len(reads) == 1, reads
+
+
+# who may load a file with torch: the safe loader itself, the feature cache's shards, encoder weights files, and
+# the out-of-domain index (its own file, through the safe loader); checkpoints only through run/checkpoint.py
+TORCH_LOADERS = {
+    "base/atomic_files.py",
+    "data/feature_cache.py",
+    "model/encoders.py",
+    "model/efficientnet_lite.py",
+}
+SAFE_LOADERS = {"base/atomic_files.py", "run/checkpoint.py", "evaluate/novelty.py"}
+CHECKPOINT_KEYS = {"model_state", "optimizer_state", "ema_state", "train_state"}
+
+
+def checkpoint_readers(root: Path) -> list[str]:
+    import ast
+
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        where = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = ast.unparse(node.func)
+                if (name == "torch.load" and where not in TORCH_LOADERS) or (
+                    name.endswith("load_checkpoint") and "." not in name and where not in SAFE_LOADERS
+                ):
+                    found.append(f"{where}:{node.lineno} {name}")
+            elif (
+                isinstance(node, ast.Constant)
+                and node.value in CHECKPOINT_KEYS
+                and where != "run/checkpoint.py"
+            ):
+                found.append(f"{where}:{node.lineno} {node.value!r}")
+    return found
+
+
+def test_one_module_reads_checkpoint_files(tmp_path):
+    assert checkpoint_readers(PACKAGE) == []
+    planted = tmp_path / "inference"
+    planted.mkdir()
+    (planted / "predictor.py").write_text("import torch\nstate = torch.load('x.pt')['model_state']\n")
+    assert checkpoint_readers(tmp_path) == [
+        "inference/predictor.py:2 torch.load",
+        "inference/predictor.py:2 'model_state'",
+    ]

@@ -1,4 +1,5 @@
-"""The one checkpoint schema: what an epoch commits, written and read only through `Checkpoint`.
+"""The one checkpoint schema: what an epoch commits, written and read only through `Checkpoint`; and the one
+other reader of checkpoint files, `load_phase0_weights`, which also takes a foreign state dict by name.
 
 A checkpoint file is a plain dict of tensors and containers (loaded with `weights_only=True`, as untrusted
 input) carrying a `version`; a file of another version is refused with a message to retrain, never half read.
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 
 from geoloc_lib.base.atomic_files import load_checkpoint, to_plain
 from geoloc_lib.evaluate.metrics import PROVINCE_ACCURACY_COLUMNS
+from geoloc_lib.model.encoders import verify_fingerprint
+from geoloc_lib.model.heads import GeolocModel
 
 CHECKPOINT_VERSION = 2  # 1: the unversioned checkpoints before the schema
 
@@ -92,3 +96,61 @@ class Checkpoint:
     def load(cls, path: str | os.PathLike) -> Checkpoint:
         """Read and check a checkpoint file (ValueError when it is unreadable or of another version)."""
         return cls.from_dict(load_checkpoint(path), str(path))
+
+
+@dataclass
+class LoadReport:
+    path: str
+    loaded: list[str]
+    missing: list[str]
+    unexpected: list[str]
+    encoders_from: str
+
+    def summary(self) -> str:
+        def head(keys):
+            return ", ".join(keys[:8]) + (f", ... (+{len(keys) - 8})" if len(keys) > 8 else "")
+
+        return (
+            f"Phase 0 weights from {self.path}\n"
+            f"  loaded ({len(self.loaded)}): {head(self.loaded)}\n"
+            f"  missing, initialised from scratch ({len(self.missing)}): {head(self.missing)}\n"
+            f"  unexpected, ignored ({len(self.unexpected)}): {head(self.unexpected)}\n"
+            f"  encoders: {self.encoders_from}"
+        )
+
+
+def load_phase0_weights(model: GeolocModel, path: str | Path) -> LoadReport:
+    """Load Phase 0 weights by name (a `module.` prefix is accepted) and report what happened."""
+    checkpoint = load_checkpoint(path)
+    state = checkpoint.get("model_state", checkpoint.get("state_dict", checkpoint))
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"{path}: its model_state is a {type(state).__name__}, not a dict of weights; pass the "
+            "phase0_best.pt that 02b_train_phase0 wrote"
+        )
+    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    own = model.state_dict()
+    if not any(k in own for k in state):
+        raise ValueError(
+            f"{path}: none of its {len(state)} tensors names a weight of this model, so nothing would be "
+            "loaded; pass the phase0_best.pt that 02b_train_phase0 wrote (checkpoints/phase0/)"
+        )
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        details = "; ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:5])
+        raise ValueError(
+            f"{path}: Phase 0 weights do not fit this model ({details}); check proj_dim/encoders"
+        )
+    loaded = [k for k in state if k in own]
+    encoder_keys = [k for k in loaded if k.startswith("encoders.")]
+    if not encoder_keys:  # heads trained on other encoder weights would read features they never saw
+        verify_fingerprint(model.encoders, checkpoint.get("encoder_fingerprint"), str(path))
+    model.load_state_dict({**own, **{k: state[k] for k in loaded}})
+    trainable = model.trainable_state_dict()
+    return LoadReport(
+        path=str(path),
+        loaded=loaded,
+        missing=[k for k in trainable if k not in state],
+        unexpected=[k for k in state if k not in own],
+        encoders_from="checkpoint" if encoder_keys else "encoder config (frozen weights are not stored)",
+    )

@@ -14,9 +14,8 @@ from pathlib import Path
 
 from geoloc_lib.base.folder_lock import lock_holder
 from geoloc_lib.base.progress import terminal_line
-from geoloc_lib.model.factory import load_phase0_weights
 from geoloc_lib.model.heads import GeolocModel
-from geoloc_lib.run.checkpoint import Checkpoint
+from geoloc_lib.run.checkpoint import Checkpoint, load_phase0_weights
 from geoloc_lib.run.folder import RunFolder
 
 AUTO = "auto"
