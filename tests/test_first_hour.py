@@ -227,3 +227,31 @@ def test_ctrl_c_stops_make_demo_in_one_line_with_no_traceback(tiny_data, tmp_pat
             shutil.rmtree(folder, ignore_errors=True)
     terminal = log.read_text()
     assert "make demo: stopped (Ctrl-C)" in terminal and "Traceback" not in terminal, terminal[-3000:]
+
+
+def test_curves_after_one_or_two_epochs_tick_whole_epochs():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from geoloc_lib.viz.plots import error_curves, live_curves
+
+    for epochs in (1, 2):
+        rows = [
+            {
+                "epoch": e,
+                "split": s,
+                "loss_total": 1.0 / e,
+                "median_error_km": 100.0 / e,
+                "oracle_median_error_km": 50.0,
+            }
+            for e in range(1, epochs + 1)
+            for s in ("train", "val")
+        ]
+        for fig in (live_curves(pd.DataFrame(rows)), error_curves(pd.DataFrame(rows))):
+            fig.canvas.draw()
+            ticks = [
+                t for ax in fig.axes for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]
+            ]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks

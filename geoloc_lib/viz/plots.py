@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 from sklearn.neighbors import BallTree
 
 from geoloc_lib.evaluate.metrics import ACCURACY_RADII_KM
@@ -56,6 +57,14 @@ def sampler_share_plot(shares: pd.DataFrame, target: pd.Series):
     return fig
 
 
+def _epoch_axis(ax, epochs: pd.Series) -> None:
+    """An x axis of whole epochs, at least half an epoch either side of the first and last: after one or two
+    epochs matplotlib would tick 0.95, 0.975, 1.0, ..."""
+    ax.set_xlabel("epoch")
+    ax.set_xlim(min(ax.get_xlim()[0], epochs.min() - 0.5), max(ax.get_xlim()[1], epochs.max() + 0.5))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def loss_curves(losses: pd.DataFrame, terms: tuple[str, ...] = LOSS_TERMS):
     """Train (solid) and validation (dashed) loss per epoch, one panel per term."""
     fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms) + 1, 3.2), squeeze=False)
@@ -65,7 +74,7 @@ def loss_curves(losses: pd.DataFrame, terms: tuple[str, ...] = LOSS_TERMS):
             part = losses[losses["split"] == split]
             ax.plot(part["epoch"], part[f"loss_{term}"], style, marker="o", ms=3, label=split)
         ax.set_title(term)
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax, losses["epoch"])
     axes[0].legend()
     fig.tight_layout()
     return fig
@@ -83,7 +92,7 @@ def live_curves(losses: pd.DataFrame):
     error_ax.set_title("median error (km)")
     error_ax.set_yscale("log")
     for ax in (loss_ax, error_ax):
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax, losses["epoch"])
         ax.legend(fontsize=8)
     return fig
 
@@ -103,7 +112,7 @@ def error_curves(losses: pd.DataFrame, baseline_km: float | None = None):
     if baseline_km is not None:
         ax.axhline(baseline_km, color="grey", ls=":", label="naive baseline median")
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax, losses["epoch"])
     ax.set_ylabel("km")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -125,6 +134,7 @@ def comparison_curves(curves: pd.DataFrame):
     for run, part in curves.groupby("run", sort=False):
         ax.plot(part["epoch"], part["median_error_km"], marker="o", ms=3, label=run)
     _axes(ax, "epoch", "validation median (km)", "Validation median error per epoch", log="y")
+    _epoch_axis(ax, curves["epoch"])
     return fig
 
 
