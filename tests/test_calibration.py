@@ -1,6 +1,7 @@
 """Credible radii (split-conformal) and the confidence ranking: known answers, then a trained run end to end."""
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -377,7 +378,8 @@ def test_a_photos_probability_map_covers_every_cell_and_agrees_with_its_hypothes
     except SystemExit as exit_:
         assert exit_.code in (0, 1)  # 1 when the tiny model flags its own photo
     page = (tmp_path / "photo.html").read_text()
-    assert page.count("L.circle(") >= len(cells) + 1  # every cell, and the credible radius
+    # every cell's region with its probability, and the credible radius as a circle
+    assert len(re.findall(r'"tip": "cell \d+ \(', page)) == len(cells) and page.count("L.circle(") == 1
     assert "90 % credible radius" in page and "probability per cell" in page
     try:
         main([str(cfg.run_dir), image, image, "--map", str(tmp_path / "two.html")])
