@@ -411,20 +411,25 @@ def test_the_calibration_bench_flags_and_averages_by_hand():
 
 
 def test_the_calibration_verdict_by_hand():
-    from tools.bench_calibration import summary, verdict
+    from tools.bench_calibration import summary, verdict, z_bound
 
-    # 4 of 4 inside, means 49 and 51: within 46-54
+    # the Bonferroni bounds: two-sided 5 % shared by 2 means, and by 14 (7 groups at two levels)
+    assert z_bound(2) == pytest.approx(2.2414, abs=1e-4) and z_bound(14) == pytest.approx(2.9137, abs=1e-4)
+    # Sindh's range 44-56 % in both datasets: sd 12 / 3.92 = 3.061 each; the mean of two has sd 3.061 / sqrt 2 =
+    # 2.165 (a 95 % spread of +- 4.2). All photos': 45-55 %, sd 10 / 3.92 / sqrt 2 = 1.804
     passed, lines = verdict(*summary({21: _bench_table(47.0, 50.0), 22: _bench_table(51.0, 52.0)}))
     assert passed and lines[-1] == "verdict: PASS" and "4 of 4" in lines[0]
-    # Sindh's range 44-56 % in both datasets: sd 12 / 3.92 = 3.06 each, the mean of two sd 3.06 / sqrt 2 = 2.16,
-    # so by chance alone the mean lies within 50 +- 4.2
-    assert any(line.startswith("PASS: Sindh") and "50 +- 4.2)" in line for line in lines)
-    # 3 of 4 inside (75 % < 90 %) fails, though both means sit in their band
+    # means 49 and 51: z = -1 / 2.165 = -0.46 and 1 / 1.804 = +0.55
+    assert any(line.startswith("PASS: Sindh") and "50 +- 4.2; z = -0.46)" in line for line in lines)
+    assert any(line.startswith("PASS: all") and "z = +0.55)" in line for line in lines)
+    assert any(line.startswith("largest |z|: 0.55 (all at 50 %); bound 2.24 for 2 means") for line in lines)
+    # 3 of 4 inside (75 % < 90 %) fails, though both means are close to 50
     passed, lines = verdict(*summary({21: _bench_table(43.0, 50.0), 22: _bench_table(55.0, 52.0)}))
     assert not passed and lines[0].startswith("FAIL: 3 of 4")
-    # every coverage inside, but Sindh's mean 55 % lies outside 46-54 %
+    # every coverage inside, but Sindh's mean 55 % is 5 / 2.165 = 2.31 spreads above 50: past the bound of 2.24
     passed, lines = verdict(*summary({21: _bench_table(55.0, 50.0), 22: _bench_table(55.0, 52.0)}))
-    assert not passed and any(line.startswith("FAIL: Sindh") for line in lines)
+    assert not passed and any(line.startswith("FAIL: Sindh") and "z = +2.31)" in line for line in lines)
+    assert lines[-1] == "verdict: FAIL"
 
 
 def test_hits_and_misses_correlated_over_regions_count_at_the_regions_scale():
