@@ -28,6 +28,8 @@ OPTION_HELP = {
     "burst_m": "photos with the same capture minute within this many metres count as one burst (0-1000, default 50)",
     "geocell_min_samples": "minimum training photos per geocell (at least 2, default 40)",
     "geocell_target_radius_km": "geocells wider than this are split (1-2000, default 50)",
+    "test_buffer_km": "training photos this close to a test photo are left out, so that none stands beside one "
+    "(0-50, default 1; 0: none)",
     "csv_image_column": "with a CSV source: the column of image paths, relative to the CSV (default image)",
     "csv_latitude_column": "with a CSV source: the latitude column (default latitude)",
     "csv_longitude_column": "with a CSV source: the longitude column (default longitude)",

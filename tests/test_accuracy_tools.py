@@ -45,6 +45,45 @@ def test_location_split_keeps_every_block_on_one_side():
     assert set(kept["province_id"]) == set(photos["province_id"])  # every province keeps training rows
 
 
+def _closest_km(a: pd.DataFrame, b: pd.DataFrame) -> float:
+    """The smallest distance between a photo of `a` and one of `b`, by brute force over every pair."""
+    from geoloc_lib.geo.sphere import haversine_km
+
+    return min(
+        haversine_km(r.latitude, r.longitude, b["latitude"], b["longitude"]).min() for r in a.itertuples()
+    )
+
+
+def test_the_buffer_leaves_no_kept_photo_within_reach_of_a_held_out_one():
+    photos = _photos(spread_deg=0.05)  # dense towns: blocks meet inside them
+    kept, held = location_split(photos, fraction=0.2, block_km=10.0, seed=3)
+    assert _closest_km(held, kept) < 1.0  # blocks alone leave neighbours across a block border
+    kept1, held1 = location_split(photos, fraction=0.2, block_km=10.0, seed=3, buffer_km=1.0)
+    assert held1.equals(held) and _closest_km(held1, kept1) >= 1.0
+    # exactly the kept photos within 1 km of a held-out one are gone
+    dropped = kept.loc[~kept.index.isin(kept1.index)]
+    assert len(dropped) > 0 and all(_closest_km(dropped.loc[[i]], held) < 1.0 for i in dropped.index)
+    assert _closest_km(kept1, held) >= 1.0
+
+
+def test_the_demo_and_its_validation_split_keep_1_km_between_sides(tiny_data):
+    from geoloc_lib.data.audit import nearest_training_photo
+    from geoloc_lib.data.contract import load_dataset
+
+    from geoloc_lib.geo.borders import province_at
+
+    data = load_dataset(tiny_data)
+    assert _closest_km(data.test, data.train) >= 1.0  # no test photo has a training photo within 1 km
+    both = pd.concat([data.train, data.test])  # and every photo stands inside its own province: none in the sea
+    assert (province_at(both["latitude"], both["longitude"]) == both["province_id"]).all()
+    table = nearest_training_photo(data)
+    assert table.loc["nearest training photo", "within 1 km"] == 0
+    assert table.loc["nearest training photo", "test photos"] == len(data.test)
+    split = data.with_validation(0.1, 10.0, 0, buffer_km=1.0)
+    assert _closest_km(split.val, split.train) >= 1.0
+    assert split.buffered == len(data.train) - len(split.train) - len(split.val)
+
+
 def test_location_blocks_are_block_km_wide():
     # two points 8 km apart north-south share a 10 km block or sit in neighbouring ones, never further
     lat = np.array([30.0, 30.0 + 8 / 111.195, 30.0 + 25 / 111.195])

@@ -19,7 +19,7 @@ from geoloc_lib.data.contract import (
     load_split,
 )
 from geoloc_lib.data.demo_data import DEMO_PRESETS, generate_demo_dataset
-from geoloc_lib.data.splits import location_blocks
+from geoloc_lib.data.splits import location_blocks, nearest_km
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.geocell_builder import GeocellConfig, assign_cells, build_geocells
 from geoloc_lib.geo.sphere import EARTH_RADIUS_KM
@@ -145,6 +145,18 @@ def leakage_report(ds: GeoDataset, coord_tolerance_m: float = 2.0, block_km: flo
         shared = np.isin(test_blocks, train_blocks)
         checks.append((f"test photos in a {block_km:g} km block with a train photo", int(shared.sum())))
     return pd.DataFrame(checks, columns=["check", "count"])
+
+
+NEAR_KM = (1.0, 2.0, 5.0)  # the distances the audit counts test photos within
+
+
+def nearest_training_photo(ds: GeoDataset) -> pd.DataFrame:
+    """How far each test photo stands from its nearest training photo: the median and the counts within NEAR_KM.
+    Blocks keep the two apart by block; ingest's and the demo's buffer (1 km) keeps every pair apart."""
+    distance = nearest_km(ds.test, ds.train)  # [T]
+    row = {"test photos": len(ds.test), "median km": round(float(np.median(distance)), 2)}
+    row |= {f"within {km:g} km": int((distance < km).sum()) for km in NEAR_KM}
+    return pd.DataFrame([row], index=["nearest training photo"])
 
 
 def assert_audit_passes(leakage: pd.DataFrame, geocells: pd.DataFrame, min_photos_per_cell: int = 1) -> None:

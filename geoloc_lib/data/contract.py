@@ -329,6 +329,7 @@ class GeoDataset:
     cells: pd.DataFrame
     data_dir: Path
     val: pd.DataFrame | None = None
+    buffered: int = 0  # training photos left out by `with_validation`: too near a validation photo
 
     @cached_property  # hashing 90k rows and their files takes under a second, and every checkpoint records it
     def signature(self) -> dict[str, str]:
@@ -354,16 +355,19 @@ class GeoDataset:
         signature["photos"] = photo_digest(photos["image"], photos["image_path"])
         return signature
 
-    def with_validation(self, fraction: float, block_km: float, seed: int) -> GeoDataset:
-        """The same data with about `fraction` of train held out as `val`, whole location blocks at a time.
+    def with_validation(
+        self, fraction: float, block_km: float, seed: int, buffer_km: float = 0.0
+    ) -> GeoDataset:
+        """The same data with about `fraction` of train held out as `val`, whole location blocks at a time, and
+        the training photos within `buffer_km` of a validation photo left out of both (counted in `buffered`).
 
         Choices (best epoch, decoding, tuning) are made on `val`; `test` is kept for the final report.
         """
-        train, val = location_split(self.train, fraction, block_km, seed)
+        train, val = location_split(self.train, fraction, block_km, seed, buffer_km)
         if val.empty:
             problem = f"no validation photos: the training photos lie in too few {block_km:g} km blocks to spare one"
             _fail(self.data_dir / TRAIN_CSV, problem, None, "lower val_block_km (say to 1), or add places")
-        return replace(self, train=train, val=val)
+        return replace(self, train=train, val=val, buffered=len(self.train) - len(train) - len(val))
 
 
 def check_train_covers_provinces(train: pd.DataFrame, path, allow_missing: bool = False) -> list[str]:

@@ -51,6 +51,7 @@ MIN_PHOTOS = 20  # fewer accepted photos cannot be split into train and test by 
 class IngestConfig:
     test_fraction: float = 0.1  # share of the accepted photos held out as test.csv, by whole location blocks
     block_km: float = 10.0  # side of the location blocks that the split never cuts
+    test_buffer_km: float = 1.0  # training photos this close to a test photo are left out (0: none)
     seed: int = 0  # of the split and the geocells
     border_tolerance_km: float = 5.0  # a photo this close outside a border takes the nearest province
     burst_m: float = 50.0  # photos taken in the same minute within this distance count as one burst
@@ -92,6 +93,7 @@ def _is_number(value) -> bool:
 SETTING_RANGES = {
     "test_fraction": (lambda v: 0 < v <= 0.5, "in (0, 0.5]"),
     "block_km": (lambda v: 0 < v <= 500, "in (0, 500] km"),
+    "test_buffer_km": (lambda v: 0 <= v <= 50, "in [0, 50] km (0: no buffer)"),
     "seed": (lambda v: v >= 0 and v == int(v), "a whole number of at least 0"),
     "border_tolerance_km": (lambda v: 0 <= v <= 50, "in [0, 50] km"),
     "burst_m": (lambda v: 0 <= v <= 1000, "in [0, 1000] m (0: only photos at the very same spot)"),
@@ -218,7 +220,7 @@ def split_and_cells(rows: pd.DataFrame, cfg: IngestConfig) -> tuple[pd.DataFrame
             f"only {len(rows)} photos were accepted; at least {MIN_PHOTOS} are needed to split them into train "
             f"and test by location (see {REPORT_CSV} for why the others were rejected)"
         )
-    train, test = location_split(rows, cfg.test_fraction, cfg.block_km, cfg.seed)
+    train, test = location_split(rows, cfg.test_fraction, cfg.block_km, cfg.seed, cfg.test_buffer_km)
     if test.empty:
         raise IngestError(
             f"the {len(rows)} accepted photos lie in too few {cfg.block_km:g} km blocks to hold any out as test "
@@ -232,8 +234,11 @@ def split_and_cells(rows: pd.DataFrame, cfg: IngestConfig) -> tuple[pd.DataFrame
     return train, test, cells
 
 
-def outcome_counts(facts: pd.DataFrame, n_train: int, n_test: int) -> pd.DataFrame:
+def outcome_counts(facts: pd.DataFrame, n_train: int, n_test: int, cfg: IngestConfig) -> pd.DataFrame:
+    accepted = int((facts["reason"] == "").sum())
     counts = [("accepted: train", n_train), ("accepted: test", n_test)]
+    # kept out of both: a training photo this near a test photo would show the test place in training
+    counts += [(f"left out: within {cfg.test_buffer_km:g} km of a test photo", accepted - n_train - n_test)]
     counts += [(f"rejected: {reason}", int((facts["reason"] == reason).sum())) for reason in REASONS]
     return pd.DataFrame(counts, columns=["outcome", "photos"]).set_index("outcome")
 
@@ -362,7 +367,7 @@ def ingest(
     report = facts.loc[facts["reason"] != "", ["path", "reason", "detail"]].rename(columns={"path": "image"})
     report["image"] = report["image"].map(shown)
     if accepted.empty:
-        counts = outcome_counts(facts, 0, 0)["photos"]
+        counts = outcome_counts(facts, 0, 0, cfg)["photos"]
         first = report.iloc[0]
         raise IngestError(
             f"none of the {len(facts)} files was accepted ({', '.join(f'{k}: {v}' for k, v in counts[counts > 0].items())}); "
@@ -370,7 +375,7 @@ def ingest(
         )
     root = photos_root(accepted["path"], source, out_dir)
     train, test, cells = split_and_cells(_contract_rows(accepted, root), cfg)
-    counts = outcome_counts(facts, len(train), len(test))
+    counts = outcome_counts(facts, len(train), len(test), cfg)
     summary = {"source": str(source.resolve()), "files": len(facts), "config": asdict(cfg)}
     summary["outcomes"] = counts["photos"].to_dict()
     tables = {TRAIN_CSV: train, TEST_CSV: test, CELLS_CSV: cells, REPORT_CSV: report}

@@ -1,7 +1,7 @@
 """Deterministic synthetic street-level photos of Pakistan for the demo and the tests.
 
 Locations are drawn around real towns (geoloc_lib/resources/places_pk.csv, from GeoNames, CC BY 4.0) with the real
-province imbalance. Each JPEG is a crude scene whose content depends on where it was "taken":
+province imbalance, each inside its town's province (none in the sea off Karachi, none across a border). Each JPEG is a crude scene whose content depends on where it was "taken":
 
 - the ground palette follows the province and region (sand in the south, irrigated green in Punjab
   and along the Indus, rock and snow in the north), and the snow line falls as latitude rises;
@@ -32,6 +32,7 @@ from geoloc_lib.base.folder_marks import CELLS_CSV, TEST_CSV, TRAIN_CSV
 from geoloc_lib.base.progress import progress_bar
 from geoloc_lib.data.splits import location_split
 from geoloc_lib.geo import provinces as prov
+from geoloc_lib.geo.borders import province_at
 from geoloc_lib.geo.geocell_builder import GeocellConfig, assign_cells, build_geocells
 from geoloc_lib.geo.places import load_places
 from geoloc_lib.geo.sphere import KM_PER_DEG_LAT, PAKISTAN_BBOX
@@ -63,6 +64,7 @@ class DemoConfig:
     geocell_min_samples: int = 30
     geocell_target_radius_km: float = 50.0
     test_block_km: float = 10.0  # the test split takes whole blocks of this size, as validation and ingest do
+    test_buffer_km: float = 1.0  # no training photo within this distance of a test photo (as ingest)
     workers: int = 2
 
 
@@ -74,6 +76,24 @@ def _province_counts(n: int, floor: int) -> np.ndarray:
     counts = np.maximum(np.floor(share * n).astype(int), floor)
     counts[0] += max(0, n - counts.sum())  # Sindh absorbs the remainder
     return counts
+
+
+def _inside(town: pd.DataFrame, sigma_km: np.ndarray, province_id: int, rng, tries: int = 50):
+    """(dy, dx) km [N] each, offsets from the towns drawn again until the photo lies inside the town's own province
+    (a coastal town's photos would otherwise stand in the sea, a border town's in the next province); a photo
+    still outside after `tries` draws stands at its town."""
+    lat0, lon0 = town["latitude"].to_numpy(), town["longitude"].to_numpy()
+    dy, dx = np.zeros((2, len(town)))
+    todo = np.arange(len(town))
+    for _ in range(tries):
+        dy[todo], dx[todo] = rng.normal(size=(2, len(todo))) * sigma_km[todo]
+        lat = lat0[todo] + dy[todo] / KM_PER_DEG_LAT
+        lon = lon0[todo] + dx[todo] / (KM_PER_DEG_LAT * np.cos(np.deg2rad(lat)))
+        todo = todo[province_at(lat, lon) != province_id]
+        if not len(todo):
+            break
+    dy[todo] = dx[todo] = 0.0
+    return dy, dx
 
 
 def sample_locations(n: int, floor: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -88,7 +108,7 @@ def sample_locations(n: int, floor: int, rng: np.random.Generator) -> pd.DataFra
         pop = town["population"].to_numpy(float).clip(500)
         # urban spread grows with town size; a quarter of photos are rural, far from the centre
         sigma_km = np.where(rng.random(count) < 0.25, 25.0, 2.0 + 1.5 * np.log10(pop / 500 + 1))
-        dy, dx = rng.normal(size=(2, count)) * sigma_km
+        dy, dx = _inside(town, sigma_km, p.id, rng)
         lat = town["latitude"].to_numpy() + dy / KM_PER_DEG_LAT
         lon = town["longitude"].to_numpy() + dx / (KM_PER_DEG_LAT * np.cos(np.deg2rad(lat)))
         dist = np.hypot(dx, dy)
@@ -197,7 +217,8 @@ def _render_chunk(args) -> None:
 
 
 def demo_photos(cfg: DemoConfig) -> tuple[pd.DataFrame, np.ndarray]:
-    """(all photo rows [N], is_test [N] bool) of a demo dataset, before any pixel is drawn."""
+    """(the photo rows [N], is_test [N] bool) of a demo dataset, before any pixel is drawn; training photos within
+    `test_buffer_km` of a test photo are not among them."""
     rng = np.random.default_rng(cfg.seed)
     n = cfg.n_train + cfg.n_test
     df = sample_locations(n, cfg.min_per_province, rng)
@@ -205,8 +226,11 @@ def demo_photos(cfg: DemoConfig) -> tuple[pd.DataFrame, np.ndarray]:
     df.insert(1, "image", [f"images/pk{i:06d}.jpg" for i in range(len(df))])
     # whole location blocks go to test, per province (the split of ingest and of validation): a test photo
     # never has a training photo from its own block, as a photo from a new place would not
-    _, test_rows = location_split(df, cfg.n_test / n, cfg.test_block_km, cfg.seed)
-    return df, df.index.isin(test_rows.index)
+    train_rows, test_rows = location_split(
+        df, cfg.n_test / n, cfg.test_block_km, cfg.seed, cfg.test_buffer_km
+    )
+    df = df[df.index.isin(train_rows.index) | df.index.isin(test_rows.index)].reset_index(drop=True)
+    return df, df["id"].isin(test_rows["id"]).to_numpy()
 
 
 def generate_demo_dataset(out_dir: str | os.PathLike, config: DemoConfig | None = None) -> Path:

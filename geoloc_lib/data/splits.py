@@ -12,6 +12,10 @@ small blocks: sparse outskirts, harder than the dense centres a larger share (th
 six calibration datasets (`tools/bench_calibration`) Islamabad's validation photos sat, in five of them, in
 blocks of 1 to 5 photos on average against 10 to 29 for its test photos, and its radii, calibrated on the
 harder places, over-covered the test in every one. Validation and test are now random samples of blocks alike.
+
+Blocks alone still let a town that straddles a block border have photos on both sides, a few hundred metres
+apart. So the kept photos within `buffer_km` of any held-out photo are left out altogether (OSV-5M keeps every
+test photo 1 km from every training photo): no held-out photo has a kept one nearer than that.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from geoloc_lib.geo.sphere import KM_PER_DEG_LAT
+from geoloc_lib.geo.sphere import EARTH_RADIUS_KM, KM_PER_DEG_LAT
 
 BLOCK_REFERENCE_LAT = 30.0  # blocks are block_km wide at this latitude (Pakistan spans 24-37 N)
 
@@ -37,9 +41,10 @@ def location_blocks(latitude, longitude, block_km: float) -> np.ndarray:
 
 
 def location_split(
-    split: pd.DataFrame, fraction: float = 0.1, block_km: float = 10.0, seed: int = 0
+    split: pd.DataFrame, fraction: float = 0.1, block_km: float = 10.0, seed: int = 0, buffer_km: float = 0.0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(kept, held_out): about `fraction` of the rows held out, whole location blocks at a time.
+    """(kept, held_out): about `fraction` of the rows held out, whole location blocks at a time, and the kept
+    rows within `buffer_km` of a held-out one left out of both (`len(split) - len(kept) - len(held_out)`).
 
     Works on any frame with `latitude`, `longitude` and `province_id`; the row order inside each part is
     the input's.
@@ -74,4 +79,16 @@ def location_split(
     # a province whose every block went to the held-out side stays wholly on the kept side
     emptied = [p for p in np.unique(province) if held_out[province == p].all()]
     held_out[np.isin(province, emptied)] = False
-    return split[~held_out], split[held_out]
+    kept, held = split[~held_out], split[held_out]
+    return kept[nearest_km(kept, held) >= buffer_km], held
+
+
+def nearest_km(places: pd.DataFrame, others: pd.DataFrame) -> np.ndarray:
+    """[N] the great-circle distance from each of `places` to the nearest of `others` (inf when there are none)."""
+    if others.empty or places.empty:
+        return np.full(len(places), np.inf)
+    from sklearn.neighbors import BallTree  # here: prediction never needs scikit-learn
+
+    tree = BallTree(np.deg2rad(others[["latitude", "longitude"]].to_numpy(float)), metric="haversine")
+    distance, _ = tree.query(np.deg2rad(places[["latitude", "longitude"]].to_numpy(float)), k=1)
+    return distance[:, 0] * EARTH_RADIUS_KM

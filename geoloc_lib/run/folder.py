@@ -297,4 +297,4 @@ def load_run_data(cfg: TrainConfig, image_check: str = "exists") -> GeoDataset:
     data = load_dataset(
         cfg.data_dir, cfg.images_root, image_check, cfg.allow_missing_provinces, cfg.allow_images_outside
     )
-    return data.with_validation(cfg.val_fraction, cfg.val_block_km, cfg.val_seed)
+    return data.with_validation(cfg.val_fraction, cfg.val_block_km, cfg.val_seed, cfg.val_buffer_km)

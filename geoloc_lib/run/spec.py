@@ -36,6 +36,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # share of train.csv held out for validation (best epoch, decoding choices)
     val_block_km: float = 10.0  # validation takes whole location blocks of this size: no place on both sides
     val_seed: int = 0  # which blocks; fixed across training seeds so that seeds compare on one split
+    val_buffer_km: float = 1.0  # training photos this close to a validation photo are left out (0: none)
     image_check: str = "decode"  # before training: decode (every photo opens, fast), exists, or none
     allow_images_outside: bool = False  # image paths may lead outside the data folder / images_root
     # run folder
@@ -242,6 +243,7 @@ ZERO_OR_MORE = (
     *(
         "seed",
         "val_seed",
+        "val_buffer_km",
         "num_workers",
         "retrieval_k",
         "warmup_steps",

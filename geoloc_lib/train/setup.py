@@ -260,7 +260,8 @@ def _start_line(cfg: TrainConfig, data: GeoDataset, model: GeolocModel, device: 
     )
     return (
         f"Phase {cfg.phase} in {cfg.run_dir} on {device}: {len(data.train)} train / {len(data.val)} validation photos "
-        f"(whole {cfg.val_block_km:g} km blocks of train.csv; test.csv is not read), {model.cells.num_cells} "
+        f"(whole {cfg.val_block_km:g} km blocks of train.csv; {data.buffered} training photos within "
+        f"{cfg.val_buffer_km:g} km of a validation photo left out; test.csv is not read), {model.cells.num_cells} "
         f"cells{few}, {path}, {cfg.batches_per_epoch} batches of {cfg.batch_size} per epoch"
     )
 
