@@ -69,12 +69,13 @@ def test_the_buffer_leaves_no_kept_photo_within_reach_of_a_held_out_one():
 def test_the_demo_and_its_validation_split_keep_1_km_between_sides(tiny_data):
     from geoloc_lib.data.audit import nearest_training_photo
     from geoloc_lib.data.contract import load_dataset
-
     from geoloc_lib.geo.borders import province_at
 
     data = load_dataset(tiny_data)
     assert _closest_km(data.test, data.train) >= 1.0  # no test photo has a training photo within 1 km
-    both = pd.concat([data.train, data.test])  # and every photo stands inside its own province: none in the sea
+    both = pd.concat(
+        [data.train, data.test]
+    )  # and every photo stands inside its own province: none in the sea
     assert (province_at(both["latitude"], both["longitude"]) == both["province_id"]).all()
     table = nearest_training_photo(data)
     assert table.loc["nearest training photo", "within 1 km"] == 0

@@ -97,7 +97,10 @@ def ingested(phone_folder, tmp_path_factory):
     root, _ = phone_folder
     before = _tree_digest(root)
     out = tmp_path_factory.mktemp("ingested") / "my_photos"
-    config = builder.IngestConfig(block_km=2.0, test_fraction=0.2, geocell_min_samples=8, workers=2)
+    # no buffer here: these tests follow each photo (the town centres among them) from EXIF to the folder
+    config = builder.IngestConfig(
+        block_km=2.0, test_fraction=0.2, geocell_min_samples=8, workers=2, test_buffer_km=0
+    )
     result = builder.ingest(root, out, config)
     assert _tree_digest(root) == before  # the photos are never modified, and nothing is written beside them
     return result
@@ -124,6 +127,7 @@ def test_every_bad_file_is_reported_with_its_reason(phone_folder, ingested):
     assert report.loc[report["name"] == "burst.jpg", "detail"].item().endswith("karachi/IMG_0000.jpg")
     counts = ingested.counts["photos"]
     assert counts["accepted: train"] + counts["accepted: test"] == len(TOWNS) * PER_TOWN + 1  # and the beach
+    assert counts["left out: within 0 km of a test photo"] == 0  # no buffer asked
     assert counts["rejected: outside Pakistan"] == 2 and counts["rejected: burst"] == 1
     on_disk = pd.read_csv(ingested.data_dir / builder.REPORT_CSV)
     assert sorted(on_disk["reason"]) == sorted(expected.values())
@@ -271,6 +275,15 @@ def test_a_few_hundred_own_photos_train_through_phase0_phase1_and_the_error_maps
     )
     train, test = pd.read_csv(data / "train.csv"), pd.read_csv(data / "test.csv")
     assert 250 < len(train) + len(test) <= photos and len(test) > 0
+    from geoloc_lib.geo.sphere import haversine_km  # ingest's default 1 km buffer, checked pair by pair
+
+    assert (
+        min(
+            haversine_km(r.latitude, r.longitude, train["latitude"], train["longitude"]).min()
+            for r in test.itertuples()
+        )
+        >= 1.0
+    )
     schedule = dict(epochs=2, batches_per_epoch=10)
     common = dict(data_dir=str(data), runs_dir=str(runs), cache_dir=str(tmp_path / "cache"), num_workers=0)
     _run("02b_train_phase0", tmp_path, run_name="p0", **common, **schedule)

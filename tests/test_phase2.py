@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -195,11 +196,20 @@ def test_a_phase2_run_killed_mid_epoch_resumes_bit_exactly_and_predicts(phase1, 
     np.testing.assert_allclose(pred["pred_lat"], val["pred_lat"], atol=1e-4)
     np.testing.assert_allclose(pred["pred_lon"], val["pred_lon"], atol=1e-4)
     # the out-of-domain index is fitted on the best epoch's trained encoders: validation photos pass it as
-    # often as its threshold allows (99 %), a flat grey image does not
+    # often as its threshold allows (99 %), and recoloured ones, a kind its rule was chosen to catch, do not
     assert pred["out_of_domain"].mean() <= 0.05
-    flat = tmp_path / "flat.jpg"
-    Image.new("RGB", (96, 96), (128, 128, 128)).save(flat)
-    assert bool(Predictor.from_run(reference.run_dir).predict([str(flat)])["out_of_domain"].iloc[0])
+    from geoloc_lib.evaluate.strangers import recoloured
+
+    rng = np.random.default_rng(0)
+    strange = []
+    images = pd.read_csv(Path(reference.data_dir) / "train.csv").set_index("id")["image"]
+    for i, photo_id in enumerate(pred["id"].head(8)):
+        with Image.open(Path(reference.data_dir) / images[photo_id]) as photo:
+            strange.append(tmp_path / f"recoloured{i}.jpg")
+            recoloured(photo.convert("RGB"), rng).save(strange[-1])
+    predictor = Predictor.from_run(reference.run_dir)
+    flagged = predictor.predict([str(p) for p in strange])["out_of_domain"]
+    assert flagged.mean() >= 0.5, (flagged.tolist(), predictor.novelty.signals, predictor.novelty.report)
 
 
 def test_phase2_refuses_what_it_cannot_start_from(phase1, tmp_path):

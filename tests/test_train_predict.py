@@ -149,9 +149,11 @@ def test_the_image_path_trains_as_the_cached_path_does(tiny_config, tmp_path):
     assert literal["epoch"].tolist() == [1, 1, 2, 2]
     for column in ("loss_total", "loss_province", "loss_geocell"):
         np.testing.assert_allclose(literal[column], cached[column], rtol=2e-2, atol=1e-3, err_msg=column)
-    val = literal["split"] == "val"  # predictions without dropout: the same model places photos alike
+    # predictions without dropout: the same model places photos alike; fp16 features can move one photo of the
+    # 30-odd validation photos to a neighbouring cell, which shifts the median by up to a few per cent
+    val = literal["split"] == "val"
     np.testing.assert_allclose(
-        literal.loc[val, "median_error_km"], cached.loc[val, "median_error_km"], rtol=1e-3
+        literal.loc[val, "median_error_km"], cached.loc[val, "median_error_km"], rtol=2e-2
     )
 
 
