@@ -12,6 +12,7 @@ beside it as a self-contained HTML page that reads offline (viz/notebook_export.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -54,7 +55,9 @@ class LocalKernelManager(AsyncKernelManager):
 def _stop_kernels(signum, frame) -> None:
     """Ctrl-C: end every kernel still running, then stop as Python does. A kernel runs in a session of its own,
     so Ctrl-C reaches papermill but not the kernel, which would print a traceback as papermill's clean-up
-    closes its sockets under the cell it is running."""
+    closes its sockets under the cell it is running. Papermill's clean-up then finds the kernel dead and logs
+    it, with the traceback of the cell it was waiting on: after Ctrl-C that is noise, so logging stops first."""
+    logging.disable(logging.CRITICAL)
     for manager in LocalKernelManager.started:
         process = getattr(manager.provisioner, "process", None)
         if process is not None and process.poll() is None:
