@@ -133,6 +133,27 @@ def test_every_bad_file_is_reported_with_its_reason(phone_folder, ingested):
     assert sorted(on_disk["reason"]) == sorted(expected.values())
 
 
+def test_the_buffer_leaves_out_and_names_the_training_photos_beside_a_test_photo(phone_folder, tmp_path):
+    from geoloc_lib.geo.sphere import haversine_km
+
+    root, _ = phone_folder
+    config = builder.IngestConfig(
+        block_km=2.0, test_fraction=0.2, geocell_min_samples=8, workers=2
+    )  # 1 km buffer
+    result = builder.ingest(root, tmp_path / "buffered", config)
+    ds = load_dataset(result.data_dir)
+    nearest = [
+        haversine_km(r.latitude, r.longitude, ds.train["latitude"], ds.train["longitude"]).min()
+        for r in ds.test.itertuples()
+    ]
+    assert min(nearest) >= 1.0  # pair by pair: no training photo within 1 km of a test photo
+    left = result.report[result.report["reason"] == builder.LEFT_OUT]
+    assert len(left) == result.counts.loc["left out: within 1 km of a test photo", "photos"] > 0
+    assert all(float(detail.split(" km")[0]) < 1.0 for detail in left["detail"]), left["detail"].tolist()
+    kept = set(pd.concat([ds.train, ds.test])["id"])
+    assert not {Path(p).relative_to(root).as_posix() for p in left["image"]} & kept
+
+
 def test_the_folder_meets_the_contract_with_known_provinces_and_a_location_disjoint_split(ingested):
     ds = load_dataset(ingested.data_dir, image_check="decode")  # paths work from the folder, through `photos`
     rows = pd.concat([ds.train, ds.test])
@@ -179,6 +200,8 @@ def test_a_csv_of_paths_and_coordinates_is_ingested_the_same_way(phone_folder, t
         "2",
         "--geocell-min-samples",
         "8",
+        "--test-buffer-km",  # every photo stays: the test follows Lahore's second photo to the folder
+        "0",
     ]
     assert ingest_main(argv) == 0
     report = pd.read_csv(tmp_path / "out" / builder.REPORT_CSV)

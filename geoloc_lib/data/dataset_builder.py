@@ -9,8 +9,9 @@
    not UTF-8, not an image, unreadable, no GPS, GPS at (0, 0), outside Pakistan (the bundled borders, with a
    tolerance), an exact duplicate of an earlier file, or a burst (within `burst_m` of an earlier photo with
    the same capture minute). "Earlier" is path order. Every rejected entry has a row in ingest_report.csv.
-3. The accepted photos are split train/test by whole location blocks (data/splits.py), and geocells are built
-   on the training photos only (geo/geocell_builder.py).
+3. The accepted photos are split train/test by whole location blocks (data/splits.py), the training photos
+   within `test_buffer_km` of a test photo are left out (each with a row in ingest_report.csv, LEFT_OUT), and
+   geocells are built on the training photos only (geo/geocell_builder.py).
 4. The folder is written under a temporary name, loaded back through the data contract, and only then
    renamed into place; an existing folder is replaced only with `overwrite`, and the photos are never
    touched. `photos` in the new folder links to the folder that holds them, so the CSVs' image paths work
@@ -34,13 +35,14 @@ from geoloc_lib.data.bursts import burst_repeats
 from geoloc_lib.data.contract import DataContractError, load_dataset
 from geoloc_lib.data.photo_exif import IMAGE_SUFFIXES, NOT_AN_IMAGE, UNREADABLE, file_digest, read_facts
 from geoloc_lib.data.photo_listing import BAD_NAME, NOT_A_FILE, IngestError, list_csv, list_folder, shown
-from geoloc_lib.data.splits import location_split
+from geoloc_lib.data.splits import location_split, nearest_km
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.geo.borders import province_at
 from geoloc_lib.geo.geocell_builder import GeocellConfig, assign_cells, build_geocells
 
 NO_GPS, ZERO_GPS, OUTSIDE = "no GPS", "GPS at (0, 0)", "outside Pakistan"
 DUPLICATE, BURST = "exact duplicate", "burst"
+LEFT_OUT = "near a test photo"  # accepted, but left out of training by the buffer around test places
 REASONS = (NOT_A_FILE, BAD_NAME, NOT_AN_IMAGE, UNREADABLE, NO_GPS, ZERO_GPS, OUTSIDE, DUPLICATE, BURST)
 PHOTOS_LINK = "photos"
 REPORT_CSV, SUMMARY_JSON = "ingest_report.csv", "ingest_summary.json"
@@ -213,6 +215,23 @@ def _contract_rows(accepted: pd.DataFrame, root: str) -> pd.DataFrame:
     )
 
 
+def _left_out(rows, train, test, accepted: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
+    """Report rows of the accepted photos the buffer left out of training, with their distance to a test photo."""
+    left = ~rows.index.isin(train.index) & ~rows.index.isin(test.index)  # [A]
+    distance = nearest_km(rows[left], test)
+    return pd.DataFrame(
+        {
+            "image": accepted.loc[left, "path"].map(shown).to_numpy(),
+            "reason": LEFT_OUT,
+            "detail": [
+                f"{d:.3f} km from the nearest test photo; --test-buffer-km {cfg.test_buffer_km:g} leaves it out of "
+                "training so that no test place is seen there"
+                for d in distance
+            ],
+        }
+    )
+
+
 def split_and_cells(rows: pd.DataFrame, cfg: IngestConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(train, test, cells): a location-disjoint split, geocells from the training rows alone."""
     if len(rows) < MIN_PHOTOS:
@@ -374,7 +393,9 @@ def ingest(
             f"the first, {first['image']}, was rejected as {first['reason']} ({first['detail']})"
         )
     root = photos_root(accepted["path"], source, out_dir)
-    train, test, cells = split_and_cells(_contract_rows(accepted, root), cfg)
+    rows = _contract_rows(accepted, root)  # [A], in the order of `accepted`
+    train, test, cells = split_and_cells(rows, cfg)
+    report = pd.concat([report, _left_out(rows, train, test, accepted, cfg)], ignore_index=True)
     counts = outcome_counts(facts, len(train), len(test), cfg)
     summary = {"source": str(source.resolve()), "files": len(facts), "config": asdict(cfg)}
     summary["outcomes"] = counts["photos"].to_dict()
