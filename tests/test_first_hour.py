@@ -186,7 +186,8 @@ def test_phase1_starts_from_the_newest_finished_phase0_run_of_the_same_data_and_
     chosen = RunFolder(good.run_dir).best_checkpoint(0)
     assert RunFolder(run.run_dir).read_config().phase0_checkpoint == str(chosen)  # recorded, not "auto"
     assert (  # the log names paths from the run folder
-        "Phase 1 starts from Phase 0, found (phase0_checkpoint=auto; '' starts from scratch): Phase 0 weights from ../p0_good/checkpoints/phase0/phase0_best.pt"
+        "Phase 1 starts from Phase 0 (found by phase0_checkpoint=auto; an empty one starts from scratch): "
+        "Phase 0 weights from ../p0_good/checkpoints/phase0/phase0_best.pt"
         in (run.run_dir / "log.txt").read_text()
     )
     resumed = fit(tiny_config(run_name="p1", epochs=2, resume=True), progress=False)

@@ -63,8 +63,12 @@ def chosen_phase0(value: str | None, runs_dir: str | Path, model: GeolocModel, d
 def start_from_phase0(requested: str | None, chosen: str, model: GeolocModel, run_name: str, log) -> None:
     """Load the chosen Phase 0 weights into `model`, or say loudly that there are none."""
     if chosen:
-        how = "found (phase0_checkpoint=auto; '' starts from scratch)" if requested == AUTO else "given"
-        log.info(f"Phase 1 starts from Phase 0, {how}: {load_phase0_weights(model, chosen).summary()}")
+        how = (
+            "found by phase0_checkpoint=auto; an empty one starts from scratch"
+            if requested == AUTO
+            else "given"
+        )
+        log.info(f"Phase 1 starts from Phase 0 ({how}): {load_phase0_weights(model, chosen).summary()}")
         terminal_line(f"{run_name}: Phase 1 starts from the Phase 0 weights {chosen} ({how})")
         return
     why = (
