@@ -111,40 +111,6 @@ def readable_photos(paths: list[str]) -> tuple[list[str], list[str]]:
     return good, problems
 
 
-def load_predictor(args: argparse.Namespace):
-    from geoloc_lib.run.folder import RunFolder
-    from geoloc_lib.run.phases import predicts
-
-    folder = RunFolder(args.run_dir)
-    if folder.root.is_file():
-        raise CommandError(
-            f"{args.run_dir} is a file, not a run folder; the run folder comes first: runs/<name> PHOTOS"
-        )
-    if not folder.root.is_dir():
-        raise CommandError(f"{args.run_dir}: no such run folder; runs live in runs/<name> (ls runs/)")
-    if not folder.config.is_file():
-        raise CommandError(f"{args.run_dir} is not a run folder (it has no config.json); pass runs/<name>")
-    try:
-        config = folder.read_config(args.data_dir)  # the one read of the run's config: the predictor takes it
-    except (ValueError, TypeError) as err:
-        raise CommandError(f"{folder.config} is not a readable run config ({err}); retrain the run") from None
-    phase = config.phase
-    if not predicts(phase):
-        raise CommandError(
-            f"{args.run_dir} is a Phase 0 run (province pre-training); prediction needs a Phase 1 or 2 run "
-            f"(notebooks/03_train_phase1, 03b_train_phase2)"
-        )
-    if not folder.checkpoint(phase, args.checkpoint).is_file():
-        raise CommandError(
-            f"{folder.checkpoint(phase, args.checkpoint)}: checkpoint not found; try --checkpoint last"
-        )
-    from geoloc_lib.inference.predictor import Predictor
-
-    # a damaged file, other geocells, missing weights, a device this machine lacks: each raises a ValueError,
-    # OSError or RuntimeError that names it, and run_command prints it as the one line
-    return Predictor.from_run(folder.root, args.checkpoint, args.device, config=config)
-
-
 def run(args: argparse.Namespace) -> int:
     """Predict and print; the exit status: 0 when every photo was placed, 1 when one was skipped or flagged."""
     if args.map and len(args.images) != 1:
@@ -161,9 +127,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: {problem}", file=sys.stderr)
     if not photos:
         raise CommandError("none of the photos could be read (see above); nothing to predict")
-    predictor = load_predictor(args)
-    from geoloc_lib.inference.predictor import uncalibrated_reason
+    from geoloc_lib.inference.answers import readable_table
+    from geoloc_lib.inference.predictor import predictor_of_run, uncalibrated_reason
 
+    predictor = predictor_of_run(args.run_dir, args.checkpoint, args.device, args.data_dir)
     frame = readable_table(predictor.predict(photos, args.batch_size, args.mode), args.top_k)
     own = predictor.decoder.config.mode
     if (why := uncalibrated_reason(predictor.calibration, own, args.mode or own)) is not None:
@@ -194,27 +161,6 @@ def run(args: argparse.Namespace) -> int:
         maps.save_map(photo_maps.probability_map(*cell_probabilities(predictor, photos[0])), args.map)
         print(f"wrote {args.map}")
     return 1 if problems or len(flagged) else 0
-
-
-def readable_table(frame, top_k: int):
-    """Coordinates to 5 decimals (about 1 m), probabilities to 4, kilometres to 1; the nearest bundled town of
-    each prediction; the `top_k` most probable hypotheses."""
-    from geoloc_lib.geo.places import nearest_places
-
-    towns = nearest_places(frame["lat"], frame["lon"])
-    frame = frame.assign(nearest_town=towns["nearest_town"].to_numpy(), town_km=towns["town_km"].to_numpy())
-    for column in frame.columns:
-        if column.endswith(("lat", "lon")):
-            frame[column] = frame[column].astype(float).round(5)
-        elif column.endswith("_km") or column == "novelty_distance":
-            frame[column] = frame[column].astype(float).round(1 if column.endswith("_km") else 4)
-    frame[["confidence", "cell_prob"]] = frame[["confidence", "cell_prob"]].astype(float).round(4)
-    rounding = {"prob": 4, "lat": 5, "lon": 5}
-    frame["hypotheses"] = [
-        [{k: round(v, rounding[k]) if k in rounding else v for k, v in h.items()} for h in hyps[:top_k]]
-        for hyps in frame["hypotheses"]
-    ]
-    return frame
 
 
 def positive_int(text: str) -> int:

@@ -369,7 +369,7 @@ def test_a_photos_probability_map_covers_every_cell_and_agrees_with_its_hypothes
     fit(cfg, progress=False)
     predictor = Predictor.from_run(cfg.run_dir)
     image = str(Path(cfg.data_dir) / pd.read_csv(Path(cfg.data_dir) / "test.csv")["image"].iloc[0])
-    cells, prediction, radius = cell_probabilities(predictor, image)
+    cells, prediction, radii = cell_probabilities(predictor, image)
     assert len(cells) == len(predictor.cells) and cells["prob"].sum() == pytest.approx(1.0, abs=1e-4)
     for h in predictor.predict([image])["hypotheses"].iloc[0]:  # the top hypotheses' own probabilities
         assert cells.set_index("cell_id").loc[h["cell_id"], "prob"] == pytest.approx(h["prob"], rel=1e-4)
@@ -379,8 +379,8 @@ def test_a_photos_probability_map_covers_every_cell_and_agrees_with_its_hypothes
         assert exit_.code in (0, 1)  # 1 when the tiny model flags its own photo
     page = (tmp_path / "photo.html").read_text()
     # every cell's region with its probability, and the credible radius as a circle
-    assert len(re.findall(r'"tip": "cell \d+ \(', page)) == len(cells) and page.count("L.circle(") == 1
-    assert "90 % credible radius" in page and "probability per cell" in page
+    assert len(re.findall(r'"tip": "cell \d+ \(', page)) == len(cells) and page.count("L.circle(") == 2
+    assert "50 % credible radius" in page and "90 % credible radius" in page and "probability per cell" in page
     try:
         main([str(cfg.run_dir), image, image, "--map", str(tmp_path / "two.html")])
     except SystemExit as exit_:

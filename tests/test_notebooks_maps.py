@@ -439,7 +439,7 @@ def _predictions(tiny_data) -> pd.DataFrame:
 def test_no_label_prints_over_another_or_a_control_in_a_browser(tiny_data, tmp_path):
     """The error map, the geocell map and the explorer's probability map, opened in Chromium at the size they
     were laid out for: no label's text overlaps another's, the title, a legend or a control."""
-    from geoloc_lib.viz.explorer import MAP_PX
+    from geoloc_lib.viz.photo_maps import MAP_PX
     from geoloc_lib.viz.label_layout import DESIGN_VIEW_PX, View
     from geoloc_lib.viz.maps import error_map, geocell_map, offline_html
     from geoloc_lib.viz.photo_maps import probability_map
@@ -447,10 +447,16 @@ def test_no_label_prints_over_another_or_a_control_in_a_browser(tiny_data, tmp_p
     flags = chromium_flags(tmp_path)
     pred, cells = _predictions(tiny_data), pd.read_csv(tiny_data / "cell_metadata.csv")
     probable = cells.assign(prob=np.linspace(1, 2, len(cells)) / np.linspace(1, 2, len(cells)).sum())
+    top = probable.nlargest(5, "prob")  # the hypotheses, as Predictor.predict gives them
+    hypotheses = [
+        {"province": r.province, "cell_id": r.cell_id, "prob": r.prob, "lat": r.center_lat, "lon": r.center_lon}
+        for r in top.itertuples()
+    ]
+    answer = probability_map(probable, (30.0, 70.0), {0.5: 60.0, 0.9: 150.0}, (31.0, 71.0), MAP_PX, hypotheses)
     maps = {
         "error map": (error_map(pred), DESIGN_VIEW_PX),  # every province's median is written
         "geocell map": (geocell_map(cells), DESIGN_VIEW_PX),
-        "probability map": (probability_map(probable, (30.0, 70.0), 150.0, (31.0, 71.0), MAP_PX), MAP_PX),
+        "probability map": (answer, MAP_PX),
     }
     for name, (m, size) in maps.items():
         boxes, pairs, drawn = _overlapping_boxes(flags, offline_html(m), tmp_path, size)

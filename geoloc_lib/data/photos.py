@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import warnings
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torchvision
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 THUMBNAIL_PX = 64  # the decode check reads JPEGs at about this size
 
@@ -58,6 +59,41 @@ def image_problem(image_path: str, size: int = THUMBNAIL_PX) -> str | None:
         return f"{image_path}: too many pixels ({err})"
     except (OSError, SyntaxError, ValueError) as err:
         return f"{image_path}: {type(err).__name__}: {err}"
+
+
+class UnreadablePhoto(ValueError):
+    """A photo's bytes that cannot be decoded; `kind` is one of NOT_AN_IMAGE, DAMAGED, TOO_MANY_PIXELS."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+
+
+NOT_AN_IMAGE, DAMAGED, TOO_MANY_PIXELS = "not an image", "damaged", "too many pixels"
+
+
+def decode_photo(data: bytes) -> Image.Image:
+    """The photo whose file is `data`, fully decoded as 8-bit RGB (a photo sent to the server, never written
+    to disk); an UnreadablePhoto says in a few words why it cannot be: not an image, truncated or damaged, or
+    too many pixels to decode safely (Pillow's decompression-bomb limit)."""
+    try:
+        # the filter is the process's: two threads at once may leave it set to "error", which is only stricter
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                rgb = to_rgb(image)
+                rgb.load()
+                return rgb
+    except UnidentifiedImageError:
+        raise UnreadablePhoto(
+            NOT_AN_IMAGE, "not an image (no format Pillow reads: JPEG, PNG, WebP, ...)"
+        ) from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise UnreadablePhoto(TOO_MANY_PIXELS, f"too many pixels to decode safely: {err}") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UnreadablePhoto(
+            DAMAGED, f"a damaged or truncated image ({type(err).__name__}: {err})"
+        ) from None
 
 
 def photo_digest(names: pd.Series, paths: pd.Series) -> str:

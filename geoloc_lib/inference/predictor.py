@@ -123,9 +123,12 @@ class Predictor:
             k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy() for k, v in pred.items()
         }
 
-    def predict(self, images: list, batch_size: int = 64, mode: str | None = None) -> pd.DataFrame:
+    def predict(
+        self, images: list, batch_size: int = 64, mode: str | None = None, cell_probs: bool = False
+    ) -> pd.DataFrame:
         """One row per image: the coordinate and province of `mode` (default: the run's), every mode's
-        coordinate, and the hypotheses (province, cell, probability, coordinate), most probable first."""
+        coordinate, and the hypotheses (province, cell, probability, coordinate), most probable first; with
+        `cell_probs`, also each photo's probability of every cell ([C] in the order of `cell_table`)."""
         mode = mode or self.decoder.config.mode
         if mode not in DECODE_MODES:
             raise ValueError(f"mode must be one of {DECODE_MODES}, not {mode!r}")
@@ -159,7 +162,15 @@ class Predictor:
             radii = self.radii(cat)
         frame = frame.join(radii).assign(confidence=radius_confidence(radii.iloc[:, -1]))
         frame["hypotheses"] = _hypotheses(cat, names)
+        if cell_probs:
+            frame["cell_probs"] = list(cat["cell_probs"])
         return frame
+
+    def cell_table(self, probs: np.ndarray) -> pd.DataFrame:
+        """The cell metadata in the model's flat cell order with one photo's probabilities `probs` [C] as a
+        `prob` column: what `viz/photo_maps.probability_map` draws."""
+        order = self.model.cells.cell_ids.cpu().numpy()
+        return self.cells.set_index("cell_id").loc[order].reset_index().assign(prob=probs)
 
     def radii(self, decoded: dict[str, np.ndarray]) -> pd.DataFrame:
         """The credible radii (`radius_50_km`, ...) of decoded photos, from the run's calibration."""
@@ -189,19 +200,53 @@ class Predictor:
         ).predictions
 
 
-def cell_probabilities(predictor: Predictor, image) -> tuple[pd.DataFrame, tuple[float, float], float | None]:
-    """One photo's probability of every cell (the cell metadata with a `prob` column), its predicted
-    place, and its 90 % credible radius in km (None for an uncalibrated run): what `viz/photo_maps.probability_map`
-    draws."""
+def predictor_of_run(
+    run_dir: str | os.PathLike, checkpoint: str = "best", device: str = "auto", data_dir=None
+) -> Predictor:
+    """`Predictor.from_run` for a folder a user named (`geoloc-predict`, `geoloc-serve`): a path that is not
+    a Phase 1 or 2 run folder with that checkpoint is refused with one line that says what to pass instead."""
+    from geoloc_lib.run.phases import predicts
+
+    folder = RunFolder(run_dir)
+    if folder.root.is_file():
+        raise ValueError(
+            f"{run_dir} is a file, not a run folder; the run folder comes first: runs/<name> PHOTOS"
+        )
+    if not folder.root.is_dir():
+        raise ValueError(f"{run_dir}: no such run folder; runs live in runs/<name> (ls runs/)")
+    if not folder.config.is_file():
+        raise ValueError(f"{run_dir} is not a run folder (it has no config.json); pass runs/<name>")
+    try:
+        config = folder.read_config(data_dir)  # the one read of the run's config: the predictor takes it
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{folder.config} is not a readable run config ({err}); retrain the run") from None
+    if not predicts(config.phase):
+        raise ValueError(
+            f"{run_dir} is a Phase 0 run (province pre-training); prediction needs a Phase 1 or 2 run "
+            f"(notebooks/03_train_phase1, 03b_train_phase2)"
+        )
+    if not folder.checkpoint(config.phase, checkpoint).is_file():
+        raise FileNotFoundError(
+            f"{folder.checkpoint(config.phase, checkpoint)}: checkpoint not found; try --checkpoint last"
+        )
+    # a damaged file, other geocells, missing weights, a device this machine lacks: each raises a ValueError,
+    # OSError or RuntimeError that names it
+    return Predictor.from_run(folder.root, checkpoint, device, config=config)
+
+
+def cell_probabilities(
+    predictor: Predictor, image
+) -> tuple[pd.DataFrame, tuple[float, float], dict[float, float]]:
+    """One photo's probability of every cell (`Predictor.cell_table`), its predicted place, and its credible
+    radii in km ({level: km}; empty for an uncalibrated run): what `viz/photo_maps.probability_map` draws."""
     part = predictor._predict_batch([image])
     mode = predictor.decoder.config.mode
     prediction = (float(part[f"{mode}_lat"][0]), float(part[f"{mode}_lon"][0]))
-    radius = None
+    radii = {}
     if predictor.calibration is not None:
-        radius = float(predictor.radii(part).iloc[0, -1])
-    order = predictor.model.cells.cell_ids.cpu().numpy()  # the flat order of the probabilities
-    cells = predictor.cells.set_index("cell_id").loc[order].reset_index().assign(prob=part["cell_probs"][0])
-    return cells, prediction, radius
+        row = predictor.radii(part).iloc[0]
+        radii = {level: float(row[radius_column(level)]) for level in predictor.calibration.levels}
+    return predictor.cell_table(part["cell_probs"][0]), prediction, radii
 
 
 def _hypotheses(cat: dict[str, np.ndarray], names: np.ndarray) -> list[list[dict]]:

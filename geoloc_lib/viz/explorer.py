@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 
 import ipywidgets as widgets
 import pandas as pd
-from PIL import Image
 
-from geoloc_lib.geo.sphere import haversine_km
 from geoloc_lib.inference.predictor import Predictor, cell_probabilities
 from geoloc_lib.viz import maps, photo_maps
+from geoloc_lib.viz.answer_card import THUMBNAIL_PX, hypotheses_table, jpeg_thumbnail
+from geoloc_lib.viz.photo_maps import MAP_PX
 
-THUMBNAIL_PX = 256
 HYPOTHESES_SHOWN = 5
-MAP_PX = (
-    720,
-    320,
-)  # the small map: labels are laid out for this box (a narrow Lab column is about this wide)
 
 
 class WorstPhotoExplorer:
@@ -67,11 +61,11 @@ class WorstPhotoExplorer:
     def update(self, *_) -> None:
         row = self.current
         hypotheses = self.predictor.predict([row["image_path"]])["hypotheses"].iloc[0][:HYPOTHESES_SHOWN]
-        self.photo.value = _jpeg(row["image_path"])
+        self.photo.value = jpeg_thumbnail(row["image_path"])
         self.info.value = _describe(row, hypotheses)
-        cells, prediction, radius = cell_probabilities(self.predictor, row["image_path"])
+        cells, prediction, radii = cell_probabilities(self.predictor, row["image_path"])
         chart = photo_maps.probability_map(
-            cells, prediction, radius, truth=(row["latitude"], row["longitude"]), view_px=MAP_PX
+            cells, prediction, radii, truth=(row["latitude"], row["longitude"]), view_px=MAP_PX
         )
         page = maps.offline_html(chart)
         self.map.value = f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:{MAP_PX[1]}px;border:0"></iframe>'
@@ -94,15 +88,6 @@ class WorstPhotoExplorer:
         )
 
 
-def _jpeg(path: str) -> bytes:
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
-
-
 def _trust(row: pd.Series) -> str:
     """The credible radii, and a warning when the photo is unlike every training photo (runs that have them)."""
     parts = []
@@ -117,17 +102,10 @@ def _trust(row: pd.Series) -> str:
 
 
 def _describe(row: pd.Series, hypotheses: list[dict]) -> str:
-    lines = "".join(
-        f"<tr><td>{rank}</td><td>{html.escape(h['province'])}</td><td>{h['cell_id']}</td><td>{h['prob']:.3f}</td>"
-        f"<td>({h['lat']:.3f}, {h['lon']:.3f})</td>"
-        f"<td>{haversine_km(row['latitude'], row['longitude'], h['lat'], h['lon']):.0f}</td></tr>"
-        for rank, h in enumerate(hypotheses, 1)
-    )
     return (
         f"<div style='font:13px sans-serif;padding-left:12px'><b>photo {html.escape(str(row['id']))}</b><br>"
         f"truth: {html.escape(row['province'])} ({row['latitude']:.3f}, {row['longitude']:.3f})<br>"
         f"prediction: {html.escape(row['pred_province'])} ({row['pred_lat']:.3f}, {row['pred_lon']:.3f})<br>"
         f"<b>distance: {row['error_km']:.1f} km</b><br>{_trust(row)}<br>top hypotheses:"
-        f"<table><tr><th>#</th><th>province</th><th>cell</th><th>p</th><th>place</th><th>km from truth</th></tr>"
-        f"{lines}</table></div>"
+        f"{hypotheses_table(hypotheses, (row['latitude'], row['longitude']))}</div>"
     )

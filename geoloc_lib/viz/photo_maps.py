@@ -1,5 +1,6 @@
 """The map of one photo, offline like every map: its probability over every cell, the prediction with its
-credible radius, and the truth when known (the explorer's small map and `geoloc-predict --map`)."""
+credible radii, the top hypotheses and the truth when known (the explorer's small map, `geoloc-predict --map`
+and the answer cards of `geoloc-serve` and notebook 06)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pandas as pd
 
 from geoloc_lib.viz.label_layout import DESIGN_VIEW_PX
 from geoloc_lib.viz.map_controls import Legend
+from geoloc_lib.viz.map_labels import MapLabel
 from geoloc_lib.viz.maps import (
+    DOT_RIM,
     PREDICTION_COLOR,
     TRUTH_COLOR,
     base_map,
@@ -19,17 +22,27 @@ from geoloc_lib.viz.maps import (
     safe_text,
 )
 
+MAP_PX = (
+    720,
+    320,
+)  # one photo's map box: labels are laid out for it (a narrow Lab column is about this wide)
+HYPOTHESIS_COLOR = (
+    "#fdae61"  # the top hypotheses' dots: apart from the prediction's red and the truth's black
+)
+
 
 def probability_map(
     cells: pd.DataFrame,
     prediction: tuple[float, float],
-    radius_km: float | None = None,
+    radii: dict[float, float] | None = None,
     truth: tuple[float, float] | None = None,
     view_px: tuple[int, int] = DESIGN_VIEW_PX,
+    hypotheses: list[dict] | None = None,
 ) -> folium.Map:
     """One photo's probability over every cell (cell_metadata rows with a `prob` column, as
-    `inference.predictor.cell_probabilities` gives them), the prediction with its credible radius, and the truth; its labels
-    are laid out for a map box of `view_px`."""
+    `Predictor.cell_table` gives them), the prediction with its credible radii ({level: km}), the truth when
+    known, and the top `hypotheses` (`Predictor.predict`'s, numbered by rank); its labels are laid out for a
+    map box of `view_px`."""
     probs = cells["prob"].to_numpy(float)
     top = float(np.max(probs)) or 1.0
     tips = [
@@ -44,16 +57,33 @@ def probability_map(
     )
     layer.add_to(m)
     marks = [("prediction", PREDICTION_COLOR)]
-    if radius_km is not None and np.isfinite(radius_km):
-        folium.Circle(prediction, radius=1000 * radius_km, color=PREDICTION_COLOR, weight=2, dash_array="6 4",
-                      fill=False, tooltip=f"90 % credible radius: {radius_km:.0f} km").add_to(m)  # fmt: skip
-        marks.append(("90 % credible radius (dashed)", PREDICTION_COLOR))
+    for level, km in sorted((radii or {}).items()):
+        if not np.isfinite(km):
+            continue
+        percent = round(100 * level)
+        dashed = level == max(radii)  # the widest circle dashed, the others solid
+        folium.Circle(prediction, radius=1000 * km, color=PREDICTION_COLOR, weight=2 if dashed else 1.5,
+                      dash_array="6 4" if dashed else None, fill=False, class_name=f"geoloc-radius-{percent}",
+                      tooltip=f"{percent} % credible radius: {km:.0f} km").add_to(m)  # fmt: skip
+        marks.append((f"{percent} % credible radius{' (dashed)' if dashed else ''}", PREDICTION_COLOR))
+    labels = {}
+    if hypotheses:
+        group = folium.FeatureGroup(name="top hypotheses").add_to(m)
+        for rank, h in enumerate(hypotheses, 1):
+            folium.CircleMarker((h["lat"], h["lon"]), radius=4, color=DOT_RIM, weight=1, fill=True,
+                                fill_color=HYPOTHESIS_COLOR, fill_opacity=1, class_name="geoloc-hypothesis",
+                                tooltip=f"#{rank} {safe_text(h['province'])}: p = {h['prob']:.3f}").add_to(group)  # fmt: skip
+        labels["top hypotheses"] = [
+            MapLabel(h["lat"], h["lon"], (f"#{rank} {100 * h['prob']:.0f} %",), font_px=10, must_show=False)
+            for rank, h in enumerate(hypotheses, 1)
+        ]
+        marks.append(("top hypotheses (#rank, probability)", HYPOTHESIS_COLOR))
     folium.CircleMarker(prediction, radius=6, color=PREDICTION_COLOR, fill=True, fill_opacity=1,
-                        tooltip="prediction").add_to(m)  # fmt: skip
+                        class_name="geoloc-prediction", tooltip="prediction").add_to(m)  # fmt: skip
     if truth is not None:
         folium.CircleMarker(
             truth, radius=6, color=TRUTH_COLOR, fill=True, fill_opacity=1, tooltip="truth"
         ).add_to(m)
         marks.append(("truth", TRUTH_COLOR))
     m.add_child(Legend("darker cells: more probable", marks, shape="circle"))
-    return finish(m, view_px=view_px)
+    return finish(m, labels, view_px=view_px)
