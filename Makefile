@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 DEMO_RUN ?= demo
 LAB_PORT ?= 8888
 
-.PHONY: venv demo demo-lite0 demo-phase2 test lab lint format bench bench-accuracy bench-scale bench-ingest bench-predict bench-calibration gpu-check clean-demo
+.PHONY: venv demo demo-lite0 demo-phase2 test lab lint format bench bench-accuracy bench-scale bench-ingest bench-predict bench-serve bench-calibration gpu-check clean-demo
 
 venv: $(VENV)/.installed
 
@@ -71,6 +71,11 @@ bench-ingest: venv
 # The predictor over 1,000 demo photos against the encoders alone, and a 2-photo geoloc-predict start-up (runs/demo).
 bench-predict: venv
 	$(PY) -m tools.bench_predict
+
+# geoloc-serve on runs/demo (make demo first): one photo's round trip, 8 clients at once over 2,000 requests, the
+# server's memory, and a cold geoloc-predict call for the same photo.
+bench-serve: venv
+	$(PY) -m tools.bench_serve
 
 # The credible radii over 6 generated datasets with 2,000 test photos each: coverage against the range a calibrated
 # radius shows at those photo counts (about 8 min on 2 cores; once trained, a rerun only recalibrates, in under a minute).

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from geoloc_lib.base.command_line import CommandError, CommandParser, run_command
+from geoloc_lib.base.command_line import CommandError, CommandParser, positive_int, run_command
 from geoloc_lib.model.decode_modes import DECODE_MODES, MODE_HELP
 
 PROG = "geoloc-predict"
@@ -161,13 +161,6 @@ def run(args: argparse.Namespace) -> int:
         maps.save_map(photo_maps.probability_map(*cell_probabilities(predictor, photos[0])), args.map)
         print(f"wrote {args.map}")
     return 1 if problems or len(flagged) else 0
-
-
-def positive_int(text: str) -> int:
-    value = int(text) if text.lstrip("-").isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -68,6 +68,23 @@ def chromium_flags(tmp_path) -> list[str]:
     return command
 
 
+def chrome_driver(tmp_path, size=(1100, 900)):
+    """Selenium driving Debian's headless Chromium through its own chromedriver (no download, no network);
+    skips the test where either is missing (.ci/run installs both)."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if browser is None or driver is None:
+        pytest.skip(
+            "no Chromium and chromedriver on this machine (.ci/run installs Debian's chromium-driver)"
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size={size[0]},{size[1]}"):
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'selenium-profile'}")
+    return webdriver.Chrome(service=webdriver.ChromeService(driver), options=options)
+
+
 def dump_dom(flags, html_path) -> str:
     """The page's DOM after its scripts ran."""
     return subprocess.run(

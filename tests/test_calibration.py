@@ -380,7 +380,9 @@ def test_a_photos_probability_map_covers_every_cell_and_agrees_with_its_hypothes
     page = (tmp_path / "photo.html").read_text()
     # every cell's region with its probability, and the credible radius as a circle
     assert len(re.findall(r'"tip": "cell \d+ \(', page)) == len(cells) and page.count("L.circle(") == 2
-    assert "50 % credible radius" in page and "90 % credible radius" in page and "probability per cell" in page
+    assert (
+        "50 % credible radius" in page and "90 % credible radius" in page and "probability per cell" in page
+    )
     try:
         main([str(cfg.run_dir), image, image, "--map", str(tmp_path / "two.html")])
     except SystemExit as exit_:

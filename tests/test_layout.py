@@ -7,7 +7,18 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "geoloc_lib"
-STAGES = ["base", "geo", "data", "model", "evaluate", "run", "train", "inference", "viz"]  # bottom to top
+STAGES = [
+    "base",
+    "geo",
+    "data",
+    "model",
+    "evaluate",
+    "run",
+    "train",
+    "inference",
+    "viz",
+    "serve",
+]  # bottom to top
 SIBLINGS = ("train", "inference")  # on one floor: neither imports the other
 TOP = len(STAGES)  # the command lines (geoloc_lib/*.py) may import every stage
 

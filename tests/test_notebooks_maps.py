@@ -18,6 +18,7 @@ from conftest import chromium_flags, dump_dom, jupyterlab_dom
 from papermill.translators import PythonTranslator
 from PIL import Image
 
+from geoloc_lib.inference.predictor import Predictor
 from geoloc_lib.run.phases import PHASE2_FIELDS
 from geoloc_lib.run.spec import TrainConfig
 from geoloc_lib.train.loop import fit
@@ -175,6 +176,16 @@ def test_all_notebooks_run_under_papermill(tiny_data, tmp_path):
         "text/plain"
     ]
     assert "p1 " in medians and "p1_mixture" in medians and "Sindh" in medians  # both runs, per province
+    # 06 answers a test photo with the card the server's page shows, its map a still picture in the notebook
+    photo = tiny_data / pd.read_csv(tiny_data / "test.csv")["image"].iloc[0]
+    _run("06_ask_the_model", tmp_path, run_dir=str(run), photos=str(photo))
+    asked = nbformat.read(tmp_path / "06_ask_the_model.ipynb", as_version=4)
+    cell = next(c for c in asked.cells if "answer_files" in c.source)
+    shown = "".join(str(o.get("data", {}).get("text/html", "")) for o in cell.outputs)
+    expected = Predictor.from_run(run).predict([str(photo)]).iloc[0]
+    assert shown.count("class='geoloc-card'") == 1 and "geoloc-still-map" in shown and photo.name in shown
+    assert f"<b class='geoloc-province'>{expected['province']}</b>" in shown
+    assert f"({expected['lat']:.4f}, {expected['lon']:.4f})" in shown
     for name in (
         "maps/error_map.html",
         "maps/geocell_error_map.html",
@@ -439,20 +450,27 @@ def _predictions(tiny_data) -> pd.DataFrame:
 def test_no_label_prints_over_another_or_a_control_in_a_browser(tiny_data, tmp_path):
     """The error map, the geocell map and the explorer's probability map, opened in Chromium at the size they
     were laid out for: no label's text overlaps another's, the title, a legend or a control."""
-    from geoloc_lib.viz.photo_maps import MAP_PX
     from geoloc_lib.viz.label_layout import DESIGN_VIEW_PX, View
     from geoloc_lib.viz.maps import error_map, geocell_map, offline_html
-    from geoloc_lib.viz.photo_maps import probability_map
+    from geoloc_lib.viz.photo_maps import MAP_PX, probability_map
 
     flags = chromium_flags(tmp_path)
     pred, cells = _predictions(tiny_data), pd.read_csv(tiny_data / "cell_metadata.csv")
     probable = cells.assign(prob=np.linspace(1, 2, len(cells)) / np.linspace(1, 2, len(cells)).sum())
     top = probable.nlargest(5, "prob")  # the hypotheses, as Predictor.predict gives them
     hypotheses = [
-        {"province": r.province, "cell_id": r.cell_id, "prob": r.prob, "lat": r.center_lat, "lon": r.center_lon}
+        {
+            "province": r.province,
+            "cell_id": r.cell_id,
+            "prob": r.prob,
+            "lat": r.center_lat,
+            "lon": r.center_lon,
+        }
         for r in top.itertuples()
     ]
-    answer = probability_map(probable, (30.0, 70.0), {0.5: 60.0, 0.9: 150.0}, (31.0, 71.0), MAP_PX, hypotheses)
+    answer = probability_map(
+        probable, (30.0, 70.0), {0.5: 60.0, 0.9: 150.0}, (31.0, 71.0), MAP_PX, hypotheses
+    )
     maps = {
         "error map": (error_map(pred), DESIGN_VIEW_PX),  # every province's median is written
         "geocell map": (geocell_map(cells), DESIGN_VIEW_PX),

@@ -69,10 +69,11 @@ def _sureness(answer: dict) -> str:
     )
 
 
-def answer_card(answer: dict, cells: pd.DataFrame, photo: Image.Image) -> str:
+def answer_card(answer: dict, cells: pd.DataFrame, photo: Image.Image, still_map: bool = False) -> str:
     """The card of one answered photo: `answer` is one photo's answer as the server's JSON gives it (the fields
     of `geoloc-predict`'s CSV, the file name in `file`), `cells` its probability of every cell
-    (`Predictor.cell_table`)."""
+    (`Predictor.cell_table`). The map is a live one in a frame (the page, a widget), or with `still_map` a
+    notebook output's still picture that its scripts replace where they run (`maps.notebook_html`)."""
     radii = {
         level: km
         for level, km in (
@@ -84,7 +85,14 @@ def answer_card(answer: dict, cells: pd.DataFrame, photo: Image.Image) -> str:
     chart = photo_maps.probability_map(
         cells, (answer["lat"], answer["lon"]), radii, view_px=MAP_PX, hypotheses=answer["hypotheses"]
     )
-    page = html.escape(maps.offline_html(chart), quote=True)
+    if still_map:
+        shown = maps.notebook_html(chart, MAP_PX[1])
+    else:
+        page = html.escape(maps.offline_html(chart), quote=True)
+        shown = (
+            f"<iframe class='geoloc-map' title='map of {html.escape(str(answer.get('file', '')))}' "
+            f"srcdoc=\"{page}\" style='width:{MAP_PX[0]}px;max-width:100%;height:{MAP_PX[1]}px;border:0'></iframe>"
+        )
     picture = base64.b64encode(jpeg_thumbnail(photo)).decode("ascii")
     warning = (
         f"<p class='geoloc-out-of-domain' style='background:#d7191c;color:#fff;padding:6px 10px;font-weight:bold'>"
@@ -101,7 +109,5 @@ def answer_card(answer: dict, cells: pd.DataFrame, photo: Image.Image) -> str:
         f"<div class='geoloc-answer'><b class='geoloc-province'>{html.escape(str(answer['province']))}</b>, "
         f"{answer['town_km']:.0f} km from {html.escape(str(answer['nearest_town']))} "
         f"({answer['lat']:.4f}, {answer['lon']:.4f})<br>{_sureness(answer)}<br>top hypotheses:"
-        f"{hypotheses_table(answer['hypotheses'])}</div></div>"
-        f"<iframe class='geoloc-map' title='map of {name}' srcdoc=\"{page}\" "
-        f"style='width:{MAP_PX[0]}px;max-width:100%;height:{MAP_PX[1]}px;border:0'></iframe></section>"
+        f"{hypotheses_table(answer['hypotheses'])}</div></div>{shown}</section>"
     )

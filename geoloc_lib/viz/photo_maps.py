@@ -22,13 +22,21 @@ from geoloc_lib.viz.maps import (
     safe_text,
 )
 
-MAP_PX = (
-    720,
-    320,
-)  # one photo's map box: labels are laid out for it (a narrow Lab column is about this wide)
-HYPOTHESIS_COLOR = (
-    "#fdae61"  # the top hypotheses' dots: apart from the prediction's red and the truth's black
-)
+# one photo's map box: labels are laid out for it (a narrow Lab column is about this wide)
+MAP_PX = (720, 320)
+HYPOTHESIS_COLOR = "#fdae61"  # the top hypotheses' dots: not the prediction's red or the truth's black
+MIN_HALF_SPAN_DEG = 1.5  # an answer's map shows at least this much around its prediction (330 km across)
+
+
+def _around(prediction: tuple[float, float], radii: dict[float, float] | None, hypotheses: list[dict]):
+    """The corners (latitude, longitude) of the box an answer's map opens on: the prediction, its widest
+    credible circle and its hypotheses, and at least MIN_HALF_SPAN_DEG around the prediction."""
+    lat, lon = prediction
+    reach = max([MIN_HALF_SPAN_DEG, *(km / 111.0 for km in (radii or {}).values() if np.isfinite(km))])
+    wide = reach / np.cos(np.radians(lat))  # degrees of longitude are shorter away from the equator
+    lats = [lat - reach, lat + reach, *(h["lat"] for h in hypotheses)]
+    lons = [lon - wide, lon + wide, *(h["lon"] for h in hypotheses)]
+    return pd.DataFrame({"latitude": [min(lats), max(lats)], "longitude": [min(lons), max(lons)]})
 
 
 def probability_map(
@@ -51,7 +59,8 @@ def probability_map(
     ]
     opacity = list(0.05 + 0.75 * probs / top)
     layer = cells_layer(cells, [PREDICTION_COLOR] * len(cells), opacity, tips, "probability per cell")
-    m = base_map(cell_bounds(layer), "Where this photo may be: every cell's probability")
+    focus = _around(prediction, radii, hypotheses) if hypotheses else cell_bounds(layer)
+    m = base_map(focus, "Where this photo may be: every cell's probability")
     m.get_root().html.add_child(
         folium.Element("<title>Where this photo was taken: probability per cell</title>")
     )
