@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "geoloc_lib"
-STAGES = ("base", "geo", "data", "model", "evaluate", "run", "train", "inference", "viz")
+STAGES = ("base", "geo", "data", "model", "evaluate", "run", "train", "inference", "viz", "serve")
 FILE_SUFFIXES = (".py", ".md", ".ipynb", ".toml", ".yml", ".yaml", ".geojson", ".cfg", ".sh")
 # a word ending in one of these is a file's name (losses.csv), not a dotted name
 FILE_NAME_ENDINGS = (

@@ -35,7 +35,7 @@ def test_every_program_the_readme_types_is_found_in_a_new_shell():
         line.split()[0] for block in blocks for line in block.splitlines() if line and line[0].isalpha()
     }
     programs -= {"cd", "make"}  # a shell builtin; make is the system's
-    assert {"papermill", "geoloc-ingest", "geoloc-predict"} <= programs
+    assert {"papermill", "geoloc-ingest", "geoloc-predict", "geoloc-serve"} <= programs
     for program in sorted(programs):
         result = in_a_new_shell(f"{program} --help", ROOT)
         assert result.returncode == 0 and "usage" in result.stdout.lower(), (program, result.stderr[-500:])

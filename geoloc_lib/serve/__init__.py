@@ -1,1 +1,6 @@
-"""The server stage: a finished run answering photos over HTTP (`geoloc-serve`), its page and its JSON API."""
+"""Stage 8, serve: a finished run answering photos over HTTP, on a page and in JupyterLab.
+
+Owns the command line (`__main__`: `geoloc-serve`), the routes (`app`: the page, `POST /predict`, `/run`,
+`/health`), the model behind them (`asker`: a request's photos decoded or refused, then placed together), the page
+(`page`) and notebook 06's upload widget (`notebook_panel`). May import every stage below it.
+"""
