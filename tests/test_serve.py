@@ -216,3 +216,43 @@ def test_refusals_and_the_warning_beyond_loopback(served, tmp_path):
     finally:
         _, err = _stop(server)
     assert "warning: listening on 0.0.0.0, not this machine only" in err
+
+
+def test_the_upload_widget_shows_the_pages_cards(served, tiny_data):
+    import datetime
+
+    from geoloc_lib.serve.asker import Asker
+    from geoloc_lib.serve.notebook_panel import UploadPanel
+
+    _, run, _ = served
+    panel = UploadPanel(Asker.from_run(run))
+    good = _test_photos(tiny_data, 1)[0]
+    chosen = [(good.name, good.read_bytes()), ("notes.txt", b"not a photo")]
+    when = datetime.datetime.now(datetime.timezone.utc)
+    panel.upload.value = tuple(
+        {"name": n, "type": "", "size": len(d), "content": memoryview(d), "last_modified": when}
+        for n, d in chosen
+    )  # as JupyterLab sets it when photos are chosen
+    shown = panel.answers.value
+    assert shown.count("class='geoloc-card'") == 1 and "<iframe class='geoloc-map'" in shown
+    assert "notes.txt: not an image" in shown and shown.index("geoloc-card") < shown.index("notes.txt")
+
+
+def test_the_conclusion_counts_places_radii_and_strangers():
+    from geoloc_lib.serve.notebook_panel import answers_conclusion
+
+    answers = [
+        {"file": "a.jpg", "status": 200, "province": "Sindh", "radius_90_km": 10.0, "out_of_domain": False},
+        {"file": "b.jpg", "status": 200, "province": "Punjab", "radius_90_km": 30.0, "out_of_domain": True},
+        {"file": "c.jpg", "status": 200, "province": "Sindh", "radius_90_km": 90.0, "out_of_domain": False},
+        {"file": "d.txt", "status": 415, "error": "d.txt: not an image"},
+    ]
+    assert answers_conclusion(answers).splitlines() == [
+        "- 4 photos: 3 placed, 1 refused.",
+        "- Refused: d.txt: not an image",
+        "- Placed in Sindh (2), Punjab (1).",
+        "- 90 % credible radius: median 30 km (for nine photos in ten the true place lies within it, as "
+        "calibrated on this run's validation photos).",
+        "- Out of domain, not to be trusted: b.jpg.",
+    ]
+    assert answers_conclusion([]).startswith("- No photos named")

@@ -31,6 +31,32 @@ def answers_table(answers: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(answers).reindex(columns=TABLE_COLUMNS)
 
 
+def answers_conclusion(answers: list[dict]) -> str:
+    """What the answers say, as Markdown bullets: how many photos were placed or refused and why, where, how
+    sure the model is, and which photos are out of domain."""
+    if not answers:
+        return "- No photos named: set `photos` (comma-separated paths), or use the upload widget above."
+    placed = [a for a in answers if a["status"] == 200]
+    lines = [f"- {len(answers)} photos: {len(placed)} placed, {len(answers) - len(placed)} refused."]
+    lines += [f"- Refused: {a['error']}" for a in answers if a["status"] != 200]
+    if placed:
+        provinces = pd.Series([a["province"] for a in placed]).value_counts()
+        lines.append("- Placed in " + ", ".join(f"{name} ({n})" for name, n in provinces.items()) + ".")
+        radii = [a["radius_90_km"] for a in placed if a.get("radius_90_km") is not None]
+        if radii:
+            lines.append(
+                f"- 90 % credible radius: median {pd.Series(radii).median():.0f} km (for nine photos in ten the "
+                "true place lies within it, as calibrated on this run's validation photos)."
+            )
+        strange = [a["file"] for a in placed if a.get("out_of_domain")]
+        lines.append(
+            f"- Out of domain, not to be trusted: {', '.join(strange)}."
+            if strange
+            else "- None is out of domain: each looks like the training photos."
+        )
+    return "\n".join(lines)
+
+
 class UploadPanel:
     """`display(UploadPanel(asker))`: pick photos; their cards appear below, newest first."""
 
