@@ -360,6 +360,46 @@ def test_photos_unlike_any_training_photo_are_flagged_and_the_cli_exits_1(tiny_c
         assert predictor.predict(shared)["out_of_domain"].mean() >= 0.8
 
 
+@pytest.mark.slow
+def test_street_strangers_the_rule_never_saw_are_flagged_and_genuine_new_photos_are_not(tmp_path):
+    """Photos with the demo's street layout in another world (ground colours no province has, places outside
+    Pakistan) are flagged; photos of new places in Pakistan are not, beyond the threshold's own price."""
+    from dataclasses import replace
+
+    from conftest import TINY_TRAINING
+
+    from geoloc_lib.data.demo_data import TINY_DEMO, generate_demo_dataset
+    from geoloc_lib.evaluate.strangers import street_strangers
+    from geoloc_lib.run.spec import TrainConfig
+
+    # bigger than the tiny data: its 30-odd validation photos would leave the threshold too loose to judge
+    data = generate_demo_dataset(tmp_path / "data", replace(TINY_DEMO, n_train=1200, n_test=300, workers=2))
+    runs = tmp_path / "runs"
+    common = {
+        "data_dir": str(data),
+        "runs_dir": str(runs),
+        "cache_dir": str(runs / "cache"),
+        "phase0_checkpoint": "",
+    }
+    cfg = TrainConfig(**(common | TINY_TRAINING))
+    fit(cfg, progress=False)
+    index = NoveltyIndex.load(RunFolder(cfg.run_dir).novelty)
+    assert "street" not in index.report["chosen"]["caught_%"]  # a kind the rule's choice never saw
+    assert "uncertainty" in index.report["per_signal"]  # the heads' own doubt was among the candidates
+    predictor = Predictor.from_run(cfg.run_dir)
+    street = predictor.predict(street_strangers(128, TINY_DEMO.image_size, seed=1))["out_of_domain"].mean()
+    assert street >= 0.8, street
+    validation = evaluate_run(cfg.run_dir, split="val").tables["predictions"]["out_of_domain"]
+    assert validation.mean() <= 0.05  # the validation blocks the threshold was set on: 3 % by construction
+    test = pd.read_csv(data / "test.csv")
+    genuine = predictor.predict([str(data / image) for image in test["image"]])["out_of_domain"].mean()
+    # photos of blocks no training or validation photo shares: 3 % is the price, give or take two standard
+    # deviations of the threshold (a quantile of len(validation) scores) and of this sample
+    q = index.quantile
+    spread = math.sqrt(q * (1 - q) / (len(validation) + 2) + q * (1 - q) / len(test))
+    assert genuine <= (1 - q) + 2 * spread, (genuine, len(validation), len(test))
+
+
 def test_a_photos_probability_map_covers_every_cell_and_agrees_with_its_hypotheses(
     tiny_config, tmp_path, capsys
 ):

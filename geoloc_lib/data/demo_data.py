@@ -41,7 +41,7 @@ from geoloc_lib.geo.sphere import KM_PER_DEG_LAT, PAKISTAN_BBOX
 REAL_PROVINCE_COUNTS = (65221, 8459, 5344, 4410, 2379, 3627, 1075)
 
 # Ground colour (RGB 0..1) of each province's typical terrain, and a secondary colour mixed in by region.
-_GROUND = {
+GROUND = {
     0: ((0.80, 0.70, 0.50), (0.35, 0.55, 0.25)),  # Sindh: desert, irrigated near the Indus
     1: ((0.35, 0.58, 0.25), (0.70, 0.65, 0.40)),  # Punjab: irrigated plain, drier in the south-west
     2: ((0.50, 0.55, 0.32), (0.30, 0.45, 0.25)),  # KPK: olive hills, greener north
@@ -158,11 +158,18 @@ def _paint_buildings(
 
 
 def render_scene(
-    lat: float, lon: float, province_id: int, local_population: float, size: int, rng: np.random.Generator
+    lat: float,
+    lon: float,
+    province_id: int,
+    local_population: float,
+    size: int,
+    rng: np.random.Generator,
+    ground: tuple | None = None,
 ) -> np.ndarray:
-    """[size, size, 3] uint8 crude street-level scene for one location."""
+    """[size, size, 3] uint8 crude street-level scene for one location; `ground` (two RGB colours, 0..1) paints
+    the ground instead of the province's (`evaluate/strangers.street_strangers`: the same layout, another world)."""
     yy, xx = np.mgrid[0:size, 0:size] / (size - 1)  # [H, W] in 0..1, y down
-    base, other = (np.array(c) for c in _GROUND[province_id])
+    base, other = (np.array(c) for c in (ground or GROUND[province_id]))
     # regional mix: Sindh greens near the Indus, other provinces vary north-south
     if province_id == 0:
         mix = math.exp(-(((lon - _INDUS_LON_SINDH) / 0.6) ** 2))

@@ -77,7 +77,9 @@ def evaluate(
                 out["gate_alpha"].float().mean(dim=-1).cpu()
             )  # [B] share of the scene CNN
             if novelty is not None:
-                columns.setdefault("novelty", []).append(novelty.distance(clip, scene).cpu())
+                columns.setdefault("novelty", []).append(
+                    novelty.distance(clip, scene, pred["cell_probs"]).cpu()
+                )
             bar.update(len(idx))
     losses = None
     if loss_fn is not None:

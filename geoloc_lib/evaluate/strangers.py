@@ -15,12 +15,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from geoloc_lib.data.demo_data import GROUND, render_scene
 from geoloc_lib.data.photos import open_rgb
 from geoloc_lib.data.transforms import eval_transform
+from geoloc_lib.geo.sphere import PAKISTAN_BBOX
 
 STRANGER_KINDS = ("recoloured", "re-textured", "inverted", "procedural")
 STRANGERS_PER_KIND = 128  # validation photos changed per kind (fewer when validation has fewer)
 GRID = 4  # re-textured: tiles per side
+FOREIGN_COLOUR_DISTANCE = (
+    0.3  # a street stranger's ground colours lie at least this far (RGB, 0..1) from the demo's
+)
 
 
 def recoloured(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -75,6 +80,29 @@ def stranger_images(
         "inverted": [ImageOps.invert(p) for p in photos],
         "procedural": [procedural(size, rng) for _ in range(max(len(photos), 1))],
     }
+
+
+def street_strangers(n: int, size: int, seed: int = 0) -> list[Image.Image]:
+    """`n` photos with the demo's street layout (ground, sky, horizon, road, buildings, camera and noise) of
+    another world: ground colours no province has, at places outside Pakistan. Real street photos from elsewhere
+    share this layout, which brings them close to the training photos in feature space; this kind is never
+    among the rule's choice (STRANGER_KINDS), only a check on it."""
+    rng = np.random.default_rng(seed)
+    demo_colours = np.array([c for pair in GROUND.values() for c in pair])  # [14, 3]
+    photos = []
+    while len(photos) < n:
+        ground = rng.uniform(0, 1, (2, 3))  # [2, RGB]
+        if np.linalg.norm(ground[:, None] - demo_colours[None], axis=-1).min() < FOREIGN_COLOUR_DISTANCE:
+            continue  # too near a colour the demo's provinces have
+        lat, lon = rng.uniform(-40, 60), rng.uniform(-120, 150)
+        box = PAKISTAN_BBOX
+        if box["lat_min"] <= lat <= box["lat_max"] and box["lon_min"] <= lon <= box["lon_max"]:
+            continue
+        population = 10 ** rng.uniform(2, 6)  # a village to a city, as the demo's places
+        pixels = render_scene(lat, lon, int(rng.integers(0, len(GROUND))), population, size, rng,
+                              ground=tuple(map(tuple, ground)))  # fmt: skip
+        photos.append(Image.fromarray(pixels))
+    return photos
 
 
 @torch.no_grad()

@@ -118,7 +118,7 @@ class Predictor:
         clip, scene = self.model.encoders(batch)  # [B, Dc], [B, Ds]
         pred = self.decoder(self.model.heads, self.model.heads(clip, scene))
         if self.novelty is not None:
-            pred["novelty_distance"] = self.novelty.distance(clip, scene)
+            pred["novelty_distance"] = self.novelty.distance(clip, scene, pred["cell_probs"])
         return {
             k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy() for k, v in pred.items()
         }

@@ -27,7 +27,7 @@ from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.evaluate.calibration import calibrate
 from geoloc_lib.evaluate.evaluation import Evaluation, evaluate
 from geoloc_lib.evaluate.metrics import prediction_metrics, predictions_frame
-from geoloc_lib.evaluate.novelty import fit_novelty
+from geoloc_lib.evaluate.novelty import fit_novelty, heads_cell_probs
 from geoloc_lib.evaluate.strangers import encode_images, stranger_images
 from geoloc_lib.geo import provinces as prov
 from geoloc_lib.model.factory import checkpoint_state
@@ -246,8 +246,8 @@ def index_novelty(t: Training, best: Checkpoint) -> None:
     """The out-of-domain index: the training photos' encoder features, with its threshold on validation. When
     an encoder trained, they are the features of the best epoch's encoders, which the predictor rebuilds."""
     spec, encoders = t.cfg.cache, t.model.encoders
-    if t.frozen_fingerprint is None:  # the trained parts as the best epoch left them
-        t.model.load_state_dict(best.model_state, strict=False)
+    # the trained parts as the best epoch left them: the encoders' features, the heads' uncertainty
+    t.model.load_state_dict(best.model_state, strict=False)
     # keyed by every weight: a cache entry of exactly these encoders
     fingerprint = t.frozen_fingerprint or encoders.fingerprint()
     train, val = (
@@ -261,6 +261,8 @@ def index_novelty(t: Training, best: Checkpoint) -> None:
         kind: encode_images(images, encoders, t.device)
         for kind, images in stranger_images(t.data.val["image_path"], seed=t.cfg.seed).items()
     }
+    for features in (val, *strangers.values()):  # the heads' uncertainty, a signal the choice may take
+        features["cell_probs"] = heads_cell_probs(t.model.heads, t.decoder, features, t.device)
     index = fit_novelty(train, val, strangers=strangers)
     index.save(t.folder.novelty)
     caught = ", ".join(f"{kind} {share:.0f} %" for kind, share in index.report["chosen"]["caught_%"].items())
