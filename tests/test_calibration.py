@@ -341,8 +341,8 @@ def test_photos_unlike_any_training_photo_are_flagged_and_the_cli_exits_1(tiny_c
     placed = predictor.predict(own + real + drawn)
     flagged = placed["out_of_domain"].to_numpy()
     # the test photos stand in location blocks no training photo shares: genuine new photos. The threshold is
-    # validation's 99 % quantile; on the tiny run's 30-odd validation photos that is about their largest, so
-    # about one in thirty genuine photos goes over
+    # validation's 97 % quantile; on the tiny run's 30-odd validation photos that is about their second largest,
+    # so a few genuine photos in a hundred go over
     assert flagged[: len(own)].mean() <= 0.1, flagged[: len(own)].mean()
     # real photos from outside the training world
     assert flagged[len(own) : len(own) + len(real)].mean() >= 0.8

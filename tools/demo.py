@@ -140,8 +140,9 @@ def run_demo(
     run_notebook("04_error_maps", out_dir, run_dir=str(out_dir))
     print_ladder(out_dir)
     print(
-        "In a new shell, run `. .venv/bin/activate` first: papermill, geoloc-ingest, geoloc-predict and jupyter "
-        "live in .venv/bin."
+        "In a new shell, run `. .venv/bin/activate` first: papermill, geoloc-ingest, geoloc-predict, geoloc-serve "
+        "and jupyter live in .venv/bin. Ask the model about a photo: geoloc-serve runs/demo (a page to drop "
+        "photos on)."
     )
     if phase2:
         tuned = Path("runs") / f"{run_name}_phase2"

@@ -108,8 +108,9 @@ def create_app(asker: Asker) -> FastAPI:
                 return _error(400, f"no photos in the request: send them as multipart form files ({FIELD!r})")
             sent = []
             for n, upload in enumerate(uploads, 1):
-                fits = upload.size is not None and upload.size <= limits.max_upload_bytes
-                sent.append(Sent(upload.filename or f"photo {n}", await upload.read() if fits else None))
+                data = await upload.read(limits.max_upload_bytes + 1)  # one byte past the limit tells
+                fits = len(data) <= limits.max_upload_bytes
+                sent.append(Sent(upload.filename or f"photo {n}", data if fits else None))
         finally:
             await form.close()
         answers = await run_in_threadpool(asker.answer, sent, cards)

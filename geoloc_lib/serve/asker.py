@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from geoloc_lib.base.folder_marks import TRAIN_CSV
 from geoloc_lib.data.photos import DAMAGED, NOT_AN_IMAGE, TOO_MANY_PIXELS, UnreadablePhoto, decode_photo
 from geoloc_lib.inference.answers import answer_records, readable_table
 from geoloc_lib.inference.predictor import Predictor, predictor_of_run
@@ -122,7 +123,7 @@ def run_facts(folder: RunFolder, predictor: Predictor) -> dict:
     and its test figures when it has an evaluation (04_error_maps)."""
     cfg = folder.read_config()
     mode = predictor.decoder.config.mode
-    train_csv = Path(cfg.data_dir) / "train.csv"
+    train_csv = Path(cfg.data_dir) / TRAIN_CSV
     calibration = predictor.calibration
     novelty = predictor.novelty
     return {
