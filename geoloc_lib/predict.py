@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from geoloc_lib.base.command_line import CommandError, CommandParser, positive_int, run_command
+from geoloc_lib.base.command_line import CommandError, CommandParser, positive_int, run_main
 from geoloc_lib.model.decode_modes import DECODE_MODES, MODE_HELP
 
 PROG = "geoloc-predict"
@@ -164,10 +164,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    status = run_command(PROG, lambda: run(args))
-    if status:
-        raise SystemExit(status)
+    run_main(PROG, parser(), run, argv)
 
 
 if __name__ == "__main__":

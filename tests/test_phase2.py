@@ -1,6 +1,7 @@
 """Phase 2: partial fine-tuning of the encoders' tops from a Phase 1 run, on cached prefixes."""
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -196,8 +197,11 @@ def test_a_phase2_run_killed_mid_epoch_resumes_bit_exactly_and_predicts(phase1, 
     np.testing.assert_allclose(pred["pred_lat"], val["pred_lat"], atol=1e-4)
     np.testing.assert_allclose(pred["pred_lon"], val["pred_lon"], atol=1e-4)
     # the out-of-domain index is fitted on the best epoch's trained encoders: validation photos pass it as
-    # often as its threshold allows (97 %), and recoloured ones, a kind its rule was chosen to catch, do not
-    assert pred["out_of_domain"].mean() <= 0.05
+    # often as its threshold allows (the 97 % quantile of their own scores, interpolated: with 36 photos, 2 lie
+    # above it; one more may cross on the image path's rounding), and recoloured ones, a kind its rule was chosen
+    # to catch, do not
+    q, n = Predictor.from_run(reference.run_dir).novelty.quantile, len(pred)
+    assert pred["out_of_domain"].sum() <= n - 1 - math.floor(q * (n - 1)) + 1
     from geoloc_lib.evaluate.strangers import recoloured
 
     rng = np.random.default_rng(0)

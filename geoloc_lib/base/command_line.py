@@ -48,6 +48,15 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
         return REFUSED
 
 
+def run_main(prog: str, cli: argparse.ArgumentParser, run, argv: list[str] | None = None) -> None:
+    """A command line's main: `argv` parsed by `cli`, then `run(args)`; a refusal or a non-zero status ends the
+    process with that status."""
+    args = cli.parse_args(argv)
+    status = run_command(prog, lambda: run(args))
+    if status:
+        raise SystemExit(status)
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
     value = int(text) if text.lstrip("-").isdigit() else 0

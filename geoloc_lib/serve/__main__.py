@@ -20,7 +20,7 @@ from geoloc_lib.base.command_line import (
     port_number,
     positive_float,
     positive_int,
-    run_command,
+    run_main,
 )
 
 PROG = "geoloc-serve"
@@ -110,10 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    status = run_command(PROG, lambda: run(args))
-    if status:
-        raise SystemExit(status)
+    run_main(PROG, parser(), run, argv)
 
 
 if __name__ == "__main__":
