@@ -234,19 +234,19 @@ def predictor_of_run(
     return Predictor.from_run(folder.root, checkpoint, device, config=config)
 
 
-def cell_probabilities(
-    predictor: Predictor, image
-) -> tuple[pd.DataFrame, tuple[float, float], dict[float, float]]:
-    """One photo's probability of every cell (`Predictor.cell_table`), its predicted place, and its credible
-    radii in km ({level: km}; empty for an uncalibrated run): what `viz/photo_maps.probability_map` draws."""
-    part = predictor._predict_batch([image])
-    mode = predictor.decoder.config.mode
-    prediction = (float(part[f"{mode}_lat"][0]), float(part[f"{mode}_lon"][0]))
-    radii = {}
-    if predictor.calibration is not None:
-        row = predictor.radii(part).iloc[0]
-        radii = {level: float(row[radius_column(level)]) for level in predictor.calibration.levels}
-    return predictor.cell_table(part["cell_probs"][0]), prediction, radii
+def map_inputs(predictor: Predictor, answer: pd.Series) -> tuple[pd.DataFrame, tuple[float, float], dict]:
+    """What `viz/photo_maps.probability_map` draws of one photo's row of `predict(..., cell_probs=True)`: its
+    probability of every cell (`Predictor.cell_table`), its predicted place, and its credible radii in km
+    ({level: km}; empty for an uncalibrated run)."""
+    levels = predictor.calibration.levels if predictor.calibration is not None else LEVELS
+    radii = {level: float(answer[radius_column(level)]) for level in levels}
+    radii = {level: km for level, km in radii.items() if np.isfinite(km)}
+    return predictor.cell_table(answer["cell_probs"]), (float(answer["lat"]), float(answer["lon"])), radii
+
+
+def cell_probabilities(predictor: Predictor, image) -> tuple[pd.DataFrame, tuple[float, float], dict]:
+    """`map_inputs` of one photo, in one forward pass."""
+    return map_inputs(predictor, predictor.predict([image], cell_probs=True).iloc[0])
 
 
 def _hypotheses(cat: dict[str, np.ndarray], names: np.ndarray) -> list[list[dict]]:

@@ -14,7 +14,7 @@ import html
 import ipywidgets as widgets
 import pandas as pd
 
-from geoloc_lib.inference.predictor import Predictor, cell_probabilities
+from geoloc_lib.inference.predictor import Predictor, map_inputs
 from geoloc_lib.viz import maps, photo_maps
 from geoloc_lib.viz.answer_card import THUMBNAIL_PX, hypotheses_table, jpeg_thumbnail
 from geoloc_lib.viz.photo_maps import MAP_PX
@@ -60,10 +60,10 @@ class WorstPhotoExplorer:
 
     def update(self, *_) -> None:
         row = self.current
-        hypotheses = self.predictor.predict([row["image_path"]])["hypotheses"].iloc[0][:HYPOTHESES_SHOWN]
+        answer = self.predictor.predict([row["image_path"]], cell_probs=True).iloc[0]  # one forward pass
         self.photo.value = jpeg_thumbnail(row["image_path"])
-        self.info.value = _describe(row, hypotheses)
-        cells, prediction, radii = cell_probabilities(self.predictor, row["image_path"])
+        self.info.value = _describe(row, answer["hypotheses"][:HYPOTHESES_SHOWN])
+        cells, prediction, radii = map_inputs(self.predictor, answer)
         chart = photo_maps.probability_map(
             cells, prediction, radii, truth=(row["latitude"], row["longitude"]), view_px=MAP_PX
         )
