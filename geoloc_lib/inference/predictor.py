@@ -209,9 +209,7 @@ def predictor_of_run(
 
     folder = RunFolder(run_dir)
     if folder.root.is_file():
-        raise ValueError(
-            f"{run_dir} is a file, not a run folder; the run folder comes first: runs/<name> PHOTOS"
-        )
+        raise ValueError(f"{run_dir} is a file, not a run folder; give the run folder first: runs/<name>")
     if not folder.root.is_dir():
         raise ValueError(f"{run_dir}: no such run folder; runs live in runs/<name> (ls runs/)")
     if not folder.config.is_file():

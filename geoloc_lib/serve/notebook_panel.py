@@ -80,4 +80,10 @@ class UploadPanel:
         self.answers.value = cards_html(self.asker.answer(sent, cards=True)) + self.answers.value
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
-        return self.widget._repr_mimebundle_(include=include, exclude=exclude)
+        """The live widget where a kernel runs it; a line saying so where none does (a notebook reopened after
+        papermill, an exported page: the widget's model is gone)."""
+        return {
+            **self.widget._repr_mimebundle_(include=include, exclude=exclude),
+            "text/html": "<p class='geoloc-upload-note'>The upload widget needs a running kernel: run this notebook "
+            "in JupyterLab to choose photos.</p>",
+        }
