@@ -60,8 +60,13 @@ TINY += ["-p", "num_workers", "0", "-p", "image_check", "exists", "-p", "device"
 
 
 @pytest.mark.slow
+def _state(path: Path) -> tuple | None:
+    return (path.stat().st_size, path.stat().st_mtime_ns) if path.exists() else None
+
+
 def test_the_design_card_command_twice_from_notebooks_with_a_relative_data_folder(tiny_data, tmp_path):
     data = os.path.relpath(tiny_data, ROOT / "notebooks")  # typed from notebooks/: ../../tmp/...
+    users = _state(ROOT / "notebooks" / "out.ipynb")  # a user's own run of the design card, if there is one
     outputs = ["-p", "runs_dir", str(tmp_path / "runs"), "-p", "cache_dir", str(tmp_path / "cache")]
     terminals = []
     for out in ("out.ipynb", "out2.ipynb"):  # the README's design card command, typed in a new terminal
@@ -80,7 +85,7 @@ def test_the_design_card_command_twice_from_notebooks_with_a_relative_data_folde
         assert f"{run}: NO PHASE 0: no finished Phase 0 run of this data and validation split" in terminal
         assert "NO PHASE 0" in (tmp_path / "runs" / run / "log.txt").read_text()
     assert "NO PHASE 0" in (tmp_path / "out.ipynb").read_text()
-    assert not (ROOT / "notebooks" / "out.ipynb").exists()
+    assert _state(ROOT / "notebooks" / "out.ipynb") == users  # the test wrote nothing into the checkout
 
 
 def test_a_path_typed_where_papermill_started_is_read_from_there(tmp_path):
