@@ -59,18 +59,19 @@ TINY += ["-p", "proj_dim", "64", "-p", "geocell_hidden", "64", "-p", "small_geoc
 TINY += ["-p", "num_workers", "0", "-p", "image_check", "exists", "-p", "device", "cpu"]
 
 
-@pytest.mark.slow
 def _state(path: Path) -> tuple | None:
     return (path.stat().st_size, path.stat().st_mtime_ns) if path.exists() else None
 
 
+@pytest.mark.slow
 def test_the_design_card_command_twice_from_notebooks_with_a_relative_data_folder(tiny_data, tmp_path):
     data = os.path.relpath(tiny_data, ROOT / "notebooks")  # typed from notebooks/: ../../tmp/...
     users = _state(ROOT / "notebooks" / "out.ipynb")  # a user's own run of the design card, if there is one
     outputs = ["-p", "runs_dir", str(tmp_path / "runs"), "-p", "cache_dir", str(tmp_path / "cache")]
     terminals = []
-    for out in ("out.ipynb", "out2.ipynb"):  # the README's design card command, typed in a new terminal
+    for out, every in (("out.ipynb", "0"), ("out2.ipynb", "")):  # the design card command, in a new terminal
         line = shlex.join(["papermill", "03_train_phase1.ipynb", str(tmp_path / out), "-p", "data_dir", data])
+        line = f"GEOLOC_PROGRESS_EVERY_S={every} {line}" if every else line  # first: a line after every batch
         result = in_a_new_shell(f"{line} {shlex.join(outputs + TINY)}", ROOT / "notebooks")
         assert result.returncode == 0, result.stderr[-3000:]
         terminals.append(result.stdout + result.stderr)
@@ -84,6 +85,9 @@ def test_the_design_card_command_twice_from_notebooks_with_a_relative_data_folde
         # without Phase 0 the province head starts from scratch, and the terminal, the log and the notebook say so
         assert f"{run}: NO PHASE 0: no finished Phase 0 run of this data and validation split" in terminal
         assert "NO PHASE 0" in (tmp_path / "runs" / run / "log.txt").read_text()
+    # inside an epoch, a line a minute (by default; here after every batch) says how far it is and what is left
+    assert re.search(rf"{runs[0]}: epoch 1/2, batch 3/4 \(75 %\), \d+ s in, about \d+ s left", terminals[0])
+    assert "batch 3/4" not in terminals[1]  # the default minute is longer than these epochs
     assert "NO PHASE 0" in (tmp_path / "out.ipynb").read_text()
     assert _state(ROOT / "notebooks" / "out.ipynb") == users  # the test wrote nothing into the checkout
 
@@ -261,3 +265,28 @@ def test_curves_after_one_or_two_epochs_tick_whole_epochs():
                 t for ax in fig.axes for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]
             ]
             assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_a_long_loop_tells_the_terminal_how_far_it_is_once_a_minute(monkeypatch):
+    from geoloc_lib.base.progress import EVERY_ENV, TerminalTicker
+
+    monkeypatch.delenv(EVERY_ENV, raising=False)
+    now = [0.0]
+    ticker = TerminalTicker("r: epoch 1/2, batch", 100, clock=lambda: now[0])
+    seen = []
+    for t, done in [(30, 10), (61, 20), (100, 30), (125, 50), (200, 100)]:
+        now[0] = t
+        seen.append(ticker.update(done))
+    assert seen == [
+        None,  # under a minute since the start
+        "r: epoch 1/2, batch 20/100 (20 %), 61 s in, about 4 min left",  # 61 s / 20 x 80 = 244 s
+        None,  # 39 s since the last line
+        "r: epoch 1/2, batch 50/100 (50 %), 2 min in, about 2 min left",  # 125 s in, 125 s left
+        None,  # the loop's end: the epoch's own line follows
+    ]
+    # a loop resumed at 40 of 100 counts its pace from what this session did: 70 s for 20, so 140 s for 40
+    resumed = TerminalTicker("clean features: image", 100, initial=40, clock=lambda: now[0])
+    now[0] += 70
+    assert resumed.update(60) == "clean features: image 60/100 (60 %), 70 s in, about 2 min left"
+    monkeypatch.setenv(EVERY_ENV, "600")  # a user who logs to a file asks for a line every ten minutes
+    assert TerminalTicker("r", 100, clock=lambda: now[0]).every == 600

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 
 from tqdm import tqdm as text_tqdm
 from tqdm.auto import tqdm as auto_tqdm
 
 TEXT_PROGRESS_ENV = "GEOLOC_TEXT_PROGRESS"
+EVERY_ENV = "GEOLOC_PROGRESS_EVERY_S"  # seconds between a long loop's lines on the terminal
+EVERY_S = 60.0
 
 
 def progress_bar(*args, **kwargs):
@@ -55,3 +59,43 @@ def terminal_line(text: str) -> None:
     stream = kernel_terminal()
     if stream is not None:
         stream.write(text + "\n")
+
+
+def duration_text(seconds: float) -> str:
+    """A time left as a person reads it: seconds under 90 s, minutes under 90 min, then hours."""
+    minutes = round(seconds / 60)
+    return (
+        f"{seconds:.0f} s" if seconds < 90 else f"{minutes} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+    )
+
+
+class TerminalTicker:
+    """A line on the kernel's terminal at most every `GEOLOC_PROGRESS_EVERY_S` seconds (60) of a long loop, so
+    that whoever watches `papermill ...` sees an epoch of many minutes move; the loop's own bar shows each step
+    in the notebook. `clock` is there for the tests."""
+
+    def __init__(self, label: str, total: int, initial: int = 0, clock: Callable[[], float] = time.monotonic):
+        self.label, self.total, self.initial, self.clock = label, total, initial, clock
+        value = os.environ.get(EVERY_ENV) or str(EVERY_S)
+        try:
+            self.every = float(value)
+        except ValueError:
+            raise ValueError(
+                f"{EVERY_ENV} is a number of seconds between progress lines, not {value!r}"
+            ) from None
+        self.start = self.last = clock()
+
+    def update(self, done: int) -> str | None:
+        """After `done` of `total` steps (`initial` of them done before this session): the line written, or None
+        when the last one is too recent or the loop has ended."""
+        now = self.clock()
+        if done >= self.total or done <= self.initial or now - self.last < self.every:
+            return None
+        self.last, spent = now, now - self.start
+        left = spent / (done - self.initial) * (self.total - done)  # at this session's pace
+        line = (
+            f"{self.label} {done}/{self.total} ({100 * done / self.total:.0f} %), {duration_text(spent)} in, "
+            f"about {duration_text(left)} left"
+        )
+        terminal_line(line)
+        return line

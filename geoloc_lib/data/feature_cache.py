@@ -24,7 +24,7 @@ import torchvision
 from geoloc_lib.base import distributed
 from geoloc_lib.base.atomic_files import atomic_torch_save
 from geoloc_lib.base.devices import autocast_for, select_device
-from geoloc_lib.base.progress import progress_bar
+from geoloc_lib.base.progress import TerminalTicker, progress_bar
 from geoloc_lib.data.cache_spec import CacheSpec
 from geoloc_lib.data.photos import JpegBytes, PhotoDataset, all_jpeg, as_lists, photo_digest, view_seed
 from geoloc_lib.data.transforms import AUGMENT_PRESETS, AugmentConfig, eval_transform, train_transform
@@ -117,6 +117,7 @@ def extract_rows(
     # The progress bar is updated by hand and never holds the worker iterator: a notebook's tqdm outlives the
     # loop, and a live iterator inherited by the next DataLoader's forked workers makes them print tracebacks.
     batches = iter(loader)
+    ticker = TerminalTicker(f"{desc}: image", len(items), initial=done)
     with progress_bar(total=len(items), initial=done, desc=desc, unit="img") as bar:
         for batch in batches:
             images = decode_batch(batch, dataset, device) if decode_on_device else batch[0]
@@ -126,6 +127,7 @@ def extract_rows(
             scene[start : start + len(images)] = s.float().to("cpu", dtype)
             start += len(images)
             bar.update(len(images))
+            ticker.update(start)
             if parts_dir is not None and time.monotonic() - last_flush >= flush_seconds:
                 _save_shard(parts_dir, clip, scene, flushed, start)
                 flushed, last_flush = start, time.monotonic()

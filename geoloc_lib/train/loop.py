@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from geoloc_lib.base.atomic_files import write_json
-from geoloc_lib.base.progress import progress_bar, terminal_line
+from geoloc_lib.base.progress import TerminalTicker, duration_text, progress_bar, terminal_line
 from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.evaluate.calibration import calibrate
 from geoloc_lib.evaluate.evaluation import Evaluation, evaluate
@@ -104,12 +104,14 @@ def train_one_epoch(t: Training, epoch: int) -> tuple[dict, pd.DataFrame]:
     bar = progress_bar(
         total=n_steps, desc=f"epoch {epoch}/{cfg.epochs} train", disable=not t.progress, leave=False
     )
+    ticker = TerminalTicker(f"{t.folder.root.name}: epoch {epoch}/{cfg.epochs}, batch", n_steps)
     with bar:
         for step, (idx, result) in enumerate(t.stepper.run(batches, generator, offset_weight, lrs)):
             rows[step], terms[step], preds[step] = idx, result["terms"], result["pred"]
             if t.ema is not None:
                 t.ema.update_parameters(t.model.heads)
             bar.update()
+            ticker.update(step + 1)
             if step % FINITE_CHECK_EVERY == 0 or step == n_steps - 1:
                 _check_finite(t, terms[: step + 1], epoch)
                 shown = {
@@ -211,18 +213,11 @@ def run_epoch(t: Training, epoch: int) -> None:
     terminal_line(
         f"{t.folder.root.name}: epoch {epoch}/{t.cfg.epochs}, {phase.selection_text(metric)} (best: epoch "
         f"{t.best_epoch}), {seconds:.0f} s"
-        + (f"; about {_duration(left)} left" if epoch < t.cfg.epochs else "")
+        + (f"; about {duration_text(left)} left" if epoch < t.cfg.epochs else "")
     )
     if t.world.is_main:  # the first process writes the run folder
         payload = _checkpoint(t, epoch, rows, val.predictions)
         commit_epoch(t.folder, t.cfg.phase, payload, improved, keep=t.cfg.keep_checkpoints)
-
-
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return (
-        f"{seconds:.0f} s" if seconds < 90 else f"{minutes} min" if minutes < 90 else f"{minutes / 60:.1f} h"
-    )
 
 
 def calibrate_radii(t: Training, best: Checkpoint) -> None:
