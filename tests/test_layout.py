@@ -110,6 +110,13 @@ def test_every_module_sits_in_a_stage_that_says_what_it_owns():
 
 # a tripwire, not a mould: code is split by meaning, and these catch only what no one can read at once
 MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_CLASS_LINES = 600, 80, 200
+MAX_PARAMETERS = 8  # beyond it, the settings that travel together are a dataclass
+
+
+def _parameters(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    args = node.args
+    named = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+    return len([a for a in named if a.arg not in ("self", "cls")])
 
 
 def _sizes():
@@ -120,11 +127,12 @@ def _sizes():
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 yield f"{name}:{node.name}", "function", node.end_lineno - node.lineno + 1, MAX_FUNCTION_LINES
+                yield f"{name}:{node.name}", "parameters", _parameters(node), MAX_PARAMETERS
             elif isinstance(node, ast.ClassDef):
                 yield f"{name}:{node.name}", "class", node.end_lineno - node.lineno + 1, MAX_CLASS_LINES
 
 
-@pytest.mark.parametrize("kind", ["module", "function", "class"])
+@pytest.mark.parametrize("kind", ["module", "function", "class", "parameters"])
 def test_nothing_is_too_long_to_read(kind):
     too_long = [
         f"{name} ({lines} lines)" for name, k, lines, limit in _sizes() if k == kind and lines > limit

@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 from geoloc_lib.data.contract import load_dataset
-from geoloc_lib.data.feature_cache import extract_features, load_or_extract
+from geoloc_lib.data.feature_cache import Extraction, extract_features, load_or_extract
 from geoloc_lib.data.photos import PhotoDataset
 from geoloc_lib.data.transforms import AUGMENT_PRESETS, AugmentConfig, train_transform
 from geoloc_lib.inference.predictor import Predictor
@@ -255,14 +255,15 @@ import torch
 from geoloc_lib.data.contract import load_dataset
 from geoloc_lib.model.encoder_config import resolve_encoder_config
 from geoloc_lib.model.encoders import DualEncoder
-from geoloc_lib.data.feature_cache import load_or_extract
+from geoloc_lib.data.feature_cache import Extraction, load_or_extract
+from geoloc_lib.data.photos import PhotoDataset
 from geoloc_lib.data.transforms import AugmentConfig, train_transform
 torch.set_num_threads(1)
 encoders = DualEncoder(resolve_encoder_config("tiny-random"))
 split = load_dataset({data!r}, image_check="none").train
-load_or_extract({cache!r}, "key", encoders=encoders, split=split, views=2, seed=0,
-    transform=train_transform(encoders.image_size, AugmentConfig()), device=torch.device("cpu"),
-    batch_size=16, num_workers=0, flush_seconds=0)
+dataset = PhotoDataset(split, train_transform(encoders.image_size, AugmentConfig()), views=2, seed=0)
+how = Extraction(encoders, torch.device("cpu"), batch_size=16, num_workers=0, flush_seconds=0)
+load_or_extract({cache!r}, "key", how, dataset)
 """
 
 
@@ -282,22 +283,14 @@ def test_killed_feature_extraction_resumes_from_its_shards(tiny_data, tmp_path):
 
     encoders = DualEncoder(resolve_encoder_config("tiny-random"))
     split = load_dataset(tiny_data, image_check="none").train
-    kwargs = dict(
-        encoders=encoders,
-        split=split,
-        views=2,
-        seed=0,
-        transform=train_transform(encoders.image_size, AugmentConfig()),
-        device=torch.device("cpu"),
-        batch_size=16,
-        num_workers=0,
-    )
+    dataset = PhotoDataset(split, train_transform(encoders.image_size, AugmentConfig()), views=2, seed=0)
     messages = []
-    resumed = load_or_extract(cache, "key", log=messages.append, **kwargs)
+    how = Extraction(encoders, torch.device("cpu"), batch_size=16, num_workers=0, log=messages.append)
+    resumed = load_or_extract(cache, "key", how, dataset)
     done = int(messages[0].split(" at ")[1].split("/")[0])
     assert 0 < done < 2 * len(split), messages
     assert (cache / "key.pt").is_file() and not parts.exists()  # shards go once the cache is whole
-    reference = extract_features(**kwargs)
+    reference = extract_features(how, dataset)
     for name in ("clip", "scene"):
         torch.testing.assert_close(resumed[name], reference[name], atol=2e-3, rtol=2e-3)
 
@@ -347,7 +340,6 @@ def test_graph_warm_up_snapshot_leaves_no_trace(tiny_config):
 def test_decoding_on_the_device_matches_decoding_in_the_workers(tiny_data, augment):
     # the GPU path (read in workers, decode and transform on the device) run on the CPU, where
     # torchvision's decoder and Pillow's give the same pixels: the features must agree
-    from geoloc_lib.data.feature_cache import extract_features
     from geoloc_lib.data.transforms import AUGMENT_PRESETS, eval_transform
 
     encoders = DualEncoder(resolve_encoder_config("tiny-random"))
@@ -357,10 +349,9 @@ def test_decoding_on_the_device_matches_decoding_in_the_workers(tiny_data, augme
         if augment != "none"
         else eval_transform(encoders.image_size)
     )
-    options = dict(
-        views=2, seed=3, device=torch.device("cpu"), batch_size=16, num_workers=0, dtype=torch.float32
-    )
-    in_workers = extract_features(encoders, split, transform, **options)
-    on_device = extract_features(encoders, split, transform, decode_on_device=True, **options)
+    dataset = PhotoDataset(split, transform, views=2, seed=3)
+    how = Extraction(encoders, torch.device("cpu"), batch_size=16, num_workers=0, dtype=torch.float32)
+    in_workers = extract_features(how, dataset)
+    on_device = extract_features(replace(how, decode_on_device=True), dataset)
     for name in ("clip", "scene"):
         torch.testing.assert_close(on_device[name], in_workers[name], atol=1e-5, rtol=1e-5)

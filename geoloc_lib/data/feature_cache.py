@@ -9,11 +9,14 @@ modification times), K and the seed, so a stale cache is never reused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,46 +84,67 @@ def _save_shard(parts_dir: Path, clip: torch.Tensor, scene: torch.Tensor, start:
     atomic_torch_save(shard, parts_dir / f"{start:012d}.pt")
 
 
-@torch.no_grad()
-def extract_rows(
-    encoders: DualEncoder,
-    dataset: PhotoDataset,
-    items: range,
-    device: torch.device,
-    batch_size: int = 128,
-    num_workers: int = 2,
-    dtype=torch.float16,
-    desc: str = "features",
-    parts_dir: Path | None = None,
-    flush_seconds: float = 60.0,
-    log=print,
-    decode_on_device: bool = False,
-    prefix: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoder outputs of dataset items `items` (a contiguous range): clip [R, Dc], scene [R, Ds], in `dtype`;
-    with `prefix`, what the encoders' frozen prefixes hand their trained tops (clip [R, T, W], scene
-    [R, C, H, W]: `DualEncoder.prefix`).
+@dataclass(frozen=True)
+class Extraction:
+    """How the encoders run over photos: on which device, in what batches, and what is kept.
 
     `decode_on_device`: workers only read the JPEG files; each batch is decoded on `device`
     (torchvision.io.decode_jpeg, nvJPEG on CUDA) and transformed there, with the same per-photo seeds.
+    `prefix`: what the encoders' frozen prefixes hand their trained tops (`DualEncoder.prefix`), not their
+    outputs. `flush_seconds`: how often an extraction saves its finished rows as shards, where it keeps them.
+    """
 
-    With `parts_dir`, finished rows are saved there as shards about every `flush_seconds`, and an
+    encoders: DualEncoder
+    device: torch.device
+    batch_size: int = 128
+    num_workers: int = 2
+    dtype: torch.dtype = torch.float16
+    decode_on_device: bool = False
+    prefix: bool = False
+    desc: str = "features"
+    log: Callable[[str], object] = print
+    flush_seconds: float = 60.0
+
+    @classmethod
+    def of(
+        cls, spec: CacheSpec, encoders: DualEncoder, device: torch.device, log, prefix: bool
+    ) -> Extraction:
+        return cls(
+            encoders,
+            device,
+            spec.batch_size,
+            spec.num_workers,
+            getattr(torch, spec.dtype),
+            prefix=prefix,
+            log=log,
+        )
+
+
+@torch.no_grad()
+def extract_rows(how: Extraction, dataset: PhotoDataset, items: range, parts_dir: Path | None = None):
+    """Encoder outputs of dataset items `items` (a contiguous range): clip [R, Dc], scene [R, Ds], in the
+    extraction's dtype; with its prefix flag, the prefixes' outputs (clip [R, T, W], scene [R, C, H, W]).
+
+    With `parts_dir`, finished rows are saved there as shards about every flush_seconds, and an
     extraction killed part-way continues from its shards: each view's augmentation is seeded per photo,
     so the rows do not depend on where a batch starts.
     """
-    clip, scene = (torch.empty(len(items), *shape, dtype=dtype) for shape in encoders.output_shapes(prefix))
-    encode = encoders.prefix if prefix else encoders
+    encoders, device, log, dtype = how.encoders, how.device, how.log, how.dtype
+    clip, scene = (
+        torch.empty(len(items), *shape, dtype=dtype) for shape in encoders.output_shapes(how.prefix)
+    )
+    encode = encoders.prefix if how.prefix else encoders
     done = _load_parts(parts_dir, clip, scene, log) if parts_dir is not None and parts_dir.is_dir() else 0
-    loader = _loader(dataset, items[done:], device, batch_size, num_workers, decode_on_device)
+    loader = _loader(how, dataset, items[done:])
     encoders.eval().to(device)
     start, flushed, last_flush = done, done, time.monotonic()
     # The progress bar is updated by hand and never holds the worker iterator: a notebook's tqdm outlives the
     # loop, and a live iterator inherited by the next DataLoader's forked workers makes them print tracebacks.
     batches = iter(loader)
-    ticker = TerminalTicker(f"{desc}: image", len(items), initial=done)
-    with progress_bar(total=len(items), initial=done, desc=desc, unit="img") as bar:
+    ticker = TerminalTicker(f"{how.desc}: image", len(items), initial=done)
+    with progress_bar(total=len(items), initial=done, desc=how.desc, unit="img") as bar:
         for batch in batches:
-            images = decode_batch(batch, dataset, device) if decode_on_device else batch[0]
+            images = decode_batch(batch, dataset, device) if how.decode_on_device else batch[0]
             with autocast_for(device):
                 c, s = encode(images.to(device, non_blocking=True))  # [b, Dc], [b, Ds]
             clip[start : start + len(images)] = c.float().to("cpu", dtype)
@@ -128,25 +152,23 @@ def extract_rows(
             start += len(images)
             bar.update(len(images))
             ticker.update(start)
-            if parts_dir is not None and time.monotonic() - last_flush >= flush_seconds:
+            if parts_dir is not None and time.monotonic() - last_flush >= how.flush_seconds:
                 _save_shard(parts_dir, clip, scene, flushed, start)
                 flushed, last_flush = start, time.monotonic()
     del batches  # shuts its workers down now, before any later fork
     return clip, scene
 
 
-def _loader(
-    dataset: PhotoDataset, items: range, device, batch_size: int, num_workers: int, decode_on_device: bool
-):
+def _loader(how: Extraction, dataset: PhotoDataset, items: range):
     """Batches of decoded images, or (decode_on_device) of the JPEG files' bytes for the device to decode."""
-    source = JpegBytes(dataset.split, dataset.views) if decode_on_device else dataset
+    source = JpegBytes(dataset.split, dataset.views) if how.decode_on_device else dataset
     return torch.utils.data.DataLoader(
         torch.utils.data.Subset(source, items),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda" and not decode_on_device,
+        batch_size=how.batch_size,
+        num_workers=how.num_workers,
+        pin_memory=how.device.type == "cuda" and not how.decode_on_device,
         persistent_workers=False,
-        collate_fn=as_lists if decode_on_device else None,
+        collate_fn=as_lists if how.decode_on_device else None,
     )
 
 
@@ -164,15 +186,12 @@ def decode_batch(batch: tuple[list, list, list], dataset: PhotoDataset, device: 
 
 
 def extract_features(
-    encoders: DualEncoder, split: pd.DataFrame, transform, views: int, seed: int, **options
+    how: Extraction, dataset: PhotoDataset, parts_dir: Path | None = None
 ) -> dict[str, torch.Tensor]:
-    """{"clip": [V, N, Dc], "scene": [V, N, Ds]} on the CPU: `views` seeded transforms of every photo.
-
-    `options` go to `extract_rows` (device, batch_size, num_workers, dtype, desc, parts_dir, log, prefix, ...).
-    """
-    dataset = PhotoDataset(split, transform, views=views, seed=seed)
-    clip, scene = extract_rows(encoders, dataset, range(len(dataset)), **options)
-    return by_view(clip, scene, views, len(split))
+    """{"clip": [V, N, Dc], "scene": [V, N, Ds]} on the CPU: the dataset's `views` seeded transforms of every
+    photo."""
+    clip, scene = extract_rows(how, dataset, range(len(dataset)), parts_dir)
+    return by_view(clip, scene, dataset.views, len(dataset.split))
 
 
 def by_view(clip: torch.Tensor, scene: torch.Tensor, views: int, n: int) -> dict[str, torch.Tensor]:
@@ -193,7 +212,7 @@ def _read_cache(path: Path, log) -> dict[str, torch.Tensor] | None:
 
 
 def load_or_extract(
-    cache_dir: str | os.PathLike, key: str, log=print, **extract_kwargs
+    cache_dir: str | os.PathLike, key: str, how: Extraction, dataset: PhotoDataset
 ) -> dict[str, torch.Tensor]:
     """Read `cache_dir/<key>.pt` when present, else extract and write it atomically.
 
@@ -202,33 +221,30 @@ def load_or_extract(
     process extracts its own block of whole batches (distributed.shard) and the first one merges them.
     """
     path = Path(cache_dir) / f"{key}.pt"
-    features = _read_cache(path, log)
+    features = _read_cache(path, how.log)
     if features is not None:
         return features
     world = distributed.current()
     if not world.distributed:
         parts_dir = Path(cache_dir) / f"{key}.parts"
-        features = extract_features(parts_dir=parts_dir, log=log, **extract_kwargs)
+        features = extract_features(how, dataset, parts_dir)
         atomic_torch_save(features, path)
         shutil.rmtree(parts_dir, ignore_errors=True)
-        log(f"feature cache written: {path}")
+        how.log(f"feature cache written: {path}")
         return features
-    _extract_my_shard(Path(cache_dir), key, world, log, **extract_kwargs)
+    _extract_my_shard(Path(cache_dir), key, world, how, dataset)
     world.barrier()
     if world.is_main:
-        _merge_shards(Path(cache_dir), key, world, extract_kwargs["views"], len(extract_kwargs["split"]))
-        log(f"feature cache written by {world.size} processes: {path}")
+        _merge_shards(Path(cache_dir), key, world, dataset.views, len(dataset.split))
+        how.log(f"feature cache written by {world.size} processes: {path}")
     world.barrier()
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _extract_my_shard(
-    cache_dir: Path, key: str, world, log, encoders, split, transform, views, seed, **options
-) -> None:
-    dataset = PhotoDataset(split, transform, views=views, seed=seed)
-    items = distributed.shard(len(dataset), options.get("batch_size", 128), world)
+def _extract_my_shard(cache_dir: Path, key: str, world, how: Extraction, dataset: PhotoDataset) -> None:
+    items = distributed.shard(len(dataset), how.batch_size, world)
     parts_dir = cache_dir / f"{key}.rank{world.rank}.parts"
-    clip, scene = extract_rows(encoders, dataset, items, parts_dir=parts_dir, log=log, **options)
+    clip, scene = extract_rows(how, dataset, items, parts_dir)
     atomic_torch_save(
         {"start": items.start, "clip": clip, "scene": scene}, cache_dir / f"{key}.rank{world.rank}.pt"
     )
@@ -268,30 +284,19 @@ def decode_on_device(device: torch.device, split: pd.DataFrame, log=print) -> bo
 
 
 def _cached(
-    spec: CacheSpec, encoders, fingerprint, split, transform, transform_desc, views, seed, device, log, prefix
-):
-    dtype = getattr(torch, spec.dtype)
-    on_device = decode_on_device(device, split, log)
+    spec: CacheSpec, how: Extraction, fingerprint: str, dataset: PhotoDataset, transform_desc: dict
+) -> dict[str, torch.Tensor]:
+    on_device = decode_on_device(how.device, dataset.split, how.log)
     if on_device:  # another decoder: its features go to their own cache entry
-        transform_desc = transform_desc | {"decoded_on": device.type}
-    if prefix:  # the prefixes' outputs: an entry of their own (the features' keys stay as they were)
+        transform_desc = transform_desc | {"decoded_on": how.device.type}
+    if how.prefix:  # the prefixes' outputs: an entry of their own (the features' keys stay as they were)
         transform_desc = transform_desc | {"output": "prefix"}
+    kind = (
+        f"{'augmented' if 'train' in transform_desc else 'clean'} {'prefixes' if how.prefix else 'features'}"
+    )
+    key = cache_key(fingerprint, dataset.split, transform_desc, dataset.views, dataset.seed, how.dtype)
     return load_or_extract(
-        spec.cache_dir,
-        cache_key(fingerprint, split, transform_desc, views, seed, dtype),
-        decode_on_device=on_device,
-        log=log,
-        encoders=encoders,
-        split=split,
-        transform=transform,
-        views=views,
-        seed=seed,
-        device=device,
-        batch_size=spec.batch_size,
-        num_workers=spec.num_workers,
-        dtype=dtype,
-        desc=f"{'augmented' if 'train' in transform_desc else 'clean'} {'prefixes' if prefix else 'features'}",
-        prefix=prefix,
+        spec.cache_dir, key, dataclasses.replace(how, decode_on_device=on_device, desc=kind), dataset
     )
 
 
@@ -308,21 +313,9 @@ def augmented_features(
         clean = clean_features(spec, split, encoders, fingerprint, device, log, prefix)
         return {k: v[None] for k, v in clean.items()}
     size = encoders.image_size
-    transform_desc = {"train": augment.describe(), "size": size}
-    transform = train_transform(size, augment)
-    return _cached(
-        spec,
-        encoders,
-        fingerprint,
-        split,
-        transform,
-        transform_desc,
-        spec.views,
-        spec.seed,
-        device,
-        log,
-        prefix,
-    )
+    dataset = PhotoDataset(split, train_transform(size, augment), views=spec.views, seed=spec.seed)
+    how = Extraction.of(spec, encoders, device, log, prefix)
+    return _cached(spec, how, fingerprint, dataset, {"train": augment.describe(), "size": size})
 
 
 def clean_features(
@@ -342,17 +335,7 @@ def clean_features(
     fingerprint = fingerprint or encoders.fingerprint()
     device = device or select_device("auto")
     size = encoders.image_size
-    features = _cached(
-        spec,
-        encoders,
-        fingerprint,
-        split,
-        eval_transform(size),
-        {"eval": True, "size": size},
-        1,
-        0,
-        device,
-        log,
-        prefix,
-    )
+    dataset = PhotoDataset(split, eval_transform(size), views=1, seed=0)
+    how = Extraction.of(spec, encoders, device, log, prefix)
+    features = _cached(spec, how, fingerprint, dataset, {"eval": True, "size": size})
     return {k: v[0] for k, v in features.items()}

@@ -176,7 +176,7 @@ def all_jpeg(paths) -> bool:
 
 class JpegBytes(torch.utils.data.Dataset):
     """(encoded bytes [L] uint8, photo index, view) of item k*N + i: worker processes only read the files,
-    and the batch is decoded and transformed on the device (see features.extract_rows)."""
+    and the batch is decoded and transformed on the device (see feature_cache.extract_rows)."""
 
     def __init__(self, split: pd.DataFrame, views: int = 1):
         self.paths = split["image_path"].tolist()

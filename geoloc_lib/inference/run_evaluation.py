@@ -57,7 +57,6 @@ def evaluate_run(
     checkpoint: str = "best",
     device: str = "auto",
     out_dir: str | os.PathLike | None = None,
-    num_workers: int = 2,
     baselines: bool = True,
     progress: bool = True,
     data_dir: str | os.PathLike | None = None,
@@ -74,14 +73,14 @@ def evaluate_run(
     out_dir = Path(out_dir) if out_dir else folder.evaluation
     lock = RunLock(out_dir)  # one evaluation into a folder at a time
     try:
-        predictor = Predictor.from_run(run_dir, checkpoint, device, data_dir)
+        predictor = Predictor.from_run(run_dir, checkpoint, device, data_dir, config=cfg)
         dataset = load_run_data(cfg)
         split_name = str(split)
         if split_name in ("test", "val"):
             rows = getattr(dataset, split_name)
         else:
             rows = load_split(split, dataset.cells, cfg.images_root)
-        pred = predictor.evaluate(rows, num_workers=num_workers, progress=progress)
+        pred = predictor.evaluate(rows, progress=progress)
         pred, trust = _trust_tables(predictor, pred, dataset.cells)
         tables = {
             "predictions": pred,

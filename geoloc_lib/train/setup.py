@@ -160,9 +160,10 @@ def _restore(state: Checkpoint, *, cfg, folder, data, model, ema, optimizer) -> 
     return StartPoint(state.epoch + 1, state.best_metric, state.best_epoch, tuple(state.history or ()))
 
 
-def _start_from(plan: StartPlan, *, cfg, requested, folder, data, model, ema, optimizer, log) -> StartPoint:
+def _start_from(plan: StartPlan, ready: Prepared, requested, ema, optimizer, log) -> StartPoint:
     """Resume the run from its last checkpoint, or start Phase 1 from Phase 0's weights (`requested` is the
-    phase0_checkpoint the user gave, `cfg`'s the one chosen)."""
+    phase0_checkpoint the user gave, `ready.cfg`'s the one chosen)."""
+    cfg, folder, data, model = ready.cfg, ready.folder, ready.data, ready.model
     if plan.state is not None:
         start = _restore(
             plan.state, cfg=cfg, folder=folder, data=data, model=model, ema=ema, optimizer=optimizer
@@ -266,6 +267,19 @@ def _start_line(cfg: TrainConfig, data: GeoDataset, model: GeolocModel, device: 
     )
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What `build_training` checks and builds before it claims the run folder: none of it reads the folder."""
+
+    cfg: TrainConfig  # named, and with the epoch's batches fixed for this data
+    world: World
+    folder: RunFolder
+    data: GeoDataset
+    device: torch.device
+    model: GeolocModel
+    sampler: ProvinceBalancedBatchSampler
+
+
 def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     """Check and build everything a run needs, then start it in its folder.
 
@@ -273,6 +287,22 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     config, the data, the model, loss, sampler and optimiser, the resume point or Phase 0's weights, and
     the features (train/run_state.py). Only then `run_state.begin` clears, repairs or starts the folder.
     """
+    ready = _prepare(cfg)
+    lock, plan = claim(ready.cfg, ready.folder, ready.world)  # the lock is taken; the folder is only read
+    try:
+        t = _build_claimed(ready, lock, plan, progress)
+        if ready.world.is_main:
+            begin(ready.folder, ready.cfg.phase, plan)
+            open_log_file(ready.folder, t.log)
+        return t
+    except BaseException:
+        # a notebook keeps the failed frame alive in its traceback: without this the folder would stay
+        # locked by the kernel itself until it restarts
+        abandon(lock, ready.folder, plan.created_folder)
+        raise
+
+
+def _prepare(cfg: TrainConfig) -> Prepared:
     cfg = named(cfg)
     check_options(cfg)
     world = distributed.from_env(cfg.device)
@@ -286,29 +316,7 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
     sampler = ProvinceBalancedBatchSampler(
         data.train["province_id"].to_numpy(), cfg.batch_size, cfg.batches_per_epoch, cfg.seed
     )
-    lock, plan = claim(cfg, folder, world)  # the lock is taken; the folder is only read
-    try:
-        t = _build_claimed(
-            cfg,
-            world=world,
-            folder=folder,
-            lock=lock,
-            plan=plan,
-            data=data,
-            device=device,
-            model=model,
-            sampler=sampler,
-            progress=progress,
-        )
-        if world.is_main:
-            begin(folder, cfg.phase, plan)
-            open_log_file(folder, t.log)
-        return t
-    except BaseException:
-        # a notebook keeps the failed frame alive in its traceback: without this the folder would stay
-        # locked by the kernel itself until it restarts
-        abandon(lock, folder, plan.created_folder)
-        raise
+    return Prepared(cfg, world, folder, data, device, model, sampler)
 
 
 def _retrieval_features(cfg, train_clean, frozen_fingerprint, log) -> dict[str, torch.Tensor] | None:
@@ -333,11 +341,13 @@ def _phase0_of(cfg: TrainConfig, plan: StartPlan, model: GeolocModel, data: GeoD
     return chosen_phase0(cfg.phase0_checkpoint, cfg.runs_dir, model, data.signature)
 
 
-def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampler, progress) -> Training:
-    """The rest of `build_training`, once the run folder is locked; writes nothing into it."""
+def _build_claimed(ready: Prepared, lock: RunLock | None, plan: StartPlan, progress: bool) -> Training:
+    """What needs the run folder locked (the resume point it holds, or the weights Phase 1 and 2 start from),
+    and what is built on it: features, loss, optimiser, decoder, stepper. Writes nothing into the folder."""
+    world, folder, data, device, model = ready.world, ready.folder, ready.data, ready.device, ready.model
     log = run_logger(folder) if world.is_main else silent_logger()
-    requested = cfg.phase0_checkpoint
-    cfg = dataclasses.replace(cfg, phase0_checkpoint=_phase0_of(cfg, plan, model, data))
+    requested = ready.cfg.phase0_checkpoint
+    cfg = dataclasses.replace(ready.cfg, phase0_checkpoint=_phase0_of(ready.cfg, plan, model, data))
     frozen_fingerprint, fingerprint = _fingerprints(model)
     # whole features are keyed by every weight: None lets the cache hash a trained encoder's too
     train_clean = _clean_training_features(cfg, model, data, frozen_fingerprint, device, log)
@@ -345,23 +355,13 @@ def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampl
     loss_fn = _loss(cfg, model, data, device)
     use_graph = cfg.cuda_graph and cfg.feature_cache and device.type == "cuda"
     optimizer = _optimizer(cfg, model, use_graph)
-    decoder = _decoder(cfg, data, sampler, loss_fn, device)
+    decoder = _decoder(cfg, data, ready.sampler, loss_fn, device)
     heads_forward, encoders_forward = distributed.data_parallel(model, world, device)
     step = TrainStep(
         model, loss_fn, optimizer, label_tensors(data.train, device), decoder, device, heads_forward
     )
     ema = exponential_average(model.heads, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    start = _start_from(
-        plan,
-        cfg=cfg,
-        requested=requested,
-        folder=folder,
-        data=data,
-        model=model,
-        ema=ema,
-        optimizer=optimizer,
-        log=log,
-    )
+    start = _start_from(plan, dataclasses.replace(ready, cfg=cfg), requested, ema, optimizer, log)
     log.info(_start_line(cfg, data, model, device))
     retrieval_features = _retrieval_features(cfg, train_clean, frozen_fingerprint, log)
     source = _feature_source(cfg, model, fingerprint, data, device, log.info, encoders_forward)
@@ -376,7 +376,7 @@ def _build_claimed(cfg, *, world, folder, lock, plan, data, device, model, sampl
         data=data,
         model=model,
         loss_fn=loss_fn,
-        sampler=sampler,
+        sampler=ready.sampler,
         optimizer=optimizer,
         source=source,
         stepper=stepper,
