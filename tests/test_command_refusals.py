@@ -411,7 +411,9 @@ def test_phase2_starts_only_from_a_finished_phase1_run(desk, tmp_path):
         lock.release()
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps(config | {"epochs": 3}))  # killed after epoch 1 of 3
-    with pytest.raises(Phase1StartError, match="stopped after epoch 1 of 3; finish it first"):
+    with pytest.raises(
+        Phase1StartError, match="stopped after epoch 1 of 3; Phase 2 starts from a finished one"
+    ):
         phase1_run_config(str(run))
     (run / "config.json").write_text(json.dumps(config))
     (run / "calibration.json").unlink()  # killed while calibrating

@@ -29,13 +29,13 @@ from pathlib import Path
 import pandas as pd
 
 from geoloc_lib.base.atomic_files import atomic_write_text, write_json
-from geoloc_lib.base.folder_lock import LOCK_NAME
+from geoloc_lib.base.folder_lock import LOCK_NAME, lock_holder
 from geoloc_lib.base.folder_marks import CONFIG_JSON, RUN_INFO_JSON
 from geoloc_lib.data.contract import GeoDataset, load_dataset
 from geoloc_lib.evaluate.metrics import EXTRA_METRIC_COLUMNS, SPEC_METRIC_COLUMNS
 from geoloc_lib.model.losses import LOSS_TERMS
 from geoloc_lib.run.checkpoint import Checkpoint
-from geoloc_lib.run.phases import PHASES
+from geoloc_lib.run.phases import PHASES, predicts
 from geoloc_lib.run.spec import TrainConfig
 
 # The specification's columns first, in its order; everything else after them.
@@ -126,6 +126,23 @@ class RunFolder:
 
     def last_checkpoint(self, phase: int) -> Path:
         return self.checkpoints(phase) / "last.pt"
+
+    def unfinished(self, phase: int) -> str | None:
+        """Why this folder's `phase` run is not finished, or None when it is: not training now (its lock is
+        free), trained to its last epoch, and calibrated where its phase places photos. Its best checkpoint
+        can change until then, so nothing starts from it before."""
+        if not self.config.is_file():
+            return "has no config.json"
+        holder = lock_holder(self.root)
+        if holder is not None:
+            return f"is still training ({holder})"
+        epochs, last = self.read_config().epochs, self.last_checkpoint(phase)
+        done = Checkpoint.load(last).epoch if last.is_file() else 0
+        if done < epochs:
+            return f"stopped after epoch {done} of {epochs}"
+        if predicts(phase) and not self.calibration.is_file():
+            return "stopped before its calibration"
+        return None
 
     def checkpoint(self, phase: int, name: str = "best") -> Path:
         """`best`, `last`, or a file name inside this phase's checkpoint folder."""

@@ -11,7 +11,6 @@ import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
-from geoloc_lib.base.folder_lock import lock_holder
 from geoloc_lib.model.heads import GeolocModel
 from geoloc_lib.run.checkpoint import Checkpoint
 from geoloc_lib.run.folder import RunFolder
@@ -63,18 +62,11 @@ def finished_phase1_run(path: Path) -> RunFolder:
     folder = RunFolder.of_checkpoint(path)
     if not folder.config.is_file():
         raise Phase1StartError(f"{path} is not inside a run folder with a config.json")
-    holder = lock_holder(folder.root)
-    if holder is not None:
+    why = folder.unfinished(1)
+    if why is not None:
         raise Phase1StartError(
-            f"the Phase 1 run {folder.root} is still training ({holder}); start Phase 2 when it has finished"
-        )
-    epochs, last = folder.read_config().epochs, folder.last_checkpoint(1)
-    done = Checkpoint.load(last).epoch if last.is_file() else 0
-    if done < epochs or not folder.calibration.is_file():
-        where = f"after epoch {done} of {epochs}" if done < epochs else "before its calibration"
-        raise Phase1StartError(
-            f"the Phase 1 run {folder.root} stopped {where}; finish it first (resume=True in 03_train_phase1, "
-            "or --set resume=True)"
+            f"the Phase 1 run {folder.root} {why}; Phase 2 starts from a finished one (let it finish, or resume "
+            "it: resume=True in 03_train_phase1, or --set resume=True)"
         )
     return folder
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from geoloc_lib.base.folder_lock import lock_holder
 from geoloc_lib.base.progress import terminal_line
 from geoloc_lib.model.heads import GeolocModel
 from geoloc_lib.run.checkpoint import Checkpoint, load_phase0_weights
@@ -34,16 +33,15 @@ def find_phase0_run(runs_dir: str | Path, model: GeolocModel, data_signature: di
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     for folder in reversed(RunFolder.with_best(runs_dir, 0)):  # the newest first
         path = folder.best_checkpoint(0)
-        if lock_holder(folder.root) is not None or not folder.config.is_file():
-            continue
         try:
-            best, last = Checkpoint.load(path), Checkpoint.load(folder.last_checkpoint(0))
-        except (OSError, ValueError):  # unreadable, another version, or no last epoch
+            if folder.unfinished(0) is not None:
+                continue
+            best = Checkpoint.load(path)
+        except (OSError, ValueError):  # unreadable, or another version
             continue
         fits = all(shapes.get(k) == v.shape for k, v in best.model_state.items())
         if (
-            last.epoch >= folder.read_config().epochs
-            and best.data == data_signature
+            best.data == data_signature
             and best.encoder_config == asdict(model.encoders.config)
             and best.encoder_fingerprint == model.encoders.fingerprint(frozen_only=True)
             and fits
