@@ -160,6 +160,13 @@ def test_moved_and_copied_runs_resume_and_predict_anywhere(tiny_config, tiny_cop
         tmp_path / "elsewhere" / "b", "val", baselines=False, data_dir=tmp_path / "moved-data"
     ).tables
     assert len(tables["predictions"]) > 0
+    from geoloc_lib.serve.asker import Asker
+
+    # geoloc-serve --data-dir: served, and its page names the data it was pointed at and counts its photos
+    facts = Asker.from_run(tmp_path / "elsewhere" / "b", data_dir=tmp_path / "moved-data").facts
+    moved_train = pd.read_csv(tmp_path / "moved-data" / "train.csv")
+    assert facts["training_data"]["data_dir"] == str(tmp_path / "moved-data")
+    assert facts["training_data"]["train_photos"] == len(moved_train)
 
 
 def test_a_decompression_bomb_is_a_contract_error(tiny_copy):

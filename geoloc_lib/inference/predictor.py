@@ -58,6 +58,9 @@ class Predictor:
         self.calibration = calibration  # credible radii of the run's decoding mode (None: not calibrated)
         self.novelty = novelty  # flags photos unlike every training photo (None: no index)
         self.transform = eval_transform(model.encoders.image_size)
+        self.run_config: TrainConfig | None = (
+            None  # the run's settings, for a predictor made from a run folder
+        )
 
     @classmethod
     def from_checkpoint(
@@ -110,6 +113,7 @@ class Predictor:
                 predictor.model.heads, features, train, cfg.retrieval_k, cfg.retrieval_temperature
             )
             predictor.decoder = dataclasses.replace(predictor.decoder, retrieval=index)
+        predictor.run_config = cfg
         return predictor
 
     @torch.no_grad()

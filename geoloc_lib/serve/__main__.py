@@ -49,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument(
         "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ..."
     )
+    cli.add_argument("--data-dir", help="the run's data folder, if it moved since training")
     return cli
 
 
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from geoloc_lib.serve.asker import Asker, Limits
 
     limits = Limits(args.max_upload_mb, args.max_photos, args.top_k)
-    asker = Asker.from_run(args.run_dir, limits, args.checkpoint, args.device)
+    asker = Asker.from_run(args.run_dir, limits, args.checkpoint, args.device, args.data_dir)
     sock = listening_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     if not loopback(args.host):

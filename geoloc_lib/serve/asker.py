@@ -67,9 +67,15 @@ class Asker:
 
     @classmethod
     def from_run(
-        cls, run_dir: str | Path, limits: Limits = Limits(), checkpoint: str = "best", device="auto"
+        cls,
+        run_dir: str | Path,
+        limits: Limits = Limits(),
+        checkpoint: str = "best",
+        device="auto",
+        data_dir=None,
     ):
-        return cls(run_dir, predictor_of_run(run_dir, checkpoint, device), limits)
+        """`data_dir`: the run's data folder, if it moved since training (as `geoloc-predict --data-dir`)."""
+        return cls(run_dir, predictor_of_run(run_dir, checkpoint, device, data_dir), limits)
 
     def answer_files(self, paths: list[str | Path], still_maps: bool = False) -> list[dict]:
         """`answer` with cards for photos on disk (notebook 06), each read only when it is within the size
@@ -121,7 +127,7 @@ def _refusal(name: str, kind: str, reason: str) -> dict:
 def run_facts(folder: RunFolder, predictor: Predictor) -> dict:
     """What the run is: its name, encoder, cells, training data, decoding, calibration, out-of-domain rule,
     and its test figures when it has an evaluation (04_error_maps)."""
-    cfg = folder.read_config()
+    cfg = predictor.run_config or folder.read_config()  # the predictor's: read once, its data folder found
     mode = predictor.decoder.config.mode
     train_csv = Path(cfg.data_dir) / TRAIN_CSV
     calibration = predictor.calibration
