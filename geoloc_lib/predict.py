@@ -131,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
     from geoloc_lib.inference.predictor import predictor_of_run, uncalibrated_reason
 
     predictor = predictor_of_run(args.run_dir, args.checkpoint, args.device, args.data_dir)
-    frame = readable_table(predictor.predict(photos, args.batch_size, args.mode), args.top_k)
+    # with --map the one photo's probability of every cell comes from the same forward pass
+    raw = predictor.predict(photos, args.batch_size, args.mode, cell_probs=bool(args.map))
+    frame = readable_table(raw.drop(columns="cell_probs", errors="ignore"), args.top_k)
     own = predictor.decoder.config.mode
     if (why := uncalibrated_reason(predictor.calibration, own, args.mode or own)) is not None:
         print(f"{PROG}: {args.run_dir}: {why}", file=sys.stderr)
@@ -155,10 +157,10 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_csv(frame.assign(hypotheses=frame["hypotheses"].map(json.dumps)), Path(args.csv))
         print(f"wrote {args.csv}")
     if args.map:
-        from geoloc_lib.inference.predictor import cell_probabilities
+        from geoloc_lib.inference.predictor import map_inputs
         from geoloc_lib.viz import maps, photo_maps
 
-        maps.save_map(photo_maps.probability_map(*cell_probabilities(predictor, photos[0])), args.map)
+        maps.save_map(photo_maps.probability_map(*map_inputs(predictor, raw.iloc[0])), args.map)
         print(f"wrote {args.map}")
     return 1 if problems or len(flagged) else 0
 

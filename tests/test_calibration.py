@@ -403,20 +403,23 @@ def test_street_strangers_the_rule_never_saw_are_flagged_and_genuine_new_photos_
 def test_a_photos_probability_map_covers_every_cell_and_agrees_with_its_hypotheses(
     tiny_config, tmp_path, capsys
 ):
-    from geoloc_lib.inference.predictor import cell_probabilities
+    from geoloc_lib.inference.predictor import map_inputs
 
     cfg = tiny_config(epochs=1, batches_per_epoch=10)
     fit(cfg, progress=False)
     predictor = Predictor.from_run(cfg.run_dir)
     image = str(Path(cfg.data_dir) / pd.read_csv(Path(cfg.data_dir) / "test.csv")["image"].iloc[0])
-    cells, prediction, radii = cell_probabilities(predictor, image)
+    cells, prediction, radii = map_inputs(predictor, predictor.predict([image], cell_probs=True).iloc[0])
     assert len(cells) == len(predictor.cells) and cells["prob"].sum() == pytest.approx(1.0, abs=1e-4)
     for h in predictor.predict([image])["hypotheses"].iloc[0]:  # the top hypotheses' own probabilities
         assert cells.set_index("cell_id").loc[h["cell_id"], "prob"] == pytest.approx(h["prob"], rel=1e-4)
     try:
-        main([str(cfg.run_dir), image, "--map", str(tmp_path / "photo.html")])
+        main(
+            [str(cfg.run_dir), image, "--map", str(tmp_path / "photo.html"), "--csv", str(tmp_path / "a.csv")]
+        )
     except SystemExit as exit_:
         assert exit_.code in (0, 1)  # 1 when the tiny model flags its own photo
+    assert "cell_probs" not in pd.read_csv(tmp_path / "a.csv").columns  # the map's input stays out of the CSV
     page = (tmp_path / "photo.html").read_text()
     # every cell's region with its probability, and the credible radius as a circle
     assert len(re.findall(r'"tip": "cell \d+ \(', page)) == len(cells) and page.count("L.circle(") == 2

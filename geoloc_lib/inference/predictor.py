@@ -246,11 +246,6 @@ def map_inputs(predictor: Predictor, answer: pd.Series) -> tuple[pd.DataFrame, t
     return predictor.cell_table(answer["cell_probs"]), (float(answer["lat"]), float(answer["lon"])), radii
 
 
-def cell_probabilities(predictor: Predictor, image) -> tuple[pd.DataFrame, tuple[float, float], dict]:
-    """`map_inputs` of one photo, in one forward pass."""
-    return map_inputs(predictor, predictor.predict([image], cell_probs=True).iloc[0])
-
-
 def _hypotheses(cat: dict[str, np.ndarray], names: np.ndarray) -> list[list[dict]]:
     """Each photo's hypotheses (province, cell, probability, coordinate), most probable first."""
     return [
