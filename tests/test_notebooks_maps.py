@@ -205,6 +205,7 @@ def test_all_notebooks_run_under_papermill(tiny_data, tmp_path):
         executed, [*(tmp_path / "audit").glob("*.html"), *(run / "maps").glob("*.html")], tmp_path
     )
     _check_maps_in_jupyterlab(executed["04_error_maps"], tmp_path)
+    _check_answers_in_jupyterlab(executed["06_ask_the_model"], tmp_path, expected["province"])
 
 
 NOTEBOOK_NAMES = [path.stem for path in NOTEBOOKS]
@@ -291,6 +292,22 @@ def _check_maps_in_jupyterlab(notebook, tmp_path):
     dom = jupyterlab_dom(flags, opened, tmp_path / "jupyter_data")
     assert "geoloc-still-map" not in dom and dom.count("leaflet-map-pane") >= 2
     assert dom.count('class="leaflet-interactive"') >= 14  # the seven province polygons on each map
+
+
+def _check_answers_in_jupyterlab(notebook, tmp_path, province):
+    """06 as papermill wrote it, opened in JupyterLab with no kernel: the answer's card (the photo, its province,
+    its map as a still picture) and, for the upload widget, the note that it needs a running kernel, not a
+    broken widget."""
+    lab = tmp_path / "lab06"
+    lab.mkdir()
+    opened = lab / notebook.name
+    shutil.copyfile(notebook, opened)
+    dom = jupyterlab_dom(chromium_flags(tmp_path), opened, tmp_path / "jupyter_data")
+    card = re.search(r'class="geoloc-card".*?class="geoloc-still-map"', dom, re.S)
+    assert card and f'class="geoloc-province">{province}</b>' in card.group(0)
+    assert 'src="data:image/jpeg;base64,' in card.group(0)  # the photo itself
+    assert "The upload widget needs a running kernel" in dom and "Error displaying widget" not in dom
+    assert "FileUpload(" not in dom  # no widget repr
 
 
 def test_cell_regions_give_each_place_the_cell_assign_cells_gives_it(tiny_data):
