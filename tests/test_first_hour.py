@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from geoloc_lib.train.setup import build_training
 from geoloc_lib.viz.notebook import project_root, typed_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -290,3 +291,13 @@ def test_a_long_loop_tells_the_terminal_how_far_it_is_once_a_minute(monkeypatch)
     assert resumed.update(60) == "clean features: image 60/100 (60 %), 70 s in, about 2 min left"
     monkeypatch.setenv(EVERY_ENV, "600")  # a user who logs to a file asks for a line every ten minutes
     assert TerminalTicker("r", 100, clock=lambda: now[0]).every == 600
+
+
+def test_a_mistyped_progress_interval_is_refused_before_the_run_starts(tiny_config, monkeypatch):
+    from geoloc_lib.base.progress import EVERY_ENV
+
+    monkeypatch.setenv(EVERY_ENV, "1m")
+    cfg = tiny_config(epochs=1, batches_per_epoch=2)
+    with pytest.raises(ValueError, match="GEOLOC_PROGRESS_EVERY_S is a number of seconds .* not '1m'"):
+        build_training(cfg, progress=False)
+    assert not cfg.run_dir.exists()

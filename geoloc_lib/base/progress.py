@@ -69,6 +69,17 @@ def duration_text(seconds: float) -> str:
     )
 
 
+def every_seconds() -> float:
+    """The seconds between a long loop's lines on the terminal: `GEOLOC_PROGRESS_EVERY_S`, or 60."""
+    value = os.environ.get(EVERY_ENV) or str(EVERY_S)
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(
+            f"{EVERY_ENV} is a number of seconds between progress lines, not {value!r}"
+        ) from None
+
+
 class TerminalTicker:
     """A line on the kernel's terminal at most every `GEOLOC_PROGRESS_EVERY_S` seconds (60) of a long loop, so
     that whoever watches `papermill ...` sees an epoch of many minutes move; the loop's own bar shows each step
@@ -76,13 +87,7 @@ class TerminalTicker:
 
     def __init__(self, label: str, total: int, initial: int = 0, clock: Callable[[], float] = time.monotonic):
         self.label, self.total, self.initial, self.clock = label, total, initial, clock
-        value = os.environ.get(EVERY_ENV) or str(EVERY_S)
-        try:
-            self.every = float(value)
-        except ValueError:
-            raise ValueError(
-                f"{EVERY_ENV} is a number of seconds between progress lines, not {value!r}"
-            ) from None
+        self.every = every_seconds()
         self.start = self.last = clock()
 
     def update(self, done: int) -> str | None:

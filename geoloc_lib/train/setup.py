@@ -16,6 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 from geoloc_lib.base import distributed
 from geoloc_lib.base.distributed import World
 from geoloc_lib.base.folder_lock import RunLock
+from geoloc_lib.base.progress import every_seconds
 from geoloc_lib.data.contract import GeoDataset
 from geoloc_lib.data.feature_cache import clean_features
 from geoloc_lib.data.feature_sources import CachedFeatures, CachedPrefixes, EncodedImages
@@ -305,6 +306,7 @@ def build_training(cfg: TrainConfig, progress: bool = True) -> Training:
 def _prepare(cfg: TrainConfig) -> Prepared:
     cfg = named(cfg)
     check_options(cfg)
+    every_seconds()  # a mistyped GEOLOC_PROGRESS_EVERY_S is refused now, not at the first epoch
     world = distributed.from_env(cfg.device)
     _check_world(cfg, world)
     folder = RunFolder.of(cfg)
