@@ -11,6 +11,7 @@ from PIL import Image
 from geoloc_lib.evaluate import conclusions
 from geoloc_lib.inference.run_evaluation import evaluate_run
 from geoloc_lib.train.loop import fit
+from geoloc_lib.viz import photo_maps
 from geoloc_lib.viz.explorer import WorstPhotoExplorer
 
 
@@ -31,6 +32,10 @@ def test_the_explorer_follows_its_controls(tiny_config):
     assert f"distance: {second['error_km']:.1f} km" in explorer.info.value
     with Image.open(io.BytesIO(explorer.photo.value)) as photo:
         assert photo.format == "JPEG" and max(photo.size) <= 256
+    width, height = (
+        photo_maps.MAP_PX
+    )  # its frame is the box its labels were laid out for, not the page's width
+    assert f"width:{width}px;max-width:100%;height:{height}px" in explorer.map.value
     page = html.unescape(explorer.map.value)
     assert "L.map(" in page and f"{second['latitude']}" in page  # the truth is on the small map
     assert "cdn.jsdelivr" not in page

@@ -68,7 +68,11 @@ class WorstPhotoExplorer:
             cells, prediction, radii, truth=(row["latitude"], row["longitude"]), view_px=MAP_PX
         )
         page = maps.offline_html(chart)
-        self.map.value = f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:{MAP_PX[1]}px;border:0"></iframe>'
+        # the frame is the box the labels were laid out for (MAP_PX), narrower only where the page is
+        self.map.value = (
+            f'<iframe srcdoc="{html.escape(page, quote=True)}" '
+            f'style="width:{MAP_PX[0]}px;max-width:100%;height:{MAP_PX[1]}px;border:0"></iframe>'
+        )
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         """One output in two renderings: the live widget where a kernel runs it, and its current view as plain
