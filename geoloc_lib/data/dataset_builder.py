@@ -262,6 +262,20 @@ def outcome_counts(facts: pd.DataFrame, n_train: int, n_test: int, cfg: IngestCo
     return pd.DataFrame(counts, columns=["outcome", "photos"]).set_index("outcome")
 
 
+def _rejections(report: pd.DataFrame) -> str:
+    """Each reason the files were rejected for, the most common first, with its count and one file as an
+    example: no folder (and so no ingest_report.csv) is written when every file is rejected."""
+    parts = []
+    for reason, rows in sorted(report.groupby("reason"), key=lambda item: -len(item[1])):
+        example = rows.iloc[0]
+        parts.append(f"{reason}: {len(rows)} (e.g. {Path(example['image']).name}: {example['detail']})")
+        if reason == OUTSIDE:  # the one a user of another country's photos meets first
+            parts[-1] += (
+                " [only photos inside Pakistan's borders are kept; --border-tolerance-km (0-50) widens them]"
+            )
+    return "; ".join(parts)
+
+
 def _check_folders(source: Path, out_dir: Path, overwrite: bool) -> None:
     """Before any photo is read: the source exists, the output is a folder ingest may write, and neither holds
     the other."""
@@ -386,12 +400,7 @@ def ingest(
     report = facts.loc[facts["reason"] != "", ["path", "reason", "detail"]].rename(columns={"path": "image"})
     report["image"] = report["image"].map(shown)
     if accepted.empty:
-        counts = outcome_counts(facts, 0, 0, cfg)["photos"]
-        first = report.iloc[0]
-        raise IngestError(
-            f"none of the {len(facts)} files was accepted ({', '.join(f'{k}: {v}' for k, v in counts[counts > 0].items())}); "
-            f"the first, {first['image']}, was rejected as {first['reason']} ({first['detail']})"
-        )
+        raise IngestError(f"none of the {len(facts)} files was accepted: {_rejections(report)}")
     root = photos_root(accepted["path"], source, out_dir)
     rows = _contract_rows(accepted, root)  # [A], in the order of `accepted`
     train, test, cells = split_and_cells(rows, cfg)
