@@ -6,6 +6,9 @@ import io
 import signal
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -105,6 +108,58 @@ def test_the_server_answers_what_the_predictor_answers(served, tiny_data):
         assert [h["prob"] for h in answer["hypotheses"]] == pytest.approx(
             [h["prob"] for h in row["hypotheses"]], abs=1e-4
         )
+
+
+def test_requests_that_wait_together_share_one_forward_pass():
+    from geoloc_lib.serve.batcher import Batcher
+
+    calls, release = [], threading.Event()
+
+    def place(images, batch_size, cell_probs=False):
+        calls.append((list(images), batch_size, cell_probs))
+        if len(calls) == 1:
+            release.wait(10)  # the first pass holds the model while the other requests arrive
+        return pd.DataFrame({"image": images, "twice": [2 * i for i in images]})
+
+    batcher, answers, threads = Batcher(place, batch_photos=5), {}, []
+    for name, images in (("a", [1]), ("b", [2, 3]), ("c", [4]), ("d", [5, 6]), ("e", [7])):
+        cards = name == "c"  # one request asks for the cell probabilities: its whole pass computes them
+        threads.append(
+            threading.Thread(
+                target=lambda n=name, i=images, c=cards: answers.update({n: batcher.predict(i, c)})
+            )
+        )
+        threads[-1].start()
+        while not calls or (name != "a" and len(batcher._waiting) < len(threads) - 1):
+            time.sleep(0.001)  # each request queued before the next arrives: a known order
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    # a alone at once; then b, c and d together (5 photos); e would make 6, so it goes next, alone
+    assert calls == [([1], 1, False), ([2, 3, 4, 5, 6], 5, True), ([7], 1, False)]
+    for name, images in (("a", [1]), ("b", [2, 3]), ("c", [4]), ("d", [5, 6]), ("e", [7])):
+        assert answers[name]["twice"].tolist() == [2 * i for i in images]  # each request gets its own rows
+        assert answers[name].index.tolist() == list(range(len(images)))
+
+    def broken(images, batch_size, cell_probs=False):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):  # a failed pass is every waiting request's error
+        Batcher(broken).predict([1])
+
+
+def test_concurrent_requests_each_get_their_own_photos_answers(served, tiny_data):
+    url, run, _ = served
+    photos = _test_photos(tiny_data, 8)
+    with ThreadPoolExecutor(8) as pool:  # eight clients at once: their photos share forward passes
+        replies = list(pool.map(lambda p: _post(url, [(p.name, p.read_bytes())]), photos))
+    expected = readable_table(Predictor.from_run(run).predict([str(p) for p in photos]), top_k=5)
+    for reply, photo, (_, row) in zip(replies, photos, expected.iterrows(), strict=True):
+        answer = reply.json()["photos"][0]
+        assert reply.status_code == 200 and answer["file"] == photo.name
+        assert answer["lat"] == pytest.approx(row["lat"], abs=1e-3)
+        assert answer["lon"] == pytest.approx(row["lon"], abs=1e-3)
+        assert [h["cell_id"] for h in answer["hypotheses"]] == [h["cell_id"] for h in row["hypotheses"]]
 
 
 def _jpeg(size=(64, 48)) -> bytes:

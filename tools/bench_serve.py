@@ -4,10 +4,11 @@ call for the same photo, side by side in one run.
     python -m tools.bench_serve                           # runs/demo (make bench-serve; make demo first)
     python -m tools.bench_serve --run runs/my_p1 --requests 2000 --clients 8
 
-It starts the real server (`python -m geoloc_lib.serve RUN --port 0`), asks it one photo at a time (the round
-trip: median and 95th percentile), then from `--clients` threads at once for `--requests` requests in all
-(photos per second, errors, and the server's resident memory before, half-way and after), then times `geoloc-predict`
-from the shell for one photo. Not a test.
+It starts the real server (`python -m geoloc_lib.serve RUN --port 0`) twice, placing one request at a time
+(`--batch-photos 1`) and placing the photos of waiting requests together (the default), and asks each one photo at
+a time (the round trip: median and 95th percentile), then from `--clients` threads at once for `--requests`
+requests in all (photos per second, errors, and the server's resident memory before, half-way and after), and
+prints the ratio; then times `geoloc-predict` from the shell for one photo. Not a test.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import httpx
 import pandas as pd
 
 from geoloc_lib.run.folder import RunFolder
+
+BATCH_PHOTOS = 32  # geoloc-serve's default
 
 
 def _rss_mb(pid: int) -> float:
@@ -52,8 +55,50 @@ def main(argv=None) -> None:
     data_dir = Path(RunFolder(args.run).read_config().data_dir)
     photos = [data_dir / name for name in pd.read_csv(data_dir / "test.csv")["image"].head(64)]
     payloads = [(p.name, p.read_bytes()) for p in photos]
+    served = {batch: _serve(args, payloads, batch) for batch in (1, BATCH_PHOTOS)}
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "geoloc_lib.predict", args.run, str(photos[0])], capture_output=True
+    )
+    cold_s = time.perf_counter() - started
+    print(f"run {args.run}; one photo per request; this machine's loopback")
+    for batch, (rounds, answered, concurrent_s, memory) in served.items():
+        print(f"--batch-photos {batch}:")
+        print(
+            f"  one photo's round trip: median {statistics.median(rounds):.1f} ms, 95th percentile "
+            f"{_percentile(rounds, 0.95):.1f} ms"
+        )
+        print(
+            f"  {args.clients} clients at once:     {args.requests / concurrent_s:.1f} photos/s over "
+            f"{args.requests} requests, {answered.count(False)} errors"
+        )
+        print(
+            f"  server memory:          {memory[0]:.0f} MB before the {args.requests}, {memory[1]:.0f} MB after "
+            f"half, {memory[2]:.0f} MB after all"
+        )
+    (_, _, one_s, _), (rounds, _, batched_s, _) = served[1], served[BATCH_PHOTOS]
+    print(f"ratio {args.clients} clients, batched / one request at a time: {one_s / batched_s:.2f}x photos/s")
+    median = statistics.median(rounds)
+    print(f"geoloc-predict, cold:     {1000 * cold_s:.0f} ms for the same photo")
+    print(f"ratio cold call / warm round trip: {1000 * cold_s / median:.0f}x")
+
+
+def _serve(args, payloads: list[tuple[str, bytes]], batch_photos: int):
+    """(one-photo round trips in ms, each concurrent request answered or not, the concurrent part's seconds,
+    the server's memory before, half-way and after) of a server started with `--batch-photos`."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "geoloc_lib.serve", args.run, "--port", "0"], stdout=subprocess.PIPE, text=True
+        [
+            sys.executable,
+            "-m",
+            "geoloc_lib.serve",
+            args.run,
+            "--port",
+            "0",
+            "--batch-photos",
+            str(batch_photos),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         address = server.stdout.readline().split("http://")[1].split("/")[0]
@@ -67,7 +112,7 @@ def main(argv=None) -> None:
                 started = time.perf_counter()
                 client.post(url, files={"photos": (name, data)}).raise_for_status()
                 rounds.append(1000 * (time.perf_counter() - started))
-        memory_before = _rss_mb(server.pid)
+        memory = [_rss_mb(server.pid)]
 
         def ask(i: int) -> bool:
             name, data = payloads[i % len(payloads)]
@@ -78,7 +123,7 @@ def main(argv=None) -> None:
 
         # in two halves: memory that settles in the first half is the allocator warming up; what the second
         # adds is growth
-        answered, memory, concurrent_s = [], [memory_before], 0.0
+        answered, concurrent_s = [], 0.0
         with ThreadPoolExecutor(args.clients) as pool:
             for half in (range(args.requests // 2), range(args.requests // 2, args.requests)):
                 started = time.perf_counter()
@@ -88,26 +133,7 @@ def main(argv=None) -> None:
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
-    started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "geoloc_lib.predict", args.run, str(photos[0])], capture_output=True
-    )
-    cold_s = time.perf_counter() - started
-    median = statistics.median(rounds)
-    print(f"run {args.run}; one photo per request; this machine's loopback")
-    print(
-        f"one photo's round trip:   median {median:.1f} ms, 95th percentile {_percentile(rounds, 0.95):.1f} ms"
-    )
-    print(
-        f"{args.clients} clients at once:       {args.requests / concurrent_s:.1f} photos/s over {args.requests} "
-        f"requests, {answered.count(False)} errors"
-    )
-    print(
-        f"server memory:            {memory[0]:.0f} MB before the {args.requests}, {memory[1]:.0f} MB after half, "
-        f"{memory[2]:.0f} MB after all"
-    )
-    print(f"geoloc-predict, cold:     {1000 * cold_s:.0f} ms for the same photo")
-    print(f"ratio cold call / warm round trip: {1000 * cold_s / median:.0f}x")
+    return rounds, answered, concurrent_s, memory
 
 
 if __name__ == "__main__":

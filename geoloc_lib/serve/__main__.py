@@ -50,6 +50,12 @@ def parser() -> argparse.ArgumentParser:
         "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ..."
     )
     cli.add_argument("--data-dir", help="the run's data folder, if it moved since training")
+    cli.add_argument(
+        "--batch-photos",
+        type=positive_int,
+        default=32,
+        help="photos of waiting requests placed in one forward pass (default 32; 1: one request at a time)",
+    )
     return cli
 
 
@@ -87,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     from geoloc_lib.serve.asker import Asker, Limits
 
     limits = Limits(args.max_upload_mb, args.max_photos, args.top_k)
-    asker = Asker.from_run(args.run_dir, limits, args.checkpoint, args.device, args.data_dir)
+    asker = Asker.from_run(
+        args.run_dir, limits, args.checkpoint, args.device, args.data_dir, args.batch_photos
+    )
     sock = listening_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     if not loopback(args.host):

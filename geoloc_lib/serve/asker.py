@@ -9,7 +9,6 @@ ever used as a path.
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from geoloc_lib.inference.answers import answer_records, readable_table
 from geoloc_lib.inference.predictor import Predictor, predictor_of_run
 from geoloc_lib.inference.run_evaluation import EVALUATION_SOURCE, EvaluationFolderError, read_evaluation
 from geoloc_lib.run.folder import RunFolder
+from geoloc_lib.serve.batcher import Batcher
 from geoloc_lib.viz.answer_card import answer_card
 
 TOO_LARGE = "too large"
@@ -56,13 +56,16 @@ class Sent:
 
 
 class Asker:
-    """A run's predictor shared by every request; one forward pass at a time (torch already uses every core)."""
+    """A run's predictor shared by every request: one forward pass at a time (torch already uses every core),
+    the photos of the requests waiting for it placed together, up to `batch_photos` (`serve/batcher.py`)."""
 
-    def __init__(self, run_dir: str | Path, predictor: Predictor, limits: Limits = Limits()):
+    def __init__(
+        self, run_dir: str | Path, predictor: Predictor, limits: Limits = Limits(), batch_photos: int = 32
+    ):
         self.folder = RunFolder(run_dir)
         self.predictor = predictor
         self.limits = limits
-        self._lock = threading.Lock()
+        self.batcher = Batcher(predictor.predict, batch_photos)
         self.facts = run_facts(self.folder, predictor)
 
     @classmethod
@@ -73,9 +76,10 @@ class Asker:
         checkpoint: str = "best",
         device="auto",
         data_dir=None,
+        batch_photos: int = 32,
     ):
         """`data_dir`: the run's data folder, if it moved since training (as `geoloc-predict --data-dir`)."""
-        return cls(run_dir, predictor_of_run(run_dir, checkpoint, device, data_dir), limits)
+        return cls(run_dir, predictor_of_run(run_dir, checkpoint, device, data_dir), limits, batch_photos)
 
     def answer_files(self, paths: list[str | Path], still_maps: bool = False) -> list[dict]:
         """`answer` with cards for photos on disk (notebook 06), each read only when it is within the size
@@ -108,8 +112,7 @@ class Asker:
                 continue
             out.append({"file": name, "status": 200})
         if photos:
-            with self._lock:
-                frame = self.predictor.predict(list(photos.values()), len(photos), cell_probs=cards)
+            frame = self.batcher.predict(list(photos.values()), cell_probs=cards)
             table = readable_table(frame, self.limits.top_k)
             records = answer_records(table.drop(columns=["image", "cell_probs"], errors="ignore"))
             for k, (i, record) in enumerate(zip(photos, records, strict=True)):
