@@ -147,10 +147,11 @@ def test_the_batches_of_an_epoch_follow_the_training_photos_up_to_1300():
     from geoloc_lib.train.setup import batches_per_epoch
 
     auto = TrainConfig()
-    assert batches_per_epoch(auto, 300) == 141  # 30 passes over 300 photos in batches of 64: ceil(9000 / 64)
+    assert batches_per_epoch(auto, 300) == 33  # 7 passes over 300 photos in batches of 64: ceil(2100 / 64)
+    assert batches_per_epoch(auto, 2_677) == 293  # the demo's training photos: about the 300 its recipe sets
     assert (
-        batches_per_epoch(auto, 90_000) == 1300 and batches_per_epoch(auto, 2_800) == 1300
-    )  # GEOPAK, the demo
+        batches_per_epoch(auto, 90_000) == 1300 and batches_per_epoch(auto, 12_000) == 1300
+    )  # GEOPAK: the cap
     assert batches_per_epoch(TrainConfig(batches_per_epoch=500), 300) == 500  # a number given is kept
 
 

@@ -52,7 +52,7 @@ class TrainConfig:
     batch_size: int = 64
     weight_decay: float = 1e-5
     temperature: float = HeadConfig.temperature
-    batches_per_epoch: int = 0  # 0: about 30 passes over the training photos, at most 1300 (train/setup.py)
+    batches_per_epoch: int = 0  # 0: about 7 passes over the training photos, at most 1300 (train/setup.py)
     loss_province: float = LossWeights.province
     loss_geocell: float = LossWeights.geocell
     loss_offset: float = LossWeights.offset

@@ -230,10 +230,9 @@ def _check_world(cfg: TrainConfig, world: World) -> None:
         )
 
 
-AUTO_PASSES, MAX_AUTO_BATCHES = (
-    30,
-    1300,
-)  # batches_per_epoch=0: 30 passes, as the demo's 3,000 photos get from 1300
+# batches_per_epoch=0: the passes an epoch of the demo's recipe makes (300 batches of 64 over its 2,677 training
+# photos: 7.2), at most the design card's 1300 batches; docs/own-photos.md gives what 30 passes did to 266 photos
+AUTO_PASSES, MAX_AUTO_BATCHES = 7, 1300
 
 
 def batches_per_epoch(cfg: TrainConfig, train_photos: int) -> int:
